@@ -1,0 +1,81 @@
+"""The object-store interface every backend implements, and its key rules.
+
+A backend is a flat map from keys (``blobs/ab/<id>``, ``refs/NAME/TAG``, ...) to bytes, with
+atomic, idempotent writes. Blob semantics (ids, encoding, verification) live above it in
+``blobs.py``, so a backend only moves bytes and maps its library's errors to ours.
+
+Implementations are synchronous and thread-safe: one instance is shared by every worker
+thread of a push or a mount.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+
+from .errors import NotFound
+
+# Keys are relative slash paths of plain components: no empty, '.' or '..' parts, no
+# backslashes or control characters, so they map safely onto a directory and an S3 prefix.
+_KEY_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+@=-]*")
+
+
+def check_key(key: str) -> str:
+    """Return ``key`` if it is a valid store key, else raise ValueError."""
+    parts = key.split("/") if isinstance(key, str) else [""]
+    if not all(_KEY_PART.fullmatch(p) for p in parts) or len(key) > 1024:
+        raise ValueError(f"invalid store key {key!r}")
+    return key
+
+
+def check_prefix(prefix: str) -> str:
+    """A listing prefix: empty, or a key followed by a slash."""
+    if prefix:
+        check_key(prefix.rstrip("/"))
+        if not prefix.endswith("/"):
+            raise ValueError(f"a listing prefix ends with '/': {prefix!r}")
+    return prefix
+
+
+class ObjectStore(ABC):
+    """A key/value store of immutable-once-written objects (refs are simply overwritten).
+
+    Raises ``NotFound`` for a missing key, ``StoreUnavailable`` when it cannot answer,
+    ``StoreConfigError`` when it is misconfigured. ``str(store)`` names the store.
+    """
+
+    @abstractmethod
+    def get(self, key: str) -> bytes:
+        """The object's bytes."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write the object atomically: readers see the old bytes or the new, never a part."""
+
+    @abstractmethod
+    def size(self, key: str) -> int:
+        """The object's size in bytes; NotFound if it does not exist."""
+
+    def has(self, key: str) -> bool:
+        """Whether the object exists."""
+        try:
+            self.size(key)
+            return True
+        except NotFound:
+            return False
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing one is not an error."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix`` (which is empty or ends with '/'), in no particular order."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the store is not used afterwards."""
+
+    @abstractmethod
+    def __str__(self) -> str:
+        """The store's URL, for messages."""

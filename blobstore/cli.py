@@ -1,0 +1,105 @@
+"""Subcommands that read the store: ``ls``, ``inspect``, ``verify``."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+from .blobs import BlobStore
+from .errors import BlobCorrupt, BlobNotFound
+from .images import open_image
+from .manifest import Manifest
+from .refs import Refs
+from .url import open_store
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("ls", parents=[common], help="list the tagged images of the store")
+    p.set_defaults(func=cmd_ls)
+    p = sub.add_parser("inspect", parents=[common], help="show an image's manifest")
+    p.add_argument("ref", metavar="REF", help="NAME:TAG or a manifest id")
+    p.add_argument("--files", action="store_true", help="list every entry too")
+    p.set_defaults(func=cmd_inspect)
+    p = sub.add_parser("verify", parents=[common],
+                       help="check that every chunk of an image is present and intact")
+    p.add_argument("ref", metavar="REF", help="NAME:TAG or a manifest id")
+    p.add_argument("--jobs", type=int, default=8, help="parallel reads (default 8)")
+    p.set_defaults(func=cmd_verify)
+
+
+def cmd_ls(args, console) -> int:
+    objects = open_store(args.store)
+    refs = list(Refs(objects).list())
+    if console.json_output:
+        console.json([{"ref": str(r), "manifest": m} for r, m in refs])
+    elif refs:
+        console.table(["REF", "MANIFEST"], [(str(r), m) for r, m in refs])
+    else:
+        console.note(f"no images in {objects}; `thaw push SOURCE NAME:TAG` adds one")
+    return 0
+
+
+def summary(mid: str, m: Manifest) -> dict:
+    types = Counter(e.type for e in m.entries)
+    unique = {c.id: c for c in m.chunks}
+    return {
+        "manifest": mid, "kind": m.header.kind, "source": m.header.source,
+        "chunker": m.header.chunker, "created_ns": m.header.created,
+        "entries": len(m.entries), "files": types["f"], "directories": types["d"],
+        "symlinks": types["l"], "others": len(m.entries) - types["f"] - types["d"] - types["l"],
+        "bytes": m.data_size, "chunks": len(m.chunks), "unique_chunks": len(unique),
+        "stored_bytes": sum(c.stored_size for c in unique.values()),
+    }
+
+
+def cmd_inspect(args, console) -> int:
+    mid, m = open_image(open_store(args.store), args.ref)
+    doc = summary(mid, m)
+    if args.files:
+        doc["files_list"] = [{"path": "/" + e.path, "type": e.type, "mode": oct(e.mode),
+                              "uid": e.uid, "gid": e.gid, "size": e.size} for e in m.entries]
+    if console.json_output:
+        console.json(doc)
+        return 0
+    for key, value in doc.items():
+        if key != "files_list":
+            console.line(f"{key + ':':<15} {value}")
+    for f in doc.get("files_list", []):
+        console.line(f"{f['type']} {f['mode']:>7} {f['uid']:>5}:{f['gid']:<5} {f['size']:>12} "
+                     f"{f['path']}")
+    return 0
+
+
+def _check(blobs: BlobStore, id: str, size: int) -> str:
+    try:
+        blobs.get(id, max_size=size)
+        return "ok"
+    except BlobNotFound:
+        return "missing"
+    except BlobCorrupt:
+        return "corrupt"
+
+
+def cmd_verify(args, console) -> int:
+    objects = open_store(args.store)
+    mid, m = open_image(objects, args.ref)
+    blobs = BlobStore(objects)
+    unique = {c.id: c.size for c in m.chunks}
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        results = dict(zip(unique, pool.map(lambda i: _check(blobs, i, unique[i]), unique),
+                           strict=True))
+    bad = {i: r for i, r in results.items() if r != "ok"}
+    doc = {"manifest": mid, "chunks": len(unique), "ok": len(unique) - len(bad),
+           "missing": sorted(i for i, r in bad.items() if r == "missing"),
+           "corrupt": sorted(i for i, r in bad.items() if r == "corrupt")}
+    if console.json_output:
+        console.json(doc)
+    else:
+        for i, r in sorted(bad.items()):
+            console.line(f"{r}: chunk {i}")
+        console.line(f"{args.ref}: {doc['ok']} of {len(unique)} chunks intact"
+                     + ("" if not bad else f", {len(bad)} bad"))
+    if bad:
+        return 1
+    return 0
+

@@ -1,0 +1,90 @@
+"""Reading images back: resolve a reference, load its manifest, stream its chunks.
+
+``load_manifest`` verifies the blob and validates the manifest before returning it.
+``fetch_in_order`` fetches chunks through a small thread pool, ahead of the consumer but at
+most ``window`` chunks ahead, and yields them in order: bounded memory, parallel requests.
+Thread-safe as the store is; the generator itself belongs to one consumer thread.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .base import ObjectStore
+from .blobs import BlobStore
+from .codec import MAX_BLOB_SIZE
+from .errors import BlobCorrupt, BlobNotFound, ManifestInvalid
+from .manifest import FILE, Entry, Manifest, decode
+from .refs import Refs
+
+
+def load_manifest(blobs: BlobStore, id: str) -> Manifest:
+    try:
+        data = blobs.get(id, max_size=MAX_BLOB_SIZE)
+    except BlobNotFound:
+        raise BlobNotFound(f"manifest {id} not found in {blobs}") from None
+    try:
+        return decode(data)
+    except ManifestInvalid as exc:
+        raise ManifestInvalid(f"manifest {id} in {blobs}: {exc}") from None
+
+
+def open_image(objects: ObjectStore, ref: str) -> tuple[str, Manifest]:
+    """The manifest id and manifest that ``ref`` (``NAME:TAG`` or an id) names."""
+    mid = Refs(objects).resolve(ref)
+    return mid, load_manifest(BlobStore(objects), mid)
+
+
+def fetch_chunk(blobs: BlobStore, manifest: Manifest, index: int) -> bytes:
+    ref = manifest.chunks[index]
+    data = blobs.get(ref.id, max_size=ref.size)
+    if len(data) != ref.size:
+        raise BlobCorrupt(f"chunk {ref.id} in {blobs}: {len(data)} bytes, manifest says "
+                          f"{ref.size}")
+    return data
+
+
+def fetch_in_order(blobs: BlobStore, manifest: Manifest, order: Iterable[int], *,
+                   jobs: int = 8, window: int = 16) -> Iterator[tuple[int, bytes]]:
+    """``(index, bytes)`` for each chunk index in ``order``, fetched ahead in parallel."""
+    pending: deque[tuple[int, Future]] = deque()
+    with ThreadPoolExecutor(jobs, thread_name_prefix="thaw-fetch") as pool:
+        try:
+            for index in order:
+                pending.append((index, pool.submit(fetch_chunk, blobs, manifest, index)))
+                if len(pending) >= window:
+                    i, fut = pending.popleft()
+                    yield i, fut.result()
+            while pending:
+                i, fut = pending.popleft()
+                yield i, fut.result()
+        finally:
+            for _, fut in pending:
+                fut.cancel()
+
+
+def chunk_order(entries: Iterable[Entry]) -> list[int]:
+    """The chunk indexes in the order reading ``entries``' spans in turn meets them."""
+    order: list[int] = []
+    for e in entries:
+        for s in e.spans:
+            if not order or order[-1] != s.chunk:
+                order.append(s.chunk)
+    return order
+
+
+def iter_file_bytes(entries: list[Entry], chunks: Iterator[tuple[int, bytes]]
+                    ) -> Iterator[tuple[Entry, memoryview]]:
+    """Pieces of each file's bytes, in order, given ``fetch_in_order(chunk_order(entries))``."""
+    current, data = -1, b""
+    for e in entries:
+        if e.type != FILE:
+            continue
+        for s in e.spans:
+            if s.chunk != current:
+                current, data = next(chunks)
+                if current != s.chunk:
+                    raise RuntimeError("chunk order out of step with the spans")
+            yield e, memoryview(data)[s.offset:s.offset + s.length]

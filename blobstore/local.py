@@ -1,0 +1,106 @@
+"""A directory as an object store (``file://DIR``): the embedded default, no server.
+
+Keys map to files under the root. A write goes to a hidden temporary name in the target's
+directory, is fsynced and renamed over the key, so a reader or a crash never sees part of an
+object and a concurrent writer of the same key is harmless. Names starting with '.' are never
+keys, so temporaries never show up in listings. Thread- and process-safe.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from .base import ObjectStore, check_key, check_prefix
+from .errors import NotFound, StoreConfigError, StoreError, StoreUnavailable
+
+_CONFIG_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+class LocalStore(ObjectStore):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).absolute()
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreConfigError(f"{self}: {self.root} exists and is not a directory")
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _error(self, exc: OSError, doing: str) -> StoreError:
+        where = f"{self}: cannot {doing}"
+        if exc.errno in _FULL_ERRNOS:
+            return StoreUnavailable(f"{where}: no space left on the device; free some and retry")
+        if exc.errno in _CONFIG_ERRNOS:
+            return StoreConfigError(f"{where}: {exc.strerror}")
+        return StoreUnavailable(f"{where}: {exc.strerror or exc}")
+
+    def get(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{key} not found in {self}") from None
+        except IsADirectoryError:
+            raise NotFound(f"{key} not found in {self} (it is a directory)") from None
+        except OSError as exc:
+            raise self._error(exc, f"read {key}") from None
+
+    def put(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        tmp = path.with_name(f".tmp-{secrets.token_hex(8)}-{path.name}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_new(tmp, data)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise self._error(exc, f"write {key}") from None
+
+    @staticmethod
+    def _write_new(tmp: Path, data: bytes) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def size(self, key: str) -> int:
+        try:
+            st = os.stat(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFound(f"{key} not found in {self}") from None
+        except OSError as exc:
+            raise self._error(exc, f"look up {key}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFound(f"{key} not found in {self} (not a file)")
+        return st.st_size
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink(missing_ok=True)
+        except OSError as exc:
+            raise self._error(exc, f"delete {key}") from None
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        top = self.root / check_prefix(prefix)
+        try:
+            for dirpath, dirnames, filenames in os.walk(top):
+                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+                rel = os.path.relpath(dirpath, self.root)
+                for name in filenames:
+                    if not name.startswith("."):
+                        yield name if rel == "." else f"{rel}/{name}"
+        except OSError as exc:
+            raise self._error(exc, f"list {prefix or '/'}") from None
+
+    def __str__(self) -> str:
+        return f"file://{self.root}"

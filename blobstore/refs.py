@@ -1,0 +1,94 @@
+"""Tags: the mutable names ``refs/NAME/TAG`` that point at a manifest id.
+
+A reference given by a person is ``NAME:TAG`` (the tag defaults to ``latest``) or a manifest
+id itself. Names are lowercase path-like words (``library/debian``), tags as OCI allows.
+What a ref object holds is read back as untrusted text and checked. Thread-safe as the
+object store is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .base import ObjectStore
+from .digest import is_blob_id
+from .errors import NotFound, RefNotFound, StoreError, UsageError
+
+PREFIX = "refs/"
+_NAME_PART = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"
+_NAME_RE = re.compile(rf"{_NAME_PART}(?:/{_NAME_PART})*")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    name: str
+    tag: str
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.tag}"
+
+    @property
+    def key(self) -> str:
+        return f"{PREFIX}{self.name}/{self.tag}"
+
+
+class MalformedRef(StoreError):
+    """A ref object that does not hold a manifest id."""
+
+
+def parse_ref(text: str) -> Ref:
+    """``NAME[:TAG]`` as a Ref; UsageError says what a valid one looks like."""
+    name, _, tag = text.rpartition(":") if ":" in text else (text, "", "latest")
+    if not _NAME_RE.fullmatch(name) or len(name) > 255:
+        raise UsageError(f"invalid image name {name!r}: use lowercase letters, digits and "
+                         "'.', '_', '-' separated by '/', e.g. library/debian:12")
+    if not _TAG_RE.fullmatch(tag):
+        raise UsageError(f"invalid tag {tag!r} in {text!r}: use letters, digits, '.', '_', '-' "
+                         "(at most 128, not starting with '.' or '-')")
+    return Ref(name, tag)
+
+
+class Refs:
+    """The tags of one store."""
+
+    def __init__(self, objects: ObjectStore) -> None:
+        self.objects = objects
+
+    def get(self, ref: Ref) -> str:
+        try:
+            text = self.objects.get(ref.key).decode("ascii", "replace").strip()
+        except NotFound:
+            raise RefNotFound(f"no image {ref} in {self.objects}; `thaw ls` lists them") from None
+        if not is_blob_id(text):
+            raise MalformedRef(f"{ref} in {self.objects} holds no manifest id; push it again")
+        return text
+
+    def set(self, ref: Ref, manifest_id: str) -> None:
+        if not is_blob_id(manifest_id):
+            raise ValueError(f"not a manifest id: {manifest_id!r}")
+        self.objects.put(ref.key, (manifest_id + "\n").encode())
+
+    def delete(self, ref: Ref) -> None:
+        self.objects.delete(ref.key)
+
+    def list(self) -> Iterator[tuple[Ref, str]]:
+        """Every (ref, manifest id) whose ref object is well formed, sorted."""
+        refs = []
+        for key in self.objects.list(PREFIX):
+            name, _, tag = key[len(PREFIX):].rpartition("/")
+            if _NAME_RE.fullmatch(name) and _TAG_RE.fullmatch(tag):
+                refs.append(Ref(name, tag))
+        for ref in sorted(refs, key=str):
+            try:
+                yield ref, self.get(ref)
+            except (RefNotFound, MalformedRef):
+                continue  # deleted meanwhile, or garbage that `thaw ls` should not die on
+
+    def resolve(self, text: str) -> str:
+        """The manifest id that ``text`` (``NAME:TAG`` or a manifest id) names."""
+        if is_blob_id(text):
+            return text
+        return self.get(parse_ref(text))

@@ -1,0 +1,68 @@
+"""``open_store(url)``: one small opener per scheme, each returning None for a foreign URL.
+
+Schemes: ``file://DIR`` (or a plain path), ``s3://BUCKET/PREFIX``, ``memory://NAME``. The
+default store is ``$THAW_STORE``, else ``$XDG_DATA_HOME/thaw/store`` (a local directory).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .base import ObjectStore
+from .errors import StoreConfigError
+from .local import LocalStore
+from .memory import MemoryStore
+
+_memory_stores: dict[str, MemoryStore] = {}
+
+
+def default_store_url() -> str:
+    if os.environ.get("THAW_STORE"):
+        return os.environ["THAW_STORE"]
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return f"file://{Path(data_home) / 'thaw' / 'store'}"
+
+
+def get_file_store(url: str) -> ObjectStore | None:
+    if url.startswith("file://"):
+        path = url[len("file://"):]
+        if not path.startswith("/"):
+            raise StoreConfigError(f"{url}: a file:// URL needs an absolute path (file:///DIR)")
+        return LocalStore(path)
+    if "://" not in url:
+        return LocalStore(url)
+    return None
+
+
+def get_s3_store(url: str) -> ObjectStore | None:
+    if not url.startswith("s3://"):
+        return None
+    parts = urlsplit(url)
+    if not parts.netloc:
+        raise StoreConfigError(f"{url}: an S3 URL names a bucket: s3://BUCKET/PREFIX")
+    from .s3 import S3Store  # boto3 is slow to import; only pay for it when used
+
+    return S3Store(parts.netloc, parts.path)
+
+
+def get_memory_store(url: str) -> ObjectStore | None:
+    if not url.startswith("memory://"):
+        return None
+    name = url[len("memory://"):]
+    return _memory_stores.setdefault(name, MemoryStore(name))
+
+
+_OPENERS = (get_file_store, get_s3_store, get_memory_store)
+
+
+def open_store(url: str | None = None) -> ObjectStore:
+    """The object store at ``url`` (default: ``default_store_url()``)."""
+    url = url or default_store_url()
+    for opener in _OPENERS:
+        store = opener(url)
+        if store is not None:
+            return store
+    raise StoreConfigError(f"{url}: unknown store URL; use file:///DIR, s3://BUCKET/PREFIX "
+                           "or memory://NAME")

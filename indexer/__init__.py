@@ -1,0 +1,1 @@
+"""Turn sources (directories, tars, OCI images, files) into chunks and a manifest."""

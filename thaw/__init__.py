@@ -1,0 +1,1 @@
+"""The thaw command line. Nothing imports this package."""

@@ -1,0 +1,73 @@
+"""The ``thaw`` command: arguments, configuration, and the one place errors meet people.
+
+Each package's ``cli.py`` adds its subcommands with ``register(subparsers)``; a subcommand
+is ``func(args, console) -> int``. A ``ThawError`` prints one line and exits with its code;
+anything else is a bug and prints its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+
+from blobstore import cli as blobstore_cli
+from blobstore.errors import ThawError
+from indexer import cli as indexer_cli
+
+from .ui import Console
+
+BUG_EXIT = 70
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: an option given before the subcommand is not reset by the subparser's default.
+    common.add_argument("--store", metavar="URL", default=argparse.SUPPRESS,
+                        help="store URL: file:///DIR, s3://BUCKET/PREFIX (default: $THAW_STORE, "
+                             "else ~/.local/share/thaw/store)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print results as JSON")
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="log what happens")
+    parser = argparse.ArgumentParser(
+        prog="thaw", parents=[common],
+        description="Content-addressed, lazy-loading images for fast cold starts.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (indexer_cli, blobstore_cli):
+        module.register(sub, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name, default in (("store", None), ("json", False), ("verbose", False)):
+        if not hasattr(args, name):
+            setattr(args, name, default)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="thaw: %(levelname)s: %(message)s")
+    console = Console(json_output=args.json)
+    try:
+        return int(args.func(args, console) or 0)
+    except ThawError as exc:
+        print(f"thaw: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("thaw: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # keep Python's exit flush from failing again
+        return 141
+    except Exception:
+        traceback.print_exc()
+        print("thaw: internal error (a bug); please report the traceback above",
+              file=sys.stderr)
+        return BUG_EXIT
+
+
+if __name__ == "__main__":
+    sys.exit(main())
