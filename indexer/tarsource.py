@@ -46,7 +46,8 @@ def open_tarfile(f: BinaryIO, name: str) -> tuple[tarfile.TarFile, list[tarfile.
     try:
         tf = tarfile.open(fileobj=f, mode="r:", errorlevel=2)
         return tf, tf.getmembers()
-    except (tarfile.TarError, EOFError, UnicodeError) as exc:
+    except (tarfile.TarError, EOFError, UnicodeError, OSError) as exc:
+        # OSError: a header whose size points past any real file makes tarfile seek there
         raise SourceError(f"{name}: not a readable tar archive ({exc})") from None
 
 

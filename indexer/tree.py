@@ -151,10 +151,10 @@ class TreeBuilder:
                 self.remove(child)
             return True
         if name.startswith(WHITEOUT):
-            target = posixpath.join(parent, name[len(WHITEOUT):])
-            if not name[len(WHITEOUT):]:
-                raise SourceError(f"{where}: whiteout {member_path!r} names nothing")
-            self.remove(target)
+            victim = name[len(WHITEOUT):]
+            if victim in ("", ".", ".."):
+                raise SourceError(f"{where}: whiteout {member_path!r} names no valid entry")
+            self.remove(posixpath.join(parent, victim))
             return True
         return False
 

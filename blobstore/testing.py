@@ -1,0 +1,99 @@
+"""``ObjectStoreContract``: the behaviour every object store must have, as a pytest base class.
+
+A backend's test subclasses it and provides two fixtures: ``store`` (the store under test,
+empty) and ``raw`` (a ``RawAccess`` that reads and writes the same objects without going
+through the store), so the read path and the write path are tested separately.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Protocol
+
+import pytest
+
+from .base import ObjectStore
+from .errors import NotFound
+
+
+class RawAccess(Protocol):
+    def put(self, key: str, data: bytes) -> None: ...
+    def get(self, key: str) -> bytes | None: ...
+
+
+class ObjectStoreContract:
+    def test_get_missing_is_not_found(self, store: ObjectStore) -> None:
+        with pytest.raises(NotFound, match=str(store).split("://")[0]):
+            store.get("blobs/aa/missing")
+
+    def test_reads_what_was_written_outside(self, store: ObjectStore, raw: RawAccess) -> None:
+        raw.put("refs/x/y", b"outside")
+        assert store.get("refs/x/y") == b"outside"
+        assert store.has("refs/x/y")
+        assert store.size("refs/x/y") == 7
+
+    def test_writes_are_seen_outside(self, store: ObjectStore, raw: RawAccess) -> None:
+        store.put("blobs/ab/abc", b"\x00\x01payload")
+        assert raw.get("blobs/ab/abc") == b"\x00\x01payload"
+
+    def test_put_is_idempotent_and_overwrites(self, store: ObjectStore) -> None:
+        store.put("refs/n/t", b"one")
+        store.put("refs/n/t", b"one")
+        store.put("refs/n/t", b"two")
+        assert store.get("refs/n/t") == b"two"
+
+    def test_empty_and_large_objects(self, store: ObjectStore) -> None:
+        big = bytes(range(256)) * (5 * 4096 + 3)
+        store.put("blobs/00/empty", b"")
+        store.put("blobs/00/big", big)
+        assert store.get("blobs/00/empty") == b""
+        assert store.size("blobs/00/empty") == 0
+        assert store.get("blobs/00/big") == big
+
+    def test_has_and_size_of_missing(self, store: ObjectStore) -> None:
+        assert not store.has("blobs/aa/nothing")
+        with pytest.raises(NotFound):
+            store.size("blobs/aa/nothing")
+
+    def test_delete(self, store: ObjectStore) -> None:
+        store.put("refs/a/b", b"x")
+        store.delete("refs/a/b")
+        store.delete("refs/a/b")  # twice is fine
+        assert not store.has("refs/a/b")
+
+    def test_list_by_prefix(self, store: ObjectStore) -> None:
+        for key in ("blobs/aa/1", "blobs/ab/2", "refs/img/latest", "refs/img/v2"):
+            store.put(key, b"x")
+        assert sorted(store.list("refs/")) == ["refs/img/latest", "refs/img/v2"]
+        assert sorted(store.list("blobs/")) == ["blobs/aa/1", "blobs/ab/2"]
+        assert len(list(store.list())) == 4
+        assert list(store.list("hints/")) == []
+
+    @pytest.mark.parametrize("key", ["", "/abs", "a/../b", "a//b", "./a", "a/.hidden",
+                                     "a\\b", "a/b\n"])
+    def test_rejects_bad_keys(self, store: ObjectStore, key: str) -> None:
+        with pytest.raises(ValueError):
+            store.put(key, b"x")
+
+    def test_concurrent_writers_of_one_key(self, store: ObjectStore) -> None:
+        data = b"same bytes" * 1000
+        errors: list[BaseException] = []
+
+        def write() -> None:
+            try:
+                for _ in range(5):
+                    store.put("blobs/cc/same", data)
+                    assert store.get("blobs/cc/same") == data
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=write) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert list(store.list("blobs/")) == ["blobs/cc/same"]
+
+    def test_str_names_the_store(self, store: ObjectStore) -> None:
+        assert "://" in str(store)

@@ -1,0 +1,94 @@
+"""Shared fixtures: a SeaweedFS server, the Debian root file system, the thaw command."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from blobstore.seaweed import SeaweedServer
+
+from .support import build_rich_tree
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("THAW_TEST_CACHE", Path.home() / ".cache" / "thaw-test"))
+DEBIAN_INCLUDE = "python3,python3-numpy"
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory):
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(seaweed, monkeypatch):
+    for key, value in seaweed.env().items():
+        monkeypatch.setenv(key, value)
+    return seaweed.env()
+
+
+@pytest.fixture
+def s3_url(s3_env) -> str:
+    return f"s3://thaw/test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def store_url(tmp_path) -> str:
+    return f"file://{tmp_path / 'store'}"
+
+
+@pytest.fixture
+def rich_tree(tmp_path) -> Path:
+    return build_rich_tree(tmp_path / "rich")
+
+
+@pytest.fixture(scope="session")
+def debian_tar() -> Path:
+    """A Debian 12 minbase root file system with python3 and numpy, as a tar (cached)."""
+    path = CACHE / "rootfs-py.tar"
+    if not path.exists():
+        if not shutil.which("mmdebstrap"):
+            pytest.fail("mmdebstrap is not installed; run `make install`")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={DEBIAN_INCLUDE}",
+                        "--format=tar", "--quiet", "bookworm", str(tmp),
+                        "http://deb.debian.org/debian"], check=True)
+        tmp.rename(path)
+    return path
+
+
+class Thaw:
+    """Runs the real command line in a subprocess, with a given store."""
+
+    def __init__(self, store: str, env: dict[str, str]) -> None:
+        self.store, self.env = store, env
+
+    def __call__(self, *args: str, check: bool = True, input: bytes | None = None,
+                 store: str | None = None) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "thaw", "--store", store or self.store, *args]
+        proc = subprocess.run(cmd, capture_output=True, env=self.env, input=input, cwd=REPO)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{cmd} exited {proc.returncode}:\n"
+                                 f"{proc.stderr.decode(errors='replace')}")
+        return proc
+
+
+@pytest.fixture
+def thaw(store_url) -> Thaw:
+    return Thaw(store_url, dict(os.environ))
+
+
+def rsync_diff(src: Path, dst: Path) -> str:
+    """What rsync would change to make ``dst`` equal ``src``: empty when identical."""
+    proc = subprocess.run(["rsync", "--dry-run", "--itemize-changes", "-aHAXc", "--numeric-ids",
+                           "--delete", f"{src}/", f"{dst}/"], capture_output=True, check=True)
+    return proc.stdout.decode(errors="replace")

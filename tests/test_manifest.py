@@ -1,0 +1,150 @@
+"""The manifest codec and its validation: pure, no store."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from blobstore.errors import ManifestInvalid
+from blobstore.manifest import (
+    DIR,
+    FILE,
+    SYMLINK,
+    ChunkRef,
+    Entry,
+    FileSpans,
+    Header,
+    Manifest,
+    Span,
+    decode,
+    encode,
+    manifest_id,
+    spans_for,
+    stream_spans,
+)
+
+DATA = Path(__file__).parent / "data"
+A, B = "a" * 64, "b" * 64
+
+
+def sample() -> Manifest:
+    chunks = (ChunkRef(A, 100, 60), ChunkRef(B, 50, 51))
+    entries = (
+        Entry("", DIR, 0o755, 0, 0, 1),
+        Entry("bin", DIR, 0o755, 0, 0, 2),
+        Entry("bin/sh", FILE, 0o4755, 0, 0, 3, 120, spans=(Span(0, 10, 90), Span(1, 0, 30)),
+              xattrs=((b"security.capability", b"\x01"),), link_group=1),
+        Entry("bin/sh2", FILE, 0o4755, 0, 0, 3, 120, spans=(Span(0, 10, 90), Span(1, 0, 30)),
+              xattrs=((b"security.capability", b"\x01"),), link_group=1),
+        Entry("lib", SYMLINK, 0o777, 0, 0, 4, 7, target="usr/lib"),
+    )
+    return Manifest(Header("image", "tar", {"algorithm": "fastcdc"}, 5), chunks, entries)
+
+
+def replace_entry(m: Manifest, i: int, **changes) -> Manifest:
+    entries = list(m.entries)
+    entries[i] = dataclasses.replace(entries[i], **changes)
+    return Manifest(m.header, m.chunks, tuple(entries))
+
+
+def test_round_trip_is_canonical():
+    m = sample()
+    raw = encode(m)
+    again = decode(raw)
+    assert again == m
+    assert encode(again) == raw
+    assert manifest_id(again) == manifest_id(m)
+
+
+def test_lookup_by_path():
+    m = sample()
+    assert m.entry("/bin/sh").size == 120
+    assert m.index_of("") == 0
+    with pytest.raises(KeyError):
+        m.entry("nope")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(size=121), "spans' sum"),
+    (dict(spans=(Span(5, 0, 120),)), "outside the chunks"),
+    (dict(spans=(Span(0, 90, 30), Span(1, 0, 90))), "past its chunk"),
+    (dict(path="bin/../etc"), "not normalised"),
+    (dict(path="bin//x"), "not normalised"),
+    (dict(type="?"), "unknown type"),
+    (dict(rdev=5), "rdev on a non-device"),
+    (dict(xattrs=((b"b", b""), (b"a", b""))), "xattr names"),
+])
+def test_invalid_entries_are_refused(change, message):
+    with pytest.raises(ManifestInvalid, match=message):
+        encode(replace_entry(sample(), 2, **change))
+
+
+def test_parent_must_exist_and_order_hold():
+    m = sample()
+    orphan = Manifest(m.header, m.chunks, m.entries[:1] + m.entries[2:3])
+    with pytest.raises(ManifestInvalid, match="parent directory missing"):
+        encode(orphan)
+    swapped = Manifest(m.header, m.chunks, (m.entries[0], m.entries[4], m.entries[1]))
+    with pytest.raises(ManifestInvalid, match="not sorted"):
+        encode(swapped)
+
+
+def test_hard_link_group_must_agree():
+    with pytest.raises(ManifestInvalid, match="group 1 differs"):
+        encode(replace_entry(sample(), 3, mode=0o755))
+
+
+@pytest.mark.parametrize("doc_change, message", [
+    (lambda d: d.update(version=2), "format version 2"),
+    (lambda d: d.pop("chunks"), "missing or unexpected"),
+    (lambda d: d["entries"][2].__setitem__(2, -1), "mode must be"),
+    (lambda d: d["chunks"][0].__setitem__(0, b"short"), "malformed id"),
+    (lambda d: d["entries"].pop(0), "root directory"),
+])
+def test_decode_refuses_malformed_documents(doc_change, message):
+    doc = msgpack.unpackb(encode(sample()), raw=False)
+    doc_change(doc)
+    with pytest.raises(ManifestInvalid, match=message):
+        decode(msgpack.packb(doc, use_bin_type=True))
+
+
+@pytest.mark.parametrize("raw", [b"", b"\xc1", b"\x93\x01\x02", msgpack.packb([1, 2])])
+def test_decode_refuses_garbage(raw):
+    with pytest.raises(ManifestInvalid):
+        decode(raw)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("truncated.msgpack", "not msgpack"),
+    ("wrong-version.msgpack", "format version"),
+    ("dotdot-path.msgpack", "not normalised"),
+])
+def test_golden_bad_files(name, message):
+    with pytest.raises(ManifestInvalid, match=message):
+        decode((DATA / name).read_bytes())
+
+
+def test_golden_valid_file_keeps_its_id():
+    """The encoding is a format: the same manifest must keep the same bytes and id."""
+    raw = (DATA / "valid.msgpack").read_bytes()
+    assert encode(decode(raw)) == raw
+    assert decode(raw) == sample()
+
+
+def test_spans_lookup():
+    e = sample().entries[2]
+    assert spans_for(e, 0, 120) == [Span(0, 10, 90), Span(1, 0, 30)]
+    assert spans_for(e, 85, 10) == [Span(0, 95, 5), Span(1, 0, 5)]
+    assert spans_for(e, 100, 1000) == [Span(1, 10, 20)]
+    assert spans_for(e, 120, 10) == []
+    assert FileSpans(()).lookup(0, 10) == []
+
+
+def test_stream_spans_cut_at_chunk_boundaries():
+    starts, sizes = [0, 100, 150], [100, 50, 70]
+    assert stream_spans(90, 100, starts, sizes) == (Span(0, 90, 10), Span(1, 0, 50),
+                                                    Span(2, 0, 40))
+    assert stream_spans(100, 50, starts, sizes) == (Span(1, 0, 50),)
