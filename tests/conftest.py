@@ -67,15 +67,20 @@ def debian_tar() -> Path:
 
 
 class Thaw:
-    """Runs the real command line in a subprocess, with a given store."""
+    """Runs the real command line in a subprocess, with a given store.
 
-    def __init__(self, store: str, env: dict[str, str]) -> None:
-        self.store, self.env = store, env
+    The environment is this process's at call time (so fixtures that set AWS variables
+    apply), with ``env`` laid over it.
+    """
+
+    def __init__(self, store: str) -> None:
+        self.store, self.env = store, {}
 
     def __call__(self, *args: str, check: bool = True, input: bytes | None = None,
                  store: str | None = None) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "thaw", "--store", store or self.store, *args]
-        proc = subprocess.run(cmd, capture_output=True, env=self.env, input=input, cwd=REPO)
+        env = {**os.environ, **self.env}
+        proc = subprocess.run(cmd, capture_output=True, env=env, input=input, cwd=REPO)
         if check and proc.returncode != 0:
             raise AssertionError(f"{cmd} exited {proc.returncode}:\n"
                                  f"{proc.stderr.decode(errors='replace')}")
@@ -84,7 +89,7 @@ class Thaw:
 
 @pytest.fixture
 def thaw(store_url) -> Thaw:
-    return Thaw(store_url, dict(os.environ))
+    return Thaw(store_url)
 
 
 def rsync_diff(src: Path, dst: Path) -> str:

@@ -1,0 +1,126 @@
+"""The command line as people use it: outputs, and one clear line for every mistake."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from blobstore.blobs import blob_key
+from blobstore.codec import encode_blob
+from blobstore.local import LocalStore
+
+
+def last_line(proc) -> str:
+    return proc.stderr.decode().strip().splitlines()[-1]
+
+
+def assert_user_error(proc, code: int, *fragments: str) -> None:
+    err = proc.stderr.decode()
+    assert proc.returncode == code, err
+    assert "Traceback" not in err
+    assert err.startswith("thaw: error: ") and err.count("\n") == 1, err
+    for f in fragments:
+        assert f in err
+
+
+def test_push_ls_inspect_cat_verify_export(thaw, rich_tree, tmp_path):
+    out = json.loads(thaw("push", str(rich_tree), "demo/rich:1", "--json").stdout)
+    assert set(out) == {"manifest", "files", "bytes", "chunks", "new_chunks", "uploaded_bytes",
+                        "seconds"}
+    again = json.loads(thaw("push", str(rich_tree), "demo/rich:1", "--json").stdout)
+    assert again["uploaded_bytes"] == 0 and again["manifest"] == out["manifest"]
+    listed = json.loads(thaw("ls", "--json").stdout)
+    assert listed == [{"ref": "demo/rich:1", "manifest": out["manifest"]}]
+    info = json.loads(thaw("inspect", "demo/rich:1", "--json").stdout)
+    assert info["files"] == out["files"] and info["bytes"] == out["bytes"]
+    text = thaw("inspect", out["manifest"]).stdout.decode()
+    assert "directories:" in text
+    assert thaw("cat", "demo/rich:1", "/etc/hostname").stdout == b"thaw\n"
+    assert json.loads(thaw("verify", "demo/rich:1", "--json").stdout)["missing"] == []
+    thaw("export", "demo/rich:1", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "bin" / "ping").read_bytes() == (
+        rich_tree / "bin" / "ping").read_bytes()
+
+
+def test_verify_reports_damage(thaw, rich_tree, store_url):
+    out = json.loads(thaw("push", str(rich_tree), "x:1", "--json").stdout)
+    objects = LocalStore(store_url[len("file://"):])
+    info = json.loads(thaw("inspect", "x:1", "--json", "--files").stdout)
+    assert info["files_list"][0]["path"] == "/"
+    from blobstore.images import open_image
+
+    _, m = open_image(objects, out["manifest"])
+    objects.delete(blob_key(m.chunks[0].id))
+    objects.put(blob_key(m.chunks[-1].id), encode_blob(b"garbage"))
+    proc = thaw("verify", "x:1", "--json", check=False)
+    assert proc.returncode == 1
+    doc = json.loads(proc.stdout)
+    assert doc["missing"] == [m.chunks[0].id] and doc["corrupt"] == [m.chunks[-1].id]
+
+
+@pytest.mark.parametrize("args, code, fragments", [
+    (["push", "{src}", "Bad Name:1"], 2, ["invalid image name"]),
+    (["push", "{src}", "ok:bad tag!"], 2, ["invalid tag"]),
+    (["push", "{tmp}/missing", "a:1"], 2, ["no such file"]),
+    (["push", "{src}", "a:1", "--chunker", "rabin"], 2, ["unknown chunker"]),
+    (["push", "{src}", "a:1", "--chunker", "fixed:7"], 2, ["out of range"]),
+    (["cat", "nothing:here", "/x"], 2, ["no image nothing:here", "thaw ls"]),
+    (["export", "nothing:here", "{tmp}/o"], 2, ["no image nothing:here"]),
+    (["inspect", "0" * 64], 1, ["manifest 0000", "not found"]),
+    (["ls", "--store", "ftp://nowhere/x"], 2, ["unknown store URL"]),
+])
+def test_user_errors_are_one_line(thaw, rich_tree, tmp_path, args, code, fragments):
+    args = [a.format(src=rich_tree, tmp=tmp_path) for a in args]
+    store = args[args.index("--store") + 1] if "--store" in args else None
+    if store:
+        args = [a for a in args if a not in ("--store", store)]
+    assert_user_error(thaw(*args, check=False, store=store), code, *fragments)
+
+
+def test_garbage_and_hostile_input(thaw, tmp_path):
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 100)
+    assert_user_error(thaw("push", str(bad), "a:1", check=False), 2, "bad.tar.gz", "gzip")
+    assert json.loads(thaw("ls", "--json").stdout) == []
+
+
+def test_corrupt_manifest_in_store(thaw, rich_tree, store_url):
+    out = json.loads(thaw("push", str(rich_tree), "x:1", "--json").stdout)
+    objects = LocalStore(store_url[len("file://"):])
+    objects.put(blob_key(out["manifest"]), encode_blob(b"\x93\x01\x02\x03"))
+    assert_user_error(thaw("inspect", "x:1", check=False), 1, "does not hash")
+    from blobstore.blobs import BlobStore
+
+    mid, _ = BlobStore(objects).put(b"\x93\x01\x02\x03")
+    assert_user_error(thaw("inspect", mid, check=False), 1, "invalid manifest")
+
+
+def test_malformed_ref_object_is_skipped_by_ls_and_named_by_inspect(thaw, store_url):
+    LocalStore(store_url[len("file://"):]).put("refs/x/1", b"not an id")
+    assert json.loads(thaw("ls", "--json").stdout) == []
+    assert_user_error(thaw("inspect", "x:1", check=False), 1, "holds no manifest id")
+
+
+@pytest.mark.s3
+def test_dead_store_is_one_line(thaw, rich_tree, monkeypatch):
+    from blobstore.seaweed import free_ports
+
+    thaw.env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_ports(1)[0]}",
+                    AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y")
+    proc = thaw("push", str(rich_tree), "a:1", check=False, store="s3://thaw/p")
+    assert_user_error(proc, 3, "s3://thaw/p (http://127.0.0.1:", "cannot")
+
+
+def test_full_disk_is_one_line(thaw, rich_tree, tmp_path):
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        proc = thaw("push", str(rich_tree), "a:1", check=False, store=f"file://{mnt}/store")
+        assert_user_error(proc, 3, "no space left")
+        assert not (mnt / "store" / "refs").exists()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
