@@ -70,8 +70,12 @@ class ObjectStore(ABC):
         """Remove the object; a missing one is not an error."""
 
     @abstractmethod
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        """``(key, size)`` under ``prefix`` (empty or ending with '/'), in no particular order."""
+
     def list(self, prefix: str = "") -> Iterator[str]:
-        """Keys under ``prefix`` (which is empty or ends with '/'), in no particular order."""
+        """Keys under ``prefix``."""
+        return (key for key, _ in self.list_sizes(prefix))
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store is not used afterwards."""

@@ -62,10 +62,14 @@ class BlobStore:
         self.objects.delete(blob_key(id))
 
     def iter_ids(self) -> Iterator[str]:
-        for key in self.objects.list(PREFIX):
+        return (id for id, _ in self.iter_stored_sizes())
+
+    def iter_stored_sizes(self) -> Iterator[tuple[str, int]]:
+        """``(id, stored size)`` of every blob, from a listing."""
+        for key, size in self.objects.list_sizes(PREFIX):
             name = key.rsplit("/", 1)[-1]
             if is_blob_id(name) and key == blob_key(name):
-                yield name
+                yield name, size
 
     def __str__(self) -> str:
         return str(self.objects)

@@ -90,15 +90,21 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             raise self._error(exc, f"delete {key}") from None
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         top = self.root / check_prefix(prefix)
+        stack = [top] if top.is_dir() else []
         try:
-            for dirpath, dirnames, filenames in os.walk(top):
-                dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-                rel = os.path.relpath(dirpath, self.root)
-                for name in filenames:
-                    if not name.startswith("."):
-                        yield name if rel == "." else f"{rel}/{name}"
+            while stack:
+                with os.scandir(stack.pop()) as entries:
+                    for e in entries:
+                        if e.name.startswith("."):
+                            continue  # temporaries of writes in progress
+                        if e.is_dir(follow_symlinks=False):
+                            stack.append(e.path)
+                        elif e.is_file(follow_symlinks=False):
+                            yield os.path.relpath(e.path, self.root), e.stat().st_size
+        except FileNotFoundError:
+            return  # a directory removed while listing
         except OSError as exc:
             raise self._error(exc, f"list {prefix or '/'}") from None
 

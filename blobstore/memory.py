@@ -37,11 +37,11 @@ class MemoryStore(ObjectStore):
         with self._lock:
             self._objects.pop(check_key(key), None)
 
-    def list(self, prefix: str = "") -> Iterator[str]:
+    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         check_prefix(prefix)
         with self._lock:
-            keys = [k for k in self._objects if k.startswith(prefix)]
-        return iter(keys)
+            found = [(k, len(v)) for k, v in self._objects.items() if k.startswith(prefix)]
+        return iter(found)
 
     def __str__(self) -> str:
         return f"memory://{self._name}"

@@ -22,7 +22,7 @@ _SIZE_RE = re.compile(r"(\d+)([KkMm]?)(?:i?B)?")
 @dataclass(frozen=True, slots=True)
 class ChunkerParams:
     algorithm: str = "fastcdc"
-    avg_size: int = 1 << 20
+    avg_size: int = 256 << 10  # bench/chunking.py: least bytes moved (README)
 
     @property
     def min_size(self) -> int:

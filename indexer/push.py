@@ -54,11 +54,53 @@ class PushResult:
         return asdict(self)
 
 
+class _KnownBlobs:
+    """What the store already holds, learnt from one listing in a background thread.
+
+    A listing returns a thousand keys per S3 request where asking per chunk costs a request
+    each, so when the store is small next to the image, listing is far cheaper
+    (bench/push.py). The listing gives up past ``limit`` blobs, and then each chunk is
+    looked up on its own: the cost is never much worse than per-chunk lookups.
+    """
+
+    def __init__(self, blobs: BlobStore, limit: int) -> None:
+        self.sizes: dict[str, int] = {}
+        self.complete = False
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._list, args=(blobs, limit), daemon=True,
+                                        name="thaw-list")
+        self._thread.start()
+
+    def _list(self, blobs: BlobStore, limit: int) -> None:
+        try:
+            for id, size in blobs.iter_stored_sizes():
+                if len(self.sizes) >= limit:
+                    return
+                self.sizes[id] = size
+            self.complete = True
+        except BaseException as exc:  # noqa: BLE001 - the uploader falls back to lookups
+            self._error = exc
+        finally:
+            self._done.set()
+
+    def stored_size(self, blobs: BlobStore, id: str) -> int | None:
+        """The stored size of ``id`` if the store has it, else None."""
+        self._done.wait()
+        if self.complete:
+            return self.sizes.get(id)
+        try:
+            return blobs.stored_size(id)
+        except BlobNotFound:
+            return None
+
+
 class _Uploader:
     """Uploads chunks that the store lacks, from a bounded pool of threads."""
 
-    def __init__(self, blobs: BlobStore, jobs: int) -> None:
+    def __init__(self, blobs: BlobStore, jobs: int, known: _KnownBlobs) -> None:
         self.blobs = blobs
+        self.known = known
         self.pool = ThreadPoolExecutor(jobs, thread_name_prefix="thaw-upload")
         self.slots = threading.BoundedSemaphore(2 * jobs)
         self.by_id: dict[str, Future] = {}
@@ -76,10 +118,9 @@ class _Uploader:
         return fut
 
     def _store(self, id: str, data: bytes) -> int:
-        try:
-            return self.blobs.stored_size(id)
-        except BlobNotFound:
-            pass
+        size = self.known.stored_size(self.blobs, id)
+        if size is not None:
+            return size
         stored = encode_blob(data)
         self.blobs.put_stored(id, stored)
         with self._lock:
@@ -156,7 +197,9 @@ def push_tree(tree: SourceTree, objects: ObjectStore, ref: Ref | None = None, *,
     for _, node in files:
         offsets[id(node)] = pos
         pos += node.size
-    uploader = _Uploader(blobs, jobs)
+    # Listing beyond a few times the image's chunk count costs more than asking per chunk.
+    known = _KnownBlobs(blobs, limit=4 * (pos // params.min_size + 1))
+    uploader = _Uploader(blobs, jobs, known)
     try:
         cut_chunks = _chunk_stream(tree, files, uploader, params, on_bytes)
         table = [ChunkRef(cid, size, fut.result()) for cid, size, fut in cut_chunks]

