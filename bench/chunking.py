@@ -18,6 +18,7 @@ Usage: python bench/chunking.py
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import struct
@@ -43,7 +44,7 @@ def chunk_tree(path: Path, params: ChunkerParams):
     with open_source(str(path)) as tree:
         files = list(tree.data_nodes())
         where, pos = {}, 0
-        for p, node in files:
+        for _, node in files:
             where[id(node)] = (pos, node.size)
             pos += node.size
         offsets = {p: where[id(n)] for p, n in tree.nodes.items() if id(n) in where}
@@ -62,8 +63,6 @@ def startup(chunks, offsets, paths: set[str]) -> tuple[int, int, int]:
     for _, size in chunks:
         starts.append(pos)
         pos += size
-    import bisect
-
     touched, own = set(), 0
     for p in paths:
         if p not in offsets:
