@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -18,6 +19,17 @@ from .support import build_rich_tree
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("THAW_TEST_CACHE", Path.home() / ".cache" / "thaw-test"))
 DEBIAN_INCLUDE = "python3,python3-numpy"
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_log_warnings(caplog, request):
+    """A WARNING or ERROR logged by a test that did not expect it fails the test."""
+    yield
+    if request.node.get_closest_marker("allow_log_warnings"):
+        return
+    bad = [f"{r.levelname}: {r.getMessage()}" for r in caplog.get_records("call")
+           if r.levelno >= logging.WARNING]
+    assert not bad, f"unexpected log lines: {bad}"
 
 
 @pytest.fixture(scope="session")
