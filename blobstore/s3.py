@@ -31,14 +31,15 @@ _CONFIG = {
 
 
 class S3Store(ObjectStore):
-    def __init__(self, bucket: str, prefix: str = "", *, client=None, max_pool: int = 32):
+    def __init__(self, bucket: str, prefix: str = "", *, client=None, max_pool: int = 32,
+                 timeout: float | None = None):
         if not _BUCKET_RE.fullmatch(bucket):
             raise StoreConfigError(f"s3://{bucket}: not a valid bucket name")
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         if self.prefix:
             check_key(self.prefix.rstrip("/"))
-        self._client = client or _make_client(max_pool)
+        self._client = client or _make_client(max_pool, timeout)
         self.endpoint = self._client.meta.endpoint_url
 
     def _error(self, exc: Exception, doing: str) -> StoreError:
@@ -112,13 +113,13 @@ def _code(exc: bexc.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _make_client(max_pool: int):
+def _make_client(max_pool: int, timeout: float | None):
     session = boto3.session.Session()
     config = botocore.config.Config(
         region_name=session.region_name or "us-east-1",
         max_pool_connections=max_pool,
-        connect_timeout=5,
-        read_timeout=60,
+        connect_timeout=min(5, timeout or 5),
+        read_timeout=timeout or 60,
         retries={"mode": "standard", "max_attempts": 3},
         # Blobs are verified by their blake3 id on every read; an extra CRC32 per request
         # costs client CPU that bench/push.py showed to matter.

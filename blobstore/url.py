@@ -25,7 +25,7 @@ def default_store_url() -> str:
     return f"file://{Path(data_home) / 'thaw' / 'store'}"
 
 
-def get_file_store(url: str) -> ObjectStore | None:
+def get_file_store(url: str, timeout: float | None = None) -> ObjectStore | None:
     if url.startswith("file://"):
         path = url[len("file://"):]
         if not path.startswith("/"):
@@ -36,7 +36,7 @@ def get_file_store(url: str) -> ObjectStore | None:
     return None
 
 
-def get_s3_store(url: str) -> ObjectStore | None:
+def get_s3_store(url: str, timeout: float | None = None) -> ObjectStore | None:
     if not url.startswith("s3://"):
         return None
     parts = urlsplit(url)
@@ -44,10 +44,10 @@ def get_s3_store(url: str) -> ObjectStore | None:
         raise StoreConfigError(f"{url}: an S3 URL names a bucket: s3://BUCKET/PREFIX")
     from .s3 import S3Store  # boto3 is slow to import; only pay for it when used
 
-    return S3Store(parts.netloc, parts.path)
+    return S3Store(parts.netloc, parts.path, timeout=timeout)
 
 
-def get_memory_store(url: str) -> ObjectStore | None:
+def get_memory_store(url: str, timeout: float | None = None) -> ObjectStore | None:
     if not url.startswith("memory://"):
         return None
     name = url[len("memory://"):]
@@ -57,11 +57,15 @@ def get_memory_store(url: str) -> ObjectStore | None:
 _OPENERS = (get_file_store, get_s3_store, get_memory_store)
 
 
-def open_store(url: str | None = None) -> ObjectStore:
-    """The object store at ``url`` (default: ``default_store_url()``)."""
+def open_store(url: str | None = None, *, timeout: float | None = None) -> ObjectStore:
+    """The object store at ``url`` (default: ``default_store_url()``).
+
+    ``timeout``: seconds a network store may take to answer one request (a mount wants
+    short ones, so its own retries and EIO come quickly; a push can wait).
+    """
     url = url or default_store_url()
     for opener in _OPENERS:
-        store = opener(url)
+        store = opener(url, timeout)
         if store is not None:
             return store
     raise StoreConfigError(f"{url}: unknown store URL; use file:///DIR, s3://BUCKET/PREFIX "

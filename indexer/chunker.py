@@ -7,16 +7,15 @@ Pure and single-threaded; the chunk views are only valid until the next one is p
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pyfastcdc
 
 from blobstore.errors import UsageError
+from blobstore.units import parse_size
 
 ALGORITHMS = ("fastcdc", "fixed")
-_SIZE_RE = re.compile(r"(\d+)([KkMm]?)(?:i?B)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,13 +40,6 @@ class ChunkerParams:
 
 
 DEFAULT = ChunkerParams()
-
-
-def parse_size(text: str) -> int:
-    match = _SIZE_RE.fullmatch(text.strip())
-    if not match:
-        raise UsageError(f"invalid size {text!r}: use a number with K or M, e.g. 1M")
-    return int(match.group(1)) << {"": 0, "k": 10, "m": 20}[match.group(2).lower()]
 
 
 def parse_chunker(spec: str) -> ChunkerParams:

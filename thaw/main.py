@@ -15,6 +15,7 @@ import traceback
 
 from blobstore import cli as blobstore_cli
 from blobstore.errors import ThawError
+from fusefs import cli as fusefs_cli
 from indexer import cli as indexer_cli
 
 from .ui import Console
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="thaw", parents=[common],
         description="Content-addressed, lazy-loading images for fast cold starts.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (indexer_cli, blobstore_cli):
+    for module in (indexer_cli, blobstore_cli, fusefs_cli):
         module.register(sub, common)
     return parser
 

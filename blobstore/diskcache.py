@@ -1,0 +1,135 @@
+"""The node's disk cache: stored blobs in a local directory, bounded in bytes, LRU.
+
+Entries are the stored (compressed) form, exactly as fetched, at ``DIR/ab/<id>``; written
+under a temporary name and renamed, so a reader or a crash never sees half an entry. A hit
+bumps the file's mtime, which is the recency eviction sorts by: the order survives restarts
+and is shared by every process using the directory (the daemon, the peer server, several
+mounts). Eviction runs under an exclusive ``flock`` on ``DIR/.lock`` and removes the least
+recently used entries until the cache is under 90% of its bound. Every entry is verified on
+read; a corrupt one is deleted, logged, and reported as a miss so the next tier is asked.
+Thread-safe and process-safe.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import threading
+from pathlib import Path
+
+from .codec import MAX_BLOB_SIZE, decode_and_verify
+from .digest import check_blob_id
+from .errors import BlobCorrupt, BlobNotFound, StoreConfigError, StoreUnavailable
+
+log = logging.getLogger(__name__)
+_LOW_WATER = 0.9
+
+
+class DiskCache:
+    def __init__(self, root: str | os.PathLike[str], max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise StoreConfigError(f"cache size must be positive, not {max_bytes}")
+        self.root = Path(root).absolute()
+        self.max_bytes = max_bytes
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreConfigError(f"cannot use {self.root} as a cache: {exc.strerror}") from None
+        self._lock = threading.Lock()
+        self._size = sum(size for _, size, _ in self._entries())
+
+    def _path(self, id: str) -> Path:
+        return self.root / id[:2] / check_blob_id(id)
+
+    def _entries(self):
+        """``(path, size, mtime_ns)`` of every entry."""
+        for sub in os.scandir(self.root):
+            if not sub.is_dir() or sub.name.startswith("."):
+                continue
+            with os.scandir(sub.path) as files:
+                for f in files:
+                    if not f.name.startswith("."):
+                        try:
+                            st = f.stat()
+                        except FileNotFoundError:
+                            continue  # evicted by another process meanwhile
+                        yield f.path, st.st_size, st.st_mtime_ns
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def get(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> bytes:
+        """The blob's bytes, verified; BlobNotFound on a miss or a dropped corrupt entry."""
+        path = self._path(id)
+        try:
+            with open(path, "rb") as f:
+                stored = f.read()
+            os.utime(path)  # recency for eviction
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {id} not in the disk cache") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"disk cache {self.root}: cannot read {id}: "
+                                   f"{exc.strerror}") from None
+        try:
+            return decode_and_verify(stored, id, max_size=max_size, where=f"cache {self.root}")
+        except BlobCorrupt as exc:
+            log.warning("dropping corrupt cache entry: %s", exc)
+            self._remove(path, len(stored))
+            raise BlobNotFound(f"blob {id} was corrupt in the disk cache") from None
+
+    def has(self, id: str) -> bool:
+        return self._path(id).exists()
+
+    def put_stored(self, id: str, stored: bytes) -> None:
+        """Add an entry (already verified by the caller); evicts if over the bound."""
+        path = self._path(id)
+        tmp = path.with_name(f".tmp-{secrets.token_hex(6)}-{id}")
+        try:
+            path.parent.mkdir(exist_ok=True)
+            with open(tmp, "xb") as f:
+                f.write(stored)
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise StoreUnavailable(f"disk cache {self.root}: cannot write {id}: "
+                                   + ("no space left" if full else str(exc.strerror))) from None
+        with self._lock:
+            self._size += len(stored)
+            over = self._size > self.max_bytes
+        if over:
+            self.evict()
+
+    def _remove(self, path: str | Path, size: int) -> None:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        with self._lock:
+            self._size -= size
+
+    def evict(self) -> int:
+        """Remove least recently used entries until under 90% of the bound; bytes freed."""
+        with open(self.root / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            entries = sorted(self._entries(), key=lambda e: e[2])
+            total = sum(size for _, size, _ in entries)
+            freed = 0
+            for path, size, _ in entries:
+                if total - freed <= self.max_bytes * _LOW_WATER:
+                    break
+                try:
+                    os.unlink(path)
+                    freed += size
+                except FileNotFoundError:
+                    pass
+            with self._lock:
+                self._size = total - freed
+        return freed
+
+    def __str__(self) -> str:
+        return f"cache {self.root}"

@@ -1,0 +1,17 @@
+"""Sizes as people write them: 256K, 1M, 10G."""
+
+from __future__ import annotations
+
+import re
+
+from .errors import UsageError
+
+_SIZE_RE = re.compile(r"(\d+)([KkMmGgTt]?)(?:i?B)?")
+_SHIFT = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}
+
+
+def parse_size(text: str) -> int:
+    match = _SIZE_RE.fullmatch(text.strip())
+    if not match:
+        raise UsageError(f"invalid size {text!r}: use a number with K, M, G or T, e.g. 10G")
+    return int(match.group(1)) << _SHIFT[match.group(2).lower()]

@@ -1,0 +1,158 @@
+"""Subcommands of the FUSE side: ``mount``, ``umount``, ``daemon``, ``stats``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from blobstore.errors import UsageError
+from blobstore.units import parse_size
+from blobstore.url import open_store
+
+from .errors import MountError
+from .mount import is_mounted
+from .ops import STATS_XATTR
+from .service import mount_image, run_daemon
+
+STORE_TIMEOUT = 10.0  # seconds per store request from a mount; then retry, then EIO
+READY_TIMEOUT = 120.0
+
+
+def default_cache_dir() -> str:
+    cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(cache_home) / "thaw" / "chunks")
+
+
+def _cache_args(p) -> None:
+    p.add_argument("--cache-dir", default=None, help="the node's disk cache (default: "
+                   "$XDG_CACHE_HOME/thaw/chunks), shared by every mount")
+    p.add_argument("--cache-size", default="10G", help="bound of the disk cache (default 10G)")
+    p.add_argument("--memory", default="256M", help="bound of the memory cache (default 256M)")
+    p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there")
+    p.add_argument("--background", action="store_true",
+                   help="return once the mount answers; the daemon goes on in the background")
+    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # for --background
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("mount", parents=[common], help="mount one image read-only, lazily",
+                       description="Mount REF at DIR; chunks are fetched when read.")
+    p.add_argument("ref", metavar="REF", help="NAME:TAG or a manifest id")
+    p.add_argument("mountpoint", metavar="DIR", help="an empty directory")
+    _cache_args(p)
+    p.set_defaults(func=cmd_mount)
+
+    p = sub.add_parser("daemon", parents=[common], help="serve every image of the store",
+                       description="Mount the store at DIR: DIR/<manifest id>/ appears on "
+                                   "first lookup, DIR/refs/NAME/TAG links to it.")
+    p.add_argument("--mountpoint", required=True, metavar="DIR", help="an empty directory")
+    _cache_args(p)
+    p.set_defaults(func=cmd_daemon)
+
+    p = sub.add_parser("umount", parents=[common], help="unmount a thaw mount")
+    p.add_argument("mountpoint", metavar="DIR")
+    p.set_defaults(func=cmd_umount)
+
+    p = sub.add_parser("stats", parents=[common], help="what a mount has fetched, per tier")
+    p.add_argument("mountpoint", metavar="DIR")
+    p.set_defaults(func=cmd_stats)
+
+
+def _sizes(args) -> dict:
+    return {"cache_dir": args.cache_dir or default_cache_dir(),
+            "cache_bytes": parse_size(args.cache_size), "memory_bytes": parse_size(args.memory),
+            "metrics": args.metrics}
+
+
+def _ready_signal(args):
+    if args.ready_fd is None:
+        return lambda: None
+
+    def ready() -> None:
+        os.write(args.ready_fd, b"ready\n")
+        os.close(args.ready_fd)
+
+    return ready
+
+
+def _in_background(args, console) -> int:
+    """Run this command again without --background and wait until it says it is ready."""
+    argv = [a for a in sys.argv[1:] if a != "--background"]
+    log_dir = Path(_sizes(args)["cache_dir"]) / ".logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"mount-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    r, w = os.pipe()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "thaw", *argv, "--ready-fd", str(w)],
+                                pass_fds=[w], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, start_new_session=True)
+    os.close(w)
+    ready, _, _ = select.select([r], [], [], READY_TIMEOUT)
+    said = os.read(r, 64) if ready else b""
+    os.close(r)
+    if said.startswith(b"ready"):
+        console.note(f"mounted at {args.mountpoint} (pid {proc.pid}, log {log_path})")
+        return 0
+    if proc.poll() is None:
+        proc.terminate()
+    lines = log_path.read_text(errors="replace").strip().splitlines()
+    detail = lines[-1].removeprefix("thaw: error: ") if lines else "no output"
+    raise MountError(f"the mount did not come up: {detail} (log: {log_path})")
+
+
+def cmd_mount(args, console) -> int:
+    if args.background:
+        return _in_background(args, console)
+    objects = open_store(args.store, timeout=STORE_TIMEOUT)
+    mount_image(objects, args.ref, args.mountpoint, on_ready=_ready_signal(args), **_sizes(args))
+    return 0
+
+
+def cmd_daemon(args, console) -> int:
+    if args.background:
+        return _in_background(args, console)
+    objects = open_store(args.store, timeout=STORE_TIMEOUT)
+    run_daemon(objects, args.mountpoint, on_ready=_ready_signal(args), **_sizes(args))
+    return 0
+
+
+def cmd_umount(args, console) -> int:
+    if not is_mounted(args.mountpoint):
+        raise UsageError(f"{args.mountpoint} is not mounted")
+    proc = subprocess.run(["fusermount3", "-u", args.mountpoint], capture_output=True)
+    if proc.returncode != 0:
+        proc = subprocess.run(["umount", args.mountpoint], capture_output=True)
+    if proc.returncode != 0:
+        raise MountError(f"cannot unmount {args.mountpoint}: "
+                         f"{proc.stderr.decode(errors='replace').strip()}")
+    return 0
+
+
+def read_stats(mountpoint: str) -> dict:
+    try:
+        return json.loads(os.getxattr(mountpoint, STATS_XATTR))
+    except OSError:
+        raise UsageError(f"{mountpoint} is not a thaw mount (or it is not answering)") from None
+
+
+def cmd_stats(args, console) -> int:
+    doc = read_stats(args.mountpoint)
+    if console.json_output:
+        console.json(doc)
+        return 0
+    share = doc["fetched_bytes"] / doc["image_bytes"] if doc["image_bytes"] else 0
+    console.line(f"images:        {', '.join(doc['images'])}")
+    console.line(f"image bytes:   {doc['image_bytes']}")
+    console.line(f"fetched bytes: {doc['fetched_bytes']} ({share:.1%} of the image), "
+                 f"{doc['fetched_stored_bytes']} over the wire")
+    for tier, t in doc["tiers"].items():
+        console.line(f"  {tier:<7} {t['chunks']:>8} chunks {t['bytes']:>14} bytes")
+    console.line(f"cache hits:    {doc['cache_hits']}; fetch latency (ms): "
+                 f"{doc['fetch_latency_ms']}")
+    return 0

@@ -1,0 +1,175 @@
+"""The chunk fetcher: memory LRU, one fetch per chunk, separate thread limiters, retries.
+
+Threading model: every method runs on the trio thread. Store calls (disk cache, S3, which
+block and decompress) go to worker threads through ``trio.to_thread.run_sync`` with one
+``CapacityLimiter`` for demand reads and another for prefetch, so prefetch never starves a
+reader. A chunk asked for while it is in flight is waited for, never fetched twice. A store
+that fails or hangs is retried with capped exponential back-off and jitter (``trio.sleep``,
+so tests run it on trio's autojump clock); after the last attempt the error goes up and that
+read gets EIO, while the mount stays up. Bytes that fail verification are never cached or
+served: the tier below raises ``BlobCorrupt`` and it is not retried.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from blobstore.errors import StoreUnavailable
+from blobstore.manifest import ChunkRef
+from blobstore.tiers import percentiles
+
+log = logging.getLogger(__name__)
+
+
+class Source(enum.Enum):
+    DEMAND = "demand"
+    PREFETCH = "prefetch"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    base: float = 0.2  # seconds before the second attempt
+    cap: float = 5.0
+    attempt_timeout: float = 30.0  # a hung store call is abandoned after this
+
+    def delay(self, attempt: int) -> float:
+        return min(self.cap, self.base * 2 ** attempt) * random.uniform(0.5, 1.0)
+
+
+class _Flight:
+    __slots__ = ("event", "data", "error")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class ChunkFetcher:
+    def __init__(self, fetch_sync: Callable[[str, int], bytes], *,
+                 memory_bytes: int = 256 << 20, demand_threads: int = 16,
+                 prefetch_threads: int = 4, retry: RetryPolicy = RetryPolicy()) -> None:
+        self._fetch_sync = fetch_sync  # (id, size) -> verified bytes; blocking
+        self._memory: OrderedDict[str, bytes] = OrderedDict()
+        self._memory_bytes = 0
+        self.memory_limit = memory_bytes
+        self._inflight: dict[str, _Flight] = {}
+        self._limiters = {Source.DEMAND: trio.CapacityLimiter(demand_threads),
+                          Source.PREFETCH: trio.CapacityLimiter(prefetch_threads)}
+        self._prefetch_gate = trio.CapacityLimiter(prefetch_threads)
+        self.retry = retry
+        self._nursery: trio.Nursery | None = None
+        self.counts = {"memory_hits": 0, "memory_bytes": 0, "waited": 0, "demand_fetches": 0,
+                       "prefetches": 0, "errors": 0, "retries": 0}
+        self._latencies: deque = deque(maxlen=10_000)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Own the nursery that background prefetches run in."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- memory ------------------------------------------------------------------------------
+
+    def cached(self, id: str) -> bytes | None:
+        data = self._memory.get(id)
+        if data is not None:
+            self._memory.move_to_end(id)
+        return data
+
+    def _remember(self, id: str, data: bytes) -> None:
+        if id in self._memory or len(data) > self.memory_limit:
+            return
+        self._memory[id] = data
+        self._memory_bytes += len(data)
+        while self._memory_bytes > self.memory_limit:
+            _, old = self._memory.popitem(last=False)
+            self._memory_bytes -= len(old)
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    async def get(self, chunk: ChunkRef, source: Source = Source.DEMAND) -> bytes:
+        """The chunk's verified bytes; raises the store's error after the last retry."""
+        data = self.cached(chunk.id)
+        if data is not None:
+            self.counts["memory_hits"] += 1
+            self.counts["memory_bytes"] += len(data)
+            return data
+        flight = self._inflight.get(chunk.id)
+        if flight is not None:
+            self.counts["waited"] += 1
+            await flight.event.wait()
+            if flight.error is not None:
+                raise flight.error
+            return flight.data  # type: ignore[return-value]
+        return await self._fly(chunk, source)
+
+    async def _fly(self, chunk: ChunkRef, source: Source) -> bytes:
+        flight = self._inflight[chunk.id] = _Flight()
+        started = time.monotonic()
+        try:
+            flight.data = await self._fetch_with_retries(chunk, source)
+            self._remember(chunk.id, flight.data)
+            key = "demand_fetches" if source is Source.DEMAND else "prefetches"
+            self.counts[key] += 1
+            if source is Source.DEMAND:
+                self._latencies.append(time.monotonic() - started)
+            return flight.data
+        except BaseException as exc:
+            flight.error = exc
+            self.counts["errors"] += 1
+            raise
+        finally:
+            del self._inflight[chunk.id]
+            flight.event.set()
+
+    async def _fetch_with_retries(self, chunk: ChunkRef, source: Source) -> bytes:
+        for attempt in range(self.retry.attempts):
+            try:
+                with trio.fail_after(self.retry.attempt_timeout):
+                    return await trio.to_thread.run_sync(
+                        self._fetch_sync, chunk.id, chunk.size,
+                        limiter=self._limiters[source], abandon_on_cancel=True)
+            except (StoreUnavailable, trio.TooSlowError) as exc:
+                if attempt + 1 == self.retry.attempts:
+                    if isinstance(exc, trio.TooSlowError):
+                        raise StoreUnavailable(f"chunk {chunk.id}: the store did not answer "
+                                               f"in {self.retry.attempt_timeout}s") from None
+                    raise
+                self.counts["retries"] += 1
+                log.info("chunk %s: %s; retrying", chunk.id, exc)
+                await trio.sleep(self.retry.delay(attempt))
+        raise AssertionError("unreachable")
+
+    # -- prefetch ----------------------------------------------------------------------------
+
+    def prefetch(self, chunks: list[ChunkRef]) -> None:
+        """Fetch these chunks in the background, unless cached or in flight already."""
+        if self._nursery is None:
+            return
+        for c in chunks:
+            if c.id not in self._memory and c.id not in self._inflight:
+                self._nursery.start_soon(self._prefetch_one, c)
+
+    async def _prefetch_one(self, chunk: ChunkRef) -> None:
+        async with self._prefetch_gate:  # a flight is registered only when it can run
+            if chunk.id in self._memory or chunk.id in self._inflight:
+                return
+            try:
+                await self._fly(chunk, Source.PREFETCH)
+            except Exception as exc:  # noqa: BLE001 - a demand read will report it
+                log.debug("prefetch of %s failed: %s", chunk.id, exc)
+
+    def statistics(self) -> dict:
+        return {**self.counts, "memory_cached_bytes": self._memory_bytes,
+                "fetch_latency_ms": percentiles(sorted(self._latencies))}

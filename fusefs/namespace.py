@@ -1,0 +1,182 @@
+"""What a mount shows: one image (``thaw mount``) or every image of a store (the daemon).
+
+``SingleImage`` is a thin face of one ``FsTree``. ``StoreImages`` shows a root with one
+directory per manifest id, made on first lookup (the manifest is loaded and validated in a
+worker thread), and ``refs/NAME/TAG`` symlinks to them, read from the store with a short
+cache (tags move; images never do). Each image gets its own inode range, ``k << 32``.
+Runs on the trio thread; store calls go through ``trio.to_thread``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable
+
+import trio
+
+from blobstore.base import ObjectStore
+from blobstore.blobs import BlobStore
+from blobstore.digest import is_blob_id
+from blobstore.images import load_manifest
+from blobstore.refs import Refs
+
+from .tree import Attrs, FsTree
+
+ROOT, REFS = 1, 2
+REFS_TTL = 2.0
+_RANGE = 32  # bits of inode number per image
+
+
+class SingleImage:
+    def __init__(self, manifest_id: str, tree: FsTree, statistics: Callable[[], dict]) -> None:
+        self.manifest_id, self.tree, self._statistics = manifest_id, tree, statistics
+
+    async def lookup(self, parent: int, name: bytes) -> int | None:
+        return self.tree.lookup(parent, name)
+
+    async def children(self, ino: int) -> list[tuple[bytes, int]]:
+        return self.tree.children(ino)
+
+    def attrs(self, ino: int) -> Attrs:
+        return self.tree.attrs(ino)
+
+    def readlink(self, ino: int) -> bytes:
+        return self.tree.readlink(ino)
+
+    def xattrs(self, ino: int) -> tuple[tuple[bytes, bytes], ...]:
+        return self.tree.xattrs(ino)
+
+    def tree_of(self, ino: int) -> FsTree:
+        return self.tree
+
+    def totals(self) -> tuple[int, int]:
+        return self.tree.manifest.data_size, self.tree.inode_count
+
+    def images(self) -> dict[str, int]:
+        return {self.manifest_id: self.tree.manifest.data_size}
+
+    def statistics(self) -> dict:
+        return self._statistics()
+
+
+class StoreImages:
+    """Every image of one store under one mount point."""
+
+    def __init__(self, objects: ObjectStore, statistics: Callable[[], dict]) -> None:
+        self.objects = objects
+        self._statistics = statistics
+        self.trees: dict[str, FsTree] = {}  # manifest id -> tree, in load order
+        self._by_range: dict[int, FsTree] = {}  # ino >> _RANGE -> tree
+        self._loading: dict[str, trio.Event] = {}
+        self._synthetic: dict[int, tuple[str, str]] = {ROOT: ("d", ""), REFS: ("d", "refs")}
+        self._by_path: dict[str, int] = {"": ROOT, "refs": REFS}
+        self._refs: dict[str, str] = {}  # "NAME/TAG" -> manifest id
+        self._refs_at = -1e9
+        self._started_ns = time.time_ns()
+
+    # -- images ------------------------------------------------------------------------------
+
+    async def _image(self, mid: str) -> FsTree:
+        while mid in self._loading:
+            await self._loading[mid].wait()
+        if mid in self.trees:
+            return self.trees[mid]
+        self._loading[mid] = trio.Event()
+        try:
+            m = await trio.to_thread.run_sync(load_manifest, BlobStore(self.objects), mid)
+            tree = FsTree(m, base=(len(self.trees) + 1) << _RANGE)
+            self.trees[mid] = self._by_range[tree.base >> _RANGE] = tree
+            return tree
+        finally:
+            self._loading.pop(mid).set()
+
+    def _tree_for(self, ino: int) -> FsTree:
+        return self._by_range[ino >> _RANGE]  # KeyError: ENOENT
+
+    # -- refs --------------------------------------------------------------------------------
+
+    async def _refresh_refs(self) -> None:
+        if time.monotonic() - self._refs_at < REFS_TTL:
+            return
+        listed = await trio.to_thread.run_sync(lambda: list(Refs(self.objects).list()))
+        self._refs = {f"{r.name}/{r.tag}": mid for r, mid in listed}
+        self._refs_at = time.monotonic()
+        for key in self._refs:
+            parts = key.split("/")
+            for depth in range(1, len(parts) + 1):
+                path = "refs/" + "/".join(parts[:depth])
+                if path not in self._by_path:
+                    ino = len(self._synthetic) + 1
+                    self._synthetic[ino] = ("l" if depth == len(parts) else "d", path)
+                    self._by_path[path] = ino
+
+    def _ref_children(self, path: str) -> list[tuple[bytes, int]]:
+        prefix = path + "/"
+        names = {p[len(prefix):].split("/")[0] for p in self._by_path
+                 if p.startswith(prefix) and p[len(prefix):]}
+        live = [n for n in sorted(names) if self._live(prefix + n)]
+        return [(os.fsencode(n), self._by_path[prefix + n]) for n in live]
+
+    def _live(self, path: str) -> bool:
+        key = path[len("refs/"):]
+        return any(r == key or r.startswith(key + "/") for r in self._refs)
+
+    # -- the namespace -----------------------------------------------------------------------
+
+    async def lookup(self, parent: int, name: bytes) -> int | None:
+        if parent >> _RANGE:
+            return self._tree_for(parent).lookup(parent, name)
+        text = os.fsdecode(name)
+        if parent == ROOT and is_blob_id(text):
+            return (await self._image(text)).root
+        await self._refresh_refs()
+        kind, path = self._synthetic[parent]
+        child = f"{path}/{text}" if path else text
+        return self._by_path.get(child) if child == "refs" or self._live(child) else None
+
+    async def children(self, ino: int) -> list[tuple[bytes, int]]:
+        if ino >> _RANGE:
+            return self._tree_for(ino).children(ino)
+        if ino == ROOT:
+            return [(b"refs", REFS)] + [(m.encode(), t.root) for m, t in sorted(
+                self.trees.items())]
+        await self._refresh_refs()
+        return self._ref_children(self._synthetic[ino][1])
+
+    def attrs(self, ino: int) -> Attrs:
+        if ino >> _RANGE:
+            return self._tree_for(ino).attrs(ino)
+        kind, path = self._synthetic[ino]
+        if kind == "l":
+            target = self.readlink(ino)
+            return Attrs(ino, stat.S_IFLNK | 0o777, 1, 0, 0, len(target), self._started_ns, 0,
+                         0, ttl=REFS_TTL)
+        return Attrs(ino, stat.S_IFDIR | 0o755, 2, 0, 0, 4096, self._started_ns, 0, 8,
+                     ttl=REFS_TTL if ino != ROOT else None)
+
+    def readlink(self, ino: int) -> bytes:
+        if ino >> _RANGE:
+            return self._tree_for(ino).readlink(ino)
+        kind, path = self._synthetic[ino]
+        if kind != "l":
+            raise ValueError("not a symlink")
+        mid = self._refs[path[len("refs/"):]]
+        return ("../" * path.count("/") + mid).encode()
+
+    def xattrs(self, ino: int) -> tuple[tuple[bytes, bytes], ...]:
+        return self._tree_for(ino).xattrs(ino) if ino >> _RANGE else ()
+
+    def tree_of(self, ino: int) -> FsTree:
+        return self._tree_for(ino)
+
+    def totals(self) -> tuple[int, int]:
+        return (sum(t.manifest.data_size for t in self.trees.values()),
+                sum(t.inode_count for t in self.trees.values()) + len(self._synthetic))
+
+    def images(self) -> dict[str, int]:
+        return {m: t.manifest.data_size for m, t in self.trees.items()}
+
+    def statistics(self) -> dict:
+        return self._statistics()

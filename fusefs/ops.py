@@ -1,0 +1,222 @@
+"""The pyfuse3 adapter: each handler is a few lines over a namespace and the fetcher.
+
+Every handler goes through ``@fuse_errors``, the one boundary that turns our errors into
+errno values: pyfuse3 catches only ``FUSEError``, and anything else escaping a handler ends
+``pyfuse3.main()`` and the mount dies. A read returns exactly the bytes asked for, up to the
+end of the file: the spans cover the range, and a read that crosses chunks joins them.
+Sequential reads of a file widen a read-ahead window that the fetcher prefetches into.
+Runs on the trio thread only.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+import pyfuse3
+import trio
+
+from blobstore.errors import BlobCorrupt, BlobNotFound, StoreError
+from blobstore.manifest import FILE
+
+from .fetch import ChunkFetcher
+from .tree import Attrs, FsTree
+
+log = logging.getLogger(__name__)
+TIMEOUT = 24 * 3600.0  # images never change: let the kernel keep entries and attributes
+STATS_XATTR = b"user.thaw.stats"  # served on the root, never listed (rsync -X ignores it)
+READ_AHEAD_MIN, READ_AHEAD_MAX = 1 << 20, 16 << 20
+
+
+class Namespace(Protocol):
+    """What the mount shows: one image, or every image of a store."""
+
+    async def lookup(self, parent: int, name: bytes) -> int | None: ...
+    async def children(self, ino: int) -> list[tuple[bytes, int]]: ...
+    def attrs(self, ino: int) -> Attrs: ...
+    def readlink(self, ino: int) -> bytes: ...
+    def xattrs(self, ino: int) -> tuple[tuple[bytes, bytes], ...]: ...
+    def tree_of(self, ino: int) -> FsTree: ...
+    def totals(self) -> tuple[int, int]: ...
+    def statistics(self) -> dict: ...
+
+
+@dataclass
+class _Handle:
+    tree: FsTree
+    ino: int
+    next_offset: int = 0
+    window: int = READ_AHEAD_MIN
+
+
+def fuse_errors(fn):
+    """Map every exception of a handler to an errno; nothing else may escape."""
+
+    @functools.wraps(fn)
+    async def wrapper(self, *args):
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except (BlobCorrupt, BlobNotFound, StoreError) as exc:
+            self.log_once(str(exc))
+            raise pyfuse3.FUSEError(errno.EIO) from None
+        except Exception:
+            log.exception("bug in %s%r", fn.__name__, args)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def entry_attributes(a: Attrs) -> pyfuse3.EntryAttributes:
+    e = pyfuse3.EntryAttributes()
+    e.st_ino, e.generation = a.ino, 0
+    e.entry_timeout = e.attr_timeout = TIMEOUT if a.ttl is None else a.ttl
+    e.st_mode, e.st_nlink, e.st_uid, e.st_gid = a.mode, a.nlink, a.uid, a.gid
+    e.st_rdev, e.st_size, e.st_blksize, e.st_blocks = a.rdev, a.size, 4096, a.blocks
+    e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = a.mtime_ns
+    return e
+
+
+class ImageOps(pyfuse3.Operations):
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, namespace: Namespace, fetcher: ChunkFetcher) -> None:
+        super().__init__()
+        self.ns, self.fetcher = namespace, fetcher
+        self._handles: dict[int, _Handle] = {}
+        self._next_fh = 1
+        self._logged: set[str] = set()
+        self.initialized = trio.Event()
+
+    def init(self) -> None:
+        """Called by pyfuse3 just before the kernel's INIT request is answered."""
+        self.initialized.set()
+
+    def log_once(self, message: str) -> None:
+        if message not in self._logged:
+            self._logged.add(message)
+            log.error("read failed: %s", message)
+
+    @fuse_errors
+    async def lookup(self, parent_inode, name, ctx=None):
+        if name == b".":
+            return entry_attributes(self.ns.attrs(parent_inode))
+        if name == b"..":
+            raise pyfuse3.FUSEError(errno.ENOENT)  # the kernel resolves '..' itself
+        ino = await self.ns.lookup(parent_inode, name)
+        if ino is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return entry_attributes(self.ns.attrs(ino))
+
+    @fuse_errors
+    async def getattr(self, inode, ctx=None):
+        return entry_attributes(self.ns.attrs(inode))
+
+    @fuse_errors
+    async def readlink(self, inode, ctx):
+        return self.ns.readlink(inode)
+
+    @fuse_errors
+    async def opendir(self, inode, ctx):
+        return inode
+
+    @fuse_errors
+    async def readdir(self, fh, start_id, token):
+        for i, (name, ino) in enumerate(await self.ns.children(fh)):
+            if i < start_id:
+                continue
+            if not pyfuse3.readdir_reply(token, name, entry_attributes(self.ns.attrs(ino)),
+                                         i + 1):
+                return
+
+    @fuse_errors
+    async def open(self, inode, flags, ctx):
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        tree = self.ns.tree_of(inode)
+        if tree.entry(inode).type != FILE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        fh, self._next_fh = self._next_fh, self._next_fh + 1
+        self._handles[fh] = _Handle(tree, inode)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+
+    @fuse_errors
+    async def read(self, fh, off, size):
+        h = self._handles[fh]
+        chunks = h.tree.manifest.chunks
+        spans = h.tree.spans(h.ino, off, size)
+        self._read_ahead(h, off, size)
+        if len(spans) == 1:
+            s = spans[0]
+            data = await self.fetcher.get(chunks[s.chunk])
+            return memoryview(data)[s.offset:s.offset + s.length]
+        pieces: list[bytes] = [b""] * len(spans)
+
+        async def fill(i: int) -> None:
+            s = spans[i]
+            data = await self.fetcher.get(chunks[s.chunk])
+            pieces[i] = memoryview(data)[s.offset:s.offset + s.length]
+
+        async with trio.open_nursery() as nursery:
+            for i in range(len(spans)):
+                nursery.start_soon(fill, i)
+        return b"".join(pieces)
+
+    def _read_ahead(self, h: _Handle, off: int, size: int) -> None:
+        """Sequential reads double the window ahead of them; a jump resets it."""
+        h.window = min(h.window * 2, READ_AHEAD_MAX) if off == h.next_offset else READ_AHEAD_MIN
+        h.next_offset = off + size
+        ahead = h.tree.spans(h.ino, off + size, h.window)
+        chunks = h.tree.manifest.chunks
+        self.fetcher.prefetch([chunks[s.chunk] for s in ahead])
+
+    @fuse_errors
+    async def release(self, fh):
+        self._handles.pop(fh, None)
+
+    @fuse_errors
+    async def releasedir(self, fh):
+        return None
+
+    @fuse_errors
+    async def access(self, inode, mode, ctx):
+        if mode & os.W_OK:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        self.ns.attrs(inode)  # ENOENT for an unknown inode; permissions: default_permissions
+
+    @fuse_errors
+    async def getxattr(self, inode, name, ctx):
+        if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE:
+            return json.dumps(self.ns.statistics(), sort_keys=True).encode()
+        for key, value in self.ns.xattrs(inode):
+            if key == name:
+                return value
+        raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    @fuse_errors
+    async def listxattr(self, inode, ctx):
+        return [key for key, _ in self.ns.xattrs(inode)]
+
+    @fuse_errors
+    async def statfs(self, ctx):
+        total_bytes, inodes = self.ns.totals()
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = (total_bytes + 4095) // 4096
+        s.f_bfree = s.f_bavail = 0
+        s.f_files, s.f_ffree, s.f_favail = inodes, 0, 0
+        s.f_namemax = 255
+        return s
+
+    async def forget(self, inode_list):
+        """Inodes are fixed for the life of the mount; nothing to forget."""

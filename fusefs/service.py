@@ -1,0 +1,69 @@
+"""Putting a mount together: store, disk cache, fetcher, namespace, metrics, serve.
+
+Called from the command line on the main thread; everything after ``trio.run`` is on the
+trio thread, with store calls in worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import trio
+
+from blobstore.base import ObjectStore
+from blobstore.blobs import BlobStore
+from blobstore.diskcache import DiskCache
+from blobstore.images import open_image
+from blobstore.tiers import ReadThroughCache
+
+from .fetch import ChunkFetcher
+from .metrics import SnapshotCollector, start_metrics
+from .mount import prepare_mountpoint, serve
+from .namespace import SingleImage, StoreImages
+from .stats import stats_doc
+from .tree import FsTree
+
+
+def _parts(objects: ObjectStore, cache_dir: str, cache_bytes: int, memory_bytes: int):
+    tiers = ReadThroughCache(BlobStore(objects), DiskCache(cache_dir, cache_bytes))
+    fetcher = ChunkFetcher(lambda id, size: tiers.get(id, max_size=size),
+                           memory_bytes=memory_bytes)
+    return tiers, fetcher
+
+
+def _run(namespace_for, tiers, fetcher, mountpoint: str, metrics: str | None,
+         on_ready: Callable[[], None]) -> None:
+    collector = SnapshotCollector()
+    box: dict = {}
+
+    def statistics() -> dict:
+        return stats_doc(box["ns"].images(), tiers, fetcher)
+
+    def publish() -> None:
+        collector.snapshot = statistics()
+
+    namespace = box["ns"] = namespace_for(statistics)
+    if metrics:
+        start_metrics(metrics, collector)
+    trio.run(lambda: serve(namespace, fetcher, mountpoint, on_ready=on_ready, publish=publish))
+
+
+def mount_image(objects: ObjectStore, ref: str, mountpoint: str, *, cache_dir: str,
+                cache_bytes: int, memory_bytes: int, metrics: str | None = None,
+                on_ready: Callable[[], None] = lambda: None) -> None:
+    """Mount one image read-only at ``mountpoint`` until unmounted or signalled."""
+    prepare_mountpoint(mountpoint)  # fail before loading anything
+    mid, manifest = open_image(objects, ref)
+    tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes)
+    _run(lambda stats: SingleImage(mid, FsTree(manifest), stats), tiers, fetcher, mountpoint,
+         metrics, on_ready)
+
+
+def run_daemon(objects: ObjectStore, mountpoint: str, *, cache_dir: str, cache_bytes: int,
+               memory_bytes: int, metrics: str | None = None,
+               on_ready: Callable[[], None] = lambda: None) -> None:
+    """Serve every image of the store under ``mountpoint``: ``<id>/`` and ``refs/``."""
+    prepare_mountpoint(mountpoint)
+    tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes)
+    _run(lambda stats: StoreImages(objects, stats), tiers, fetcher, mountpoint, metrics,
+         on_ready)

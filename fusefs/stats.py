@@ -1,0 +1,32 @@
+"""What a mount reports: bytes of its images, bytes fetched per tier, hits, latencies.
+
+Built on the trio thread from the fetcher's and the tiers' counters; the Prometheus
+exporter reads a snapshot published once a second, never the live counters.
+"""
+
+from __future__ import annotations
+
+from blobstore.tiers import ReadThroughCache
+
+from .fetch import ChunkFetcher
+
+
+def stats_doc(images: dict[str, int], tiers: ReadThroughCache, fetcher: ChunkFetcher) -> dict:
+    f = fetcher.statistics()
+    disk, store = tiers.cache_stats.snapshot(), tiers.upstream_stats.snapshot()
+    return {
+        "manifest": next(iter(images)) if len(images) == 1 else None,
+        "images": sorted(images),
+        "image_bytes": sum(images.values()),
+        "fetched_bytes": store["bytes"],
+        "fetched_stored_bytes": store["stored_bytes"],
+        "tiers": {"memory": {"chunks": f["memory_hits"], "bytes": f["memory_bytes"]},
+                  "disk": disk, "store": store},
+        "cache_hits": f["memory_hits"] + disk["chunks"],
+        "coalesced_waits": f["waited"],
+        "fetch_latency_ms": f["fetch_latency_ms"],
+        "demand_fetches": f["demand_fetches"],
+        "prefetches": f["prefetches"],
+        "retries": f["retries"],
+        "errors": f["errors"],
+    }
