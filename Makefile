@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config mmdebstrap rsync attr tar zstd ca-certificates strace
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config mmdebstrap rsync attr tar zstd ca-certificates strace podman runc
 STAMP := $(VENV)/.installed
 
 .PHONY: install test test-quick demo bench lint clean

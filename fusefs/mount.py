@@ -68,7 +68,7 @@ def prepare_mountpoint(mountpoint: str) -> None:
     try:
         os.stat(mountpoint)
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
+        if exc.errno in (errno.ENOTCONN, errno.ECONNABORTED):  # its daemon died
             clear_stale(mountpoint)
         elif exc.errno == errno.ENOENT:
             raise MountError(f"mount point {mountpoint} does not exist; create it "

@@ -19,6 +19,7 @@ import trio
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.digest import is_blob_id
+from blobstore.errors import BlobNotFound
 from blobstore.images import load_manifest
 from blobstore.refs import Refs
 
@@ -130,7 +131,10 @@ class StoreImages:
             return self._tree_for(parent).lookup(parent, name)
         text = os.fsdecode(name)
         if parent == ROOT and is_blob_id(text):
-            return (await self._image(text)).root
+            try:
+                return (await self._image(text)).root
+            except BlobNotFound:
+                return None  # no such image: ENOENT, like any missing name
         await self._refresh_refs()
         kind, path = self._synthetic[parent]
         child = f"{path}/{text}" if path else text

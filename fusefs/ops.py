@@ -21,7 +21,7 @@ from typing import Protocol
 import pyfuse3
 import trio
 
-from blobstore.errors import BlobCorrupt, BlobNotFound, StoreError
+from blobstore.errors import ThawError
 from blobstore.manifest import FILE
 
 from .fetch import ChunkFetcher
@@ -65,7 +65,7 @@ def fuse_errors(fn):
             raise
         except KeyError:
             raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except (BlobCorrupt, BlobNotFound, StoreError) as exc:
+        except ThawError as exc:  # store down, corrupt or missing blob, invalid manifest
             self.log_once(str(exc))
             raise pyfuse3.FUSEError(errno.EIO) from None
         except Exception:

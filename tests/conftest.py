@@ -109,3 +109,31 @@ def rsync_diff(src: Path, dst: Path) -> str:
     proc = subprocess.run(["rsync", "--dry-run", "--itemize-changes", "-aHAXc", "--numeric-ids",
                            "--delete", f"{src}/", f"{dst}/"], capture_output=True, check=True)
     return proc.stdout.decode(errors="replace")
+
+
+class Mounted:
+    """A real ``thaw mount`` (or ``daemon``) in the background, unmounted on exit."""
+
+    def __init__(self, thaw: Thaw, mountpoint: Path, *args: str, store: str | None = None):
+        self.thaw, self.mountpoint, self.args, self.store = thaw, mountpoint, args, store
+
+    def __enter__(self) -> Path:
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
+        self.thaw(*self.args, "--background", store=self.store)
+        return self.mountpoint
+
+    def __exit__(self, *exc: object) -> None:
+        unmount(self.mountpoint)
+
+
+def unmount(mountpoint: Path) -> None:
+    if subprocess.run(["fusermount3", "-u", str(mountpoint)], capture_output=True).returncode:
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True)
+
+
+def mount_pid(mountpoint: Path) -> int:
+    """The pid of the thaw process serving ``mountpoint``."""
+    out = subprocess.run(["pgrep", "-f", f"thaw.*mount.* {mountpoint}( |$)"],
+                         capture_output=True, text=True).stdout.split()
+    assert out, f"no thaw process serves {mountpoint}"
+    return int(out[0])

@@ -1,0 +1,124 @@
+"""The node's disk cache and the read-through tier in front of a store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from blobstore.blobs import BlobStore, blob_key
+from blobstore.codec import encode_blob
+from blobstore.digest import blob_id
+from blobstore.diskcache import DiskCache
+from blobstore.errors import BlobCorrupt, BlobNotFound, StoreUnavailable
+from blobstore.memory import MemoryStore
+from blobstore.tiers import ReadThroughCache
+
+
+def blob(n: int, size: int = 10_000) -> tuple[str, bytes]:
+    data = os.urandom(8) + bytes([n]) * size
+    return blob_id(data), data
+
+
+def test_round_trip_and_restart(tmp_path):
+    cache = DiskCache(tmp_path, 1 << 20)
+    id, data = blob(1)
+    cache.put_stored(id, encode_blob(data))
+    assert cache.get(id) == data
+    again = DiskCache(tmp_path, 1 << 20)  # a restarted daemon
+    assert again.get(id) == data and again.size == cache.size
+    with pytest.raises(BlobNotFound):
+        again.get(blob(2)[0])
+
+
+def test_evicts_least_recently_used(tmp_path):
+    cache = DiskCache(tmp_path, 50_000)
+    ids = []
+    for n in range(4):
+        id, data = blob(n)
+        cache.put_stored(id, b"\x00" + data)  # stored raw, 10 KB each
+        ids.append(id)
+        os.utime(cache._path(id), ns=(n * 10**9, n * 10**9))
+    cache.get(ids[0])  # now the most recent of the first four
+    for n in range(4, 6):
+        id, data = blob(n)
+        cache.put_stored(id, b"\x00" + data)
+        ids.append(id)
+    assert cache.size <= 50_000
+    assert [cache.has(i) for i in ids] == [True, False, False, True, True, True]
+
+
+@pytest.mark.allow_log_warnings
+def test_corrupt_entry_is_dropped_and_refetched(tmp_path, caplog):
+    upstream = BlobStore(MemoryStore())
+    id, _ = upstream.put(b"real bytes" * 1000)
+    tiers = ReadThroughCache(upstream, DiskCache(tmp_path, 1 << 20))
+    assert tiers.get(id) == b"real bytes" * 1000
+    tiers.cache._path(id).write_bytes(encode_blob(b"rotten"))
+    assert tiers.get(id) == b"real bytes" * 1000
+    assert tiers.upstream_stats.chunks == 2 and tiers.cache_stats.chunks == 0
+    assert tiers.get(id) == b"real bytes" * 1000
+    assert tiers.cache_stats.chunks == 1
+    assert "dropping corrupt cache entry" in caplog.text
+
+
+def test_corrupt_upstream_is_never_cached(tmp_path):
+    objects = MemoryStore()
+    id = blob_id(b"good")
+    objects.put(blob_key(id), encode_blob(b"evil"))
+    tiers = ReadThroughCache(BlobStore(objects), DiskCache(tmp_path, 1 << 20))
+    with pytest.raises(BlobCorrupt):
+        tiers.get(id)
+    assert not tiers.cache.has(id)
+
+
+@pytest.mark.allow_log_warnings
+def test_a_full_cache_disk_is_a_warning_not_a_failed_read(tmp_path):
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], check=True)
+    try:
+        upstream = BlobStore(MemoryStore())
+        data = os.urandom(200_000)
+        id, _ = upstream.put(data)
+        tiers = ReadThroughCache(upstream, DiskCache(mnt, 1 << 30))
+        assert tiers.get(id) == data
+        assert [p for p in mnt.rglob("*") if p.is_file()] == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_store_down_propagates(tmp_path):
+    class Down(MemoryStore):
+        def get(self, key):
+            raise StoreUnavailable("s3://x: connection refused")
+
+    tiers = ReadThroughCache(BlobStore(Down()), DiskCache(tmp_path, 1 << 20))
+    with pytest.raises(StoreUnavailable):
+        tiers.get("a" * 64)
+    assert tiers.upstream_stats.errors == 1
+
+
+WRITER = """
+import os, sys
+sys.path.insert(0, {repo!r})
+from blobstore.diskcache import DiskCache
+from blobstore.codec import encode_blob
+from blobstore.digest import blob_id
+cache = DiskCache({root!r}, 300_000)
+for i in range(60):
+    data = os.urandom(10_000)
+    cache.put_stored(blob_id(data), b"\\x00" + data)
+"""
+
+
+def test_several_processes_share_one_bound(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = WRITER.format(repo=repo, root=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", code]) for _ in range(4)]
+    assert [p.wait() for p in procs] == [0, 0, 0, 0]
+    cache = DiskCache(tmp_path, 300_000)
+    assert cache.size <= 300_000 + 4 * 10_001  # each writer may overshoot by its last entry
+    assert not [p for p in tmp_path.rglob(".tmp-*")]

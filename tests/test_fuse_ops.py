@@ -1,0 +1,137 @@
+"""FUSE handlers called directly under pytest-trio: no mount, real tree and store."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import pyfuse3
+import pytest
+
+from blobstore.blobs import BlobStore, blob_key
+from blobstore.codec import encode_blob
+from blobstore.images import open_image
+from blobstore.memory import MemoryStore
+from blobstore.refs import parse_ref
+from blobstore.tiers import ReadThroughCache
+from fusefs.fetch import ChunkFetcher, RetryPolicy
+from fusefs.namespace import SingleImage
+from fusefs.ops import STATS_XATTR, ImageOps
+from fusefs.stats import stats_doc
+from fusefs.tree import FsTree
+from indexer.chunker import ChunkerParams
+from indexer.push import push_tree
+from indexer.sources import open_source
+
+
+@pytest.fixture
+def image(rich_tree):
+    objects = MemoryStore()
+    with open_source(str(rich_tree)) as src:
+        push_tree(src, objects, parse_ref("t:1"), params=ChunkerParams("fastcdc", 64 << 10))
+    mid, manifest = open_image(objects, "t:1")
+    tiers = ReadThroughCache(BlobStore(objects), None)
+    fetcher = ChunkFetcher(lambda id, size: tiers.get(id, max_size=size),
+                           retry=RetryPolicy(attempts=1))
+    box = {}
+    ns = box["ns"] = SingleImage(mid, FsTree(manifest),
+                                 lambda: stats_doc(box["ns"].images(), tiers, fetcher))
+    return ImageOps(ns, fetcher), objects, manifest
+
+
+async def path_ino(ops: ImageOps, path: str) -> int:
+    ino = pyfuse3.ROOT_INODE
+    for part in path.split("/"):
+        ino = (await ops.lookup(ino, part.encode(), None)).st_ino
+    return ino
+
+
+async def read_all(ops: ImageOps, ino: int, step: int) -> bytes:
+    fh = (await ops.open(ino, os.O_RDONLY, None)).fh
+    out, off = [], 0
+    while True:
+        piece = bytes(await ops.read(fh, off, step))
+        if not piece:
+            break
+        assert len(piece) == step or off + len(piece) == (await ops.getattr(ino)).st_size
+        out.append(piece)
+        off += len(piece)
+    await ops.release(fh)
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("step", [4096, 131072, 1 << 20, 3_000_001])
+async def test_reads_fill_the_request_across_chunks(image, rich_tree, step):
+    ops, _, _ = image
+    ino = await path_ino(ops, "bin/ping")
+    assert await read_all(ops, ino, step) == (rich_tree / "bin" / "ping").read_bytes()
+
+
+async def test_lookup_getattr_errors(image):
+    ops, _, _ = image
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.lookup(pyfuse3.ROOT_INODE, b"missing", None)
+    assert e.value.errno == errno.ENOENT
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.getattr(987654)
+    assert e.value.errno == errno.ENOENT
+    ino = await path_ino(ops, "etc/hostname")
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.open(ino, os.O_WRONLY, None)
+    assert e.value.errno == errno.EROFS
+
+
+@pytest.mark.allow_log_warnings
+async def test_a_corrupt_chunk_is_eio_never_wrong_bytes(image):
+    ops, objects, manifest = image
+    ino = await path_ino(ops, "bin/ping")
+    spans = ops.ns.tree.spans(ino, 0, 1)
+    victim = manifest.chunks[spans[0].chunk].id
+    objects.put(blob_key(victim), encode_blob(b"forged"))
+    fh = (await ops.open(ino, os.O_RDONLY, None)).fh
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.read(fh, 0, 4096)
+    assert e.value.errno == errno.EIO
+    other = await path_ino(ops, "etc/hostname")
+    fh2 = (await ops.open(other, os.O_RDONLY, None)).fh
+    assert bytes(await ops.read(fh2, 0, 100)) == b"thaw\n"  # the rest still works
+
+
+@pytest.mark.allow_log_warnings
+async def test_a_bug_in_a_handler_is_eio_not_a_dead_mount(image, caplog):
+    ops, _, _ = image
+
+    def broken(ino):
+        raise RuntimeError("boom")
+
+    ops.ns.attrs = broken
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.getattr(pyfuse3.ROOT_INODE)
+    assert e.value.errno == errno.EIO
+    assert "bug in getattr" in caplog.text
+
+
+async def test_xattrs_and_hidden_stats(image):
+    ops, _, manifest = image
+    ping = await path_ino(ops, "bin/ping")
+    assert await ops.listxattr(ping, None) == [b"security.capability"]
+    assert len(await ops.getxattr(ping, b"security.capability", None)) == 20
+    root_names = await ops.listxattr(pyfuse3.ROOT_INODE, None)
+    assert STATS_XATTR not in root_names
+    await read_all(ops, ping, 1 << 20)
+    doc = json.loads(await ops.getxattr(pyfuse3.ROOT_INODE, STATS_XATTR, None))
+    assert doc["image_bytes"] == manifest.data_size
+    assert 3 << 20 <= doc["fetched_bytes"] < manifest.data_size
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.getxattr(ping, b"user.none", None)
+    assert e.value.errno == pyfuse3.ENOATTR
+
+
+async def test_statfs_and_links(image):
+    ops, _, manifest = image
+    s = await ops.statfs(None)
+    assert s.f_blocks * 4096 >= manifest.data_size and s.f_files == len(manifest.entries)
+    assert await ops.readlink(await path_ino(ops, "bin/abs-link"), None) == b"/etc/hostname"
+    dot = await ops.lookup(pyfuse3.ROOT_INODE, b".", None)
+    assert dot.st_ino == pyfuse3.ROOT_INODE

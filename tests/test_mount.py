@@ -1,0 +1,183 @@
+"""Real FUSE mounts of the rich tree, in subprocesses, against a local store."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import urllib.request
+
+import pytest
+
+from blobstore.blobs import blob_key
+from blobstore.codec import encode_blob
+from blobstore.images import open_image
+from blobstore.local import LocalStore
+from blobstore.seaweed import free_ports
+from fusefs.mount import is_mounted
+
+from .conftest import Mounted, mount_pid, rsync_diff
+
+pytestmark = pytest.mark.mount
+
+
+@pytest.fixture
+def pushed(thaw, rich_tree, tmp_path):
+    out = json.loads(thaw("push", str(rich_tree), "rich:1", "--json", "--chunker",
+                          "fastcdc:64K").stdout)
+    return out["manifest"]
+
+
+def cache_args(tmp_path) -> list[str]:
+    return ["--cache-dir", str(tmp_path / "cache")]
+
+
+def test_mount_is_identical_to_the_source(thaw, pushed, rich_tree, tmp_path):
+    with Mounted(thaw, tmp_path / "mnt", "mount", "rich:1", str(tmp_path / "mnt"),
+                 *cache_args(tmp_path)) as mnt:
+        assert rsync_diff(rich_tree, mnt) == ""
+        st = os.statvfs(mnt)
+        assert st.f_blocks > 0 and st.f_files > 20
+        assert os.stat(mnt / "usr" / "lib" / "a").st_ino == os.stat(mnt / "etc" / "c").st_ino
+        assert os.stat(mnt / "bin" / "ping").st_blocks == (3 << 20) // 512
+        with pytest.raises(OSError):
+            (mnt / "etc" / "new").write_text("x")  # read-only
+        stats = json.loads(thaw("stats", str(mnt), "--json").stdout)
+        assert stats["manifest"] == pushed
+        assert stats["fetched_bytes"] <= stats["image_bytes"]
+
+
+def test_sigterm_unmounts_cleanly(thaw, pushed, tmp_path):
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "rich:1", str(mnt), *cache_args(tmp_path)):
+        pid = mount_pid(mnt)
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not is_mounted(str(mnt)):
+                break
+            threading.Event().wait(0.05)
+        assert not is_mounted(str(mnt))
+        assert os.listdir(mnt) == []
+
+
+def test_killed_daemon_leaves_a_stale_mount_that_the_next_mount_clears(thaw, pushed, tmp_path):
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "rich:1", str(mnt), *cache_args(tmp_path)):
+        os.kill(mount_pid(mnt), signal.SIGKILL)
+        for _ in range(100):
+            try:
+                os.listdir(mnt)
+            except OSError as exc:
+                assert exc.errno in (103, 107)  # ECONNABORTED, ENOTCONN: never "empty"
+                break
+            threading.Event().wait(0.05)
+        else:
+            pytest.fail("the mount did not go stale")
+        thaw("mount", "rich:1", str(mnt), "--background", *cache_args(tmp_path))
+        assert (mnt / "etc" / "hostname").read_text() == "thaw\n"
+
+
+@pytest.mark.parametrize("setup, fragment", [
+    (lambda p: None, "does not exist"),
+    (lambda p: (p.mkdir(), (p / "x").write_text("x")), "not empty"),
+    (lambda p: p.write_text("x"), "not a directory"),
+])
+def test_bad_mount_points_are_one_line(thaw, pushed, tmp_path, setup, fragment):
+    mnt = tmp_path / "mnt"
+    setup(mnt)
+    proc = thaw("mount", "rich:1", str(mnt), *cache_args(tmp_path), check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and fragment in err and "Traceback" not in err
+
+
+def test_missing_ref_is_one_line_even_in_background(thaw, tmp_path):
+    (tmp_path / "mnt").mkdir()
+    proc = thaw("mount", "nothing:here", str(tmp_path / "mnt"), "--background",
+                *cache_args(tmp_path), check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "no image nothing:here" in err, err
+    assert not is_mounted(str(tmp_path / "mnt"))
+
+
+def test_umount_and_stats_of_something_else(thaw, tmp_path):
+    proc = thaw("umount", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "not mounted" in proc.stderr.decode()
+    proc = thaw("stats", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "not a thaw mount" in proc.stderr.decode()
+
+
+def test_parallel_cold_readers_fetch_each_chunk_once(thaw, pushed, store_url, tmp_path):
+    objects = LocalStore(store_url[len("file://"):])
+    _, manifest = open_image(objects, "rich:1")
+    ping = manifest.entry("bin/ping")
+    unique = {manifest.chunks[s.chunk].id for s in ping.spans}
+    with Mounted(thaw, tmp_path / "mnt", "mount", "rich:1", str(tmp_path / "mnt"),
+                 *cache_args(tmp_path)) as mnt:
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(
+            (mnt / "bin" / "ping").read_bytes())) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(set(results)) == 1 and len(results[0]) == 3 << 20
+        stats = json.loads(thaw("stats", str(mnt), "--json").stdout)
+        assert stats["tiers"]["store"]["chunks"] == len(unique)
+
+
+@pytest.mark.allow_log_warnings
+def test_corrupt_store_object_is_eio_and_corrupt_cache_entry_is_refetched(
+        thaw, pushed, store_url, tmp_path):
+    objects = LocalStore(store_url[len("file://"):])
+    _, manifest = open_image(objects, "rich:1")
+    notes = manifest.entry("home/user/notes.txt")
+    victim = manifest.chunks[notes.spans[0].chunk].id
+    cache = tmp_path / "cache" / victim[:2] / victim
+    with Mounted(thaw, tmp_path / "mnt", "mount", "rich:1", str(tmp_path / "mnt"),
+                 *cache_args(tmp_path)) as mnt:
+        assert (mnt / "home" / "user" / "notes.txt").read_bytes() == b"hello\n" * 1000
+    assert cache.exists()
+    cache.write_bytes(encode_blob(b"rotten cache entry"))
+    good = objects.get(blob_key(victim))
+    with Mounted(thaw, tmp_path / "mnt", "mount", "rich:1", str(tmp_path / "mnt"),
+                 *cache_args(tmp_path)) as mnt:
+        assert (mnt / "home" / "user" / "notes.txt").read_bytes() == b"hello\n" * 1000
+    objects.put(blob_key(victim), encode_blob(b"forged in the bucket"))
+    cache.unlink()
+    with Mounted(thaw, tmp_path / "mnt", "mount", "rich:1", str(tmp_path / "mnt"),
+                 *cache_args(tmp_path)) as mnt:
+        with pytest.raises(OSError) as e:
+            (mnt / "home" / "user" / "notes.txt").read_bytes()
+        assert e.value.errno == 5  # EIO
+        objects.put(blob_key(victim), good)
+        assert (mnt / "etc" / "hostname").read_text() == "thaw\n"  # still serving
+
+
+def test_metrics_endpoint(thaw, pushed, tmp_path):
+    port = free_ports(1)[0]
+    with Mounted(thaw, tmp_path / "mnt", "mount", "rich:1", str(tmp_path / "mnt"),
+                 "--metrics", f"127.0.0.1:{port}", *cache_args(tmp_path)) as mnt:
+        (mnt / "bin" / "ping").read_bytes()
+        for _ in range(100):  # the snapshot is published once a second
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            if 'thaw_tier_chunks_total{tier="store"}' in text and "thaw_fetched_bytes" in text:
+                break
+            threading.Event().wait(0.05)
+        assert 'thaw_fetched_bytes_total{form="uncompressed"}' in text
+        assert "thaw_image_bytes" in text
+
+
+def test_daemon_serves_every_image_and_refs(thaw, pushed, rich_tree, tmp_path):
+    thaw("push", str(rich_tree / "etc"), "team/etc:v2")
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "daemon", "--mountpoint", str(mnt), *cache_args(tmp_path)):
+        assert os.listdir(mnt) == ["refs"]
+        assert (mnt / pushed / "etc" / "hostname").read_text() == "thaw\n"
+        assert sorted(os.listdir(mnt)) == sorted(["refs", pushed])
+        assert os.readlink(mnt / "refs" / "rich" / "1") == f"../../{pushed}"
+        assert (mnt / "refs" / "team" / "etc" / "v2" / "hostname").read_text() == "thaw\n"
+        assert sorted(os.listdir(mnt / "refs")) == ["rich", "team"]
+        assert not (mnt / "refs" / "nope").exists()
+        assert not (mnt / ("0" * 64)).exists()
+        assert rsync_diff(rich_tree, mnt / "refs" / "rich" / "1") == ""
