@@ -120,7 +120,9 @@ def _make_client(max_pool: int, timeout: float | None):
         max_pool_connections=max_pool,
         connect_timeout=min(5, timeout or 5),
         read_timeout=timeout or 60,
-        retries={"mode": "standard", "max_attempts": 3},
+        # A caller that bounds the time (a mount) retries with its own back-off; botocore's
+        # retries underneath would multiply the time a dead store takes to report.
+        retries={"mode": "standard", "max_attempts": 1 if timeout else 3},
         # Blobs are verified by their blake3 id on every read; an extra CRC32 per request
         # costs client CPU that bench/push.py showed to matter.
         request_checksum_calculation="when_required",

@@ -8,6 +8,7 @@ in the middle of work. Not thread-safe; one owner.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,10 +16,14 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+ACCESS_KEY, SECRET_KEY = "thaw", "thaw-secret"
+# One identity from the first start: without it SeaweedFS answers anonymously at first and
+# enforces auth after a restart, which a test that restarts the server would trip over.
+_IDENTITIES = {"identities": [{"name": "thaw", "credentials": [
+    {"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+    "actions": ["Read", "Write", "List", "Tagging"]}]}
 _PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
           "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc", "admin.port",
           "admin.port.grpc", "webdav.port", "s3.port.iceberg", "s3.port.lance", "debug.port")
@@ -57,14 +62,17 @@ class SeaweedServer:
 
     def env(self) -> dict[str, str]:
         """Environment for a client of this server (the standard AWS variables)."""
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "thaw",
-                "AWS_SECRET_ACCESS_KEY": "thaw-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_DEFAULT_REGION": "us-east-1"}
 
     def start(self, timeout: float = 60.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        config = self.data_dir / "s3.json"
+        config.write_text(json.dumps(_IDENTITIES))
         args = [weed_binary(), "mini", f"-dir={self.data_dir}", "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1", "-webdav=false", "-admin.ui=false",
-                f"-bucket={self.bucket}"]
+                f"-bucket={self.bucket}", f"-s3.config={config}",
+                "-s3.autoCreateBucket=false"]  # as AWS: writing to a missing bucket fails
         args += [f"-{name}={port}" for name, port in self.ports.items()]
         log = open(self.data_dir / "weed.log", "ab")  # noqa: SIM115 - owned by the process
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
@@ -73,19 +81,25 @@ class SeaweedServer:
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
+        import boto3
+        import botocore.config
+        import botocore.exceptions
+
+        client = boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=SECRET_KEY, region_name="us-east-1",
+            config=botocore.config.Config(connect_timeout=2, read_timeout=5,
+                                          retries={"max_attempts": 1}))
         deadline = time.monotonic() + timeout
-        url = f"{self.endpoint}/{self.bucket}?list-type=2&max-keys=1"
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited with {self.proc.returncode}; see "
                                    f"{self.data_dir / 'weed.log'}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as resp:
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.2)
+                client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+                return
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
+                time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"SeaweedFS S3 did not answer within {timeout}s; see "
                            f"{self.data_dir / 'weed.log'}")
