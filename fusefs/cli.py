@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import select
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from blobstore.errors import UsageError
+from blobstore.errors import ThawError, UsageError
+from blobstore.images import open_image
 from blobstore.units import parse_size
 from blobstore.url import open_store
 
 from .errors import MountError
-from .mount import is_mounted
+from .mount import is_mounted, prepare_mountpoint
 from .ops import STATS_XATTR
 from .service import mount_image, run_daemon
 
@@ -37,7 +38,6 @@ def _cache_args(p) -> None:
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there")
     p.add_argument("--background", action="store_true",
                    help="return once the mount answers; the daemon goes on in the background")
-    p.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # for --background
 
 
 def register(sub, common) -> None:
@@ -70,56 +70,85 @@ def _sizes(args) -> dict:
             "metrics": args.metrics}
 
 
-def _ready_signal(args):
-    if args.ready_fd is None:
-        return lambda: None
+def _in_background(args, console, serve_fn) -> int:
+    """Fork; the child serves the mount, the parent returns once it answers.
 
-    def ready() -> None:
-        os.write(args.ready_fd, b"ready\n")
-        os.close(args.ready_fd)
-
-    return ready
-
-
-def _in_background(args, console) -> int:
-    """Run this command again without --background and wait until it says it is ready."""
-    argv = [a for a in sys.argv[1:] if a != "--background"]
+    Forking after the store is opened and the manifest loaded and checked means errors
+    about them reach the person directly, and the mount does not pay for a second start.
+    """
     log_dir = Path(_sizes(args)["cache_dir"]) / ".logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"mount-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     r, w = os.pipe()
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "thaw", *argv, "--ready-fd", str(w)],
-                                pass_fds=[w], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=log, start_new_session=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        _serve_detached(serve_fn, w, log_path)
     os.close(w)
     ready, _, _ = select.select([r], [], [], READY_TIMEOUT)
     said = os.read(r, 64) if ready else b""
     os.close(r)
     if said.startswith(b"ready"):
-        console.note(f"mounted at {args.mountpoint} (pid {proc.pid}, log {log_path})")
+        console.note(f"mounted at {args.mountpoint} (pid {pid}, log {log_path})")
         return 0
-    if proc.poll() is None:
-        proc.terminate()
+    try:
+        os.kill(pid, 15)
+    except ProcessLookupError:
+        pass
     lines = log_path.read_text(errors="replace").strip().splitlines()
     detail = lines[-1].removeprefix("thaw: error: ") if lines else "no output"
     raise MountError(f"the mount did not come up: {detail} (log: {log_path})")
 
 
-def cmd_mount(args, console) -> int:
+def _serve_detached(serve_fn, ready_fd: int, log_path: Path) -> None:
+    """In the forked child: detach, log to a file, serve, and never return."""
+    os.setsid()
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+
+    def ready() -> None:
+        os.write(ready_fd, b"ready\n")
+        os.close(ready_fd)
+
+    code = 0
+    try:
+        serve_fn(ready)
+    except ThawError as exc:
+        print(f"thaw: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except BaseException:  # noqa: BLE001 - the child must not return into the parent's code
+        traceback.print_exc()
+        code = 70
+    finally:
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _run(args, console, serve_fn) -> int:
     if args.background:
-        return _in_background(args, console)
-    objects = open_store(args.store, timeout=STORE_TIMEOUT)
-    mount_image(objects, args.ref, args.mountpoint, on_ready=_ready_signal(args), **_sizes(args))
+        return _in_background(args, console, serve_fn)
+    serve_fn(lambda: None)
     return 0
+
+
+def cmd_mount(args, console) -> int:
+    objects = open_store(args.store, timeout=STORE_TIMEOUT)
+    prepare_mountpoint(args.mountpoint)
+    mid, manifest = open_image(objects, args.ref)
+    return _run(args, console, lambda ready: mount_image(
+        objects, mid, manifest, args.mountpoint, on_ready=ready, **_sizes(args)))
 
 
 def cmd_daemon(args, console) -> int:
-    if args.background:
-        return _in_background(args, console)
     objects = open_store(args.store, timeout=STORE_TIMEOUT)
-    run_daemon(objects, args.mountpoint, on_ready=_ready_signal(args), **_sizes(args))
-    return 0
+    prepare_mountpoint(args.mountpoint)
+    return _run(args, console, lambda ready: run_daemon(
+        objects, args.mountpoint, on_ready=ready, **_sizes(args)))
 
 
 def cmd_umount(args, console) -> int:

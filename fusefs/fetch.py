@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import random
 import time
 from collections import OrderedDict, deque
@@ -65,19 +66,24 @@ class ChunkFetcher:
         self._inflight: dict[str, _Flight] = {}
         self._limiters = {Source.DEMAND: trio.CapacityLimiter(demand_threads),
                           Source.PREFETCH: trio.CapacityLimiter(prefetch_threads)}
-        self._prefetch_gate = trio.CapacityLimiter(prefetch_threads)
+        self._prefetchers = prefetch_threads
+        # One queue and a fixed set of workers: a task per prefetched chunk cost more than
+        # the reads it sped up (bench/coldstart.py, py-spy).
+        self._queued: set[str] = set()
+        self._send, self._recv = trio.open_memory_channel[ChunkRef](math.inf)
         self.retry = retry
-        self._nursery: trio.Nursery | None = None
+        self._running = False
         self.counts = {"memory_hits": 0, "memory_bytes": 0, "waited": 0, "demand_fetches": 0,
                        "prefetches": 0, "errors": 0, "retries": 0}
         self._latencies: deque = deque(maxlen=10_000)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Own the nursery that background prefetches run in."""
+        """Run the prefetch workers until cancelled."""
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            for _ in range(self._prefetchers):
+                nursery.start_soon(self._prefetch_worker)
+            self._running = True
             task_status.started()
-            await trio.sleep_forever()
 
     # -- memory ------------------------------------------------------------------------------
 
@@ -154,17 +160,21 @@ class ChunkFetcher:
     # -- prefetch ----------------------------------------------------------------------------
 
     def prefetch(self, chunks: list[ChunkRef]) -> None:
-        """Fetch these chunks in the background, unless cached or in flight already."""
-        if self._nursery is None:
+        """Fetch these chunks in the background, in order, unless cached, queued or in
+        flight already."""
+        if not self._running:
             return
         for c in chunks:
-            if c.id not in self._memory and c.id not in self._inflight:
-                self._nursery.start_soon(self._prefetch_one, c)
+            if c.id not in self._memory and c.id not in self._inflight and (
+                    c.id not in self._queued):
+                self._queued.add(c.id)
+                self._send.send_nowait(c)
 
-    async def _prefetch_one(self, chunk: ChunkRef) -> None:
-        async with self._prefetch_gate:  # a flight is registered only when it can run
+    async def _prefetch_worker(self) -> None:
+        async for chunk in self._recv:
+            self._queued.discard(chunk.id)
             if chunk.id in self._memory or chunk.id in self._inflight:
-                return
+                continue
             try:
                 await self._fly(chunk, Source.PREFETCH)
             except Exception as exc:  # noqa: BLE001 - a demand read will report it

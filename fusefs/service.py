@@ -13,12 +13,12 @@ import trio
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.diskcache import DiskCache
-from blobstore.images import open_image
+from blobstore.manifest import Manifest
 from blobstore.tiers import ReadThroughCache
 
 from .fetch import ChunkFetcher
 from .metrics import SnapshotCollector, start_metrics
-from .mount import prepare_mountpoint, serve
+from .mount import serve
 from .namespace import SingleImage, StoreImages
 from .stats import stats_doc
 from .tree import FsTree
@@ -48,12 +48,10 @@ def _run(namespace_for, tiers, fetcher, mountpoint: str, metrics: str | None,
     trio.run(lambda: serve(namespace, fetcher, mountpoint, on_ready=on_ready, publish=publish))
 
 
-def mount_image(objects: ObjectStore, ref: str, mountpoint: str, *, cache_dir: str,
-                cache_bytes: int, memory_bytes: int, metrics: str | None = None,
+def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: str, *,
+                cache_dir: str, cache_bytes: int, memory_bytes: int, metrics: str | None = None,
                 on_ready: Callable[[], None] = lambda: None) -> None:
     """Mount one image read-only at ``mountpoint`` until unmounted or signalled."""
-    prepare_mountpoint(mountpoint)  # fail before loading anything
-    mid, manifest = open_image(objects, ref)
     tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes)
     _run(lambda stats: SingleImage(mid, FsTree(manifest), stats), tiers, fetcher, mountpoint,
          metrics, on_ready)
@@ -63,7 +61,6 @@ def run_daemon(objects: ObjectStore, mountpoint: str, *, cache_dir: str, cache_b
                memory_bytes: int, metrics: str | None = None,
                on_ready: Callable[[], None] = lambda: None) -> None:
     """Serve every image of the store under ``mountpoint``: ``<id>/`` and ``refs/``."""
-    prepare_mountpoint(mountpoint)
     tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes)
     _run(lambda stats: StoreImages(objects, stats), tiers, fetcher, mountpoint, metrics,
          on_ready)
