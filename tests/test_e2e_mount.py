@@ -115,3 +115,24 @@ def test_s3_down_gives_eio_then_recovers(thaw, debian_in_s3, gnu_tree, seaweed, 
         assert (mnt / "usr" / "bin" / "bash").read_bytes() == (
             gnu_tree / "usr" / "bin" / "bash").read_bytes()
         assert stats(thaw, mnt)["retries"] > 0
+
+
+@pytest.mark.allow_log_warnings
+def test_corrupt_object_in_s3_is_eio(thaw, debian_in_s3, gnu_tree, tmp_path):
+    import boto3
+
+    from blobstore.blobs import blob_key
+    from blobstore.codec import encode_blob
+    from blobstore.images import open_image
+    from blobstore.url import open_store
+
+    _, manifest = open_image(open_store(debian_in_s3), "debian:12")
+    victim = manifest.chunks[manifest.entry("usr/bin/bash").spans[0].chunk].id
+    bucket, prefix = debian_in_s3[len("s3://"):].split("/", 1)
+    boto3.client("s3").put_object(Bucket=bucket, Key=f"{prefix}/{blob_key(victim)}",
+                                  Body=encode_blob(b"forged bytes"))
+    with mount(thaw, debian_in_s3, tmp_path) as mnt:
+        with pytest.raises(OSError) as e:
+            (mnt / "usr" / "bin" / "bash").read_bytes()
+        assert e.value.errno == 5
+        assert (mnt / "etc" / "debian_version").read_text().startswith("12")

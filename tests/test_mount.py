@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import urllib.request
 
@@ -17,7 +19,7 @@ from blobstore.local import LocalStore
 from blobstore.seaweed import free_ports
 from fusefs.mount import is_mounted
 
-from .conftest import Mounted, mount_pid, rsync_diff
+from .conftest import REPO, Mounted, mount_pid, rsync_diff
 
 pytestmark = pytest.mark.mount
 
@@ -181,3 +183,16 @@ def test_daemon_serves_every_image_and_refs(thaw, pushed, rich_tree, tmp_path):
         assert not (mnt / "refs" / "nope").exists()
         assert not (mnt / ("0" * 64)).exists()
         assert rsync_diff(rich_tree, mnt / "refs" / "rich" / "1") == ""
+
+
+def test_no_dev_fuse_is_one_line(thaw, pushed, tmp_path):
+    """In a mount namespace whose /dev lacks fuse: a real machine without the module."""
+    (tmp_path / "mnt").mkdir()
+    command = [sys.executable, "-m", "thaw", "--store", thaw.store, "mount", "rich:1",
+               str(tmp_path / "mnt")]
+    script = "mount -t tmpfs none /dev && exec " + " ".join(command)
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, cwd=REPO)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2, err
+    assert "/dev/fuse is missing" in err and "Traceback" not in err
