@@ -1,0 +1,81 @@
+"""Node reports: what a node tells placement, written to ``nodes/<node id>.json``.
+
+A report holds the node's GPUs (from NVML through pynvml, or given on the command line where
+there is none), its disk cache's size and bound, and for each manifest it knows the bytes of
+that image's distinct chunks already in its cache. Per manifest rather than per chunk group:
+placement prices "bytes still to fetch" per image, and counting each image's own chunks
+prices partial images and chunks shared between images exactly, in one number per image.
+The format is read, without importing this module, by ``placement.reports``. Pure functions
+and one store write; thread-safe.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from .base import ObjectStore
+from .errors import UsageError
+from .manifest import Manifest
+
+FORMAT_VERSION = 1
+PREFIX = "nodes/"
+_GPUS_RE = re.compile(r"(\d+)x([A-Za-z0-9_.-]+):(\d+)([GM])")
+
+
+def parse_gpus(spec: str) -> list[dict]:
+    """``8xH200:141G`` as a list of idle GPUs, for nodes without NVML."""
+    match = _GPUS_RE.fullmatch(spec.strip())
+    if not match:
+        raise UsageError(f"invalid --gpus {spec!r}: use COUNTxMODEL:MEMORY, e.g. 8xH200:141G")
+    count, model, mem, unit = match.groups()
+    total = int(mem) << (30 if unit == "G" else 20)
+    return [{"model": model, "memory_total": total, "memory_free": total}
+            for _ in range(int(count))]
+
+
+def nvml_gpus() -> list[dict] | None:
+    """The GPUs NVML sees, or None when there is no NVML (no driver, no pynvml)."""
+    try:
+        import pynvml  # optional: only on GPU nodes
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - any failure means no NVML here
+        return None
+    try:
+        gpus = []
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            name = pynvml.nvmlDeviceGetName(h)
+            gpus.append({"model": name.decode() if isinstance(name, bytes) else str(name),
+                         "memory_total": int(mem.total), "memory_free": int(mem.free)})
+        return gpus
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def cached_bytes(manifest: Manifest, present: set[str]) -> int:
+    """Bytes of the manifest's distinct chunks that are in ``present``."""
+    sizes = {c.id: c.size for c in manifest.chunks}
+    return sum(size for id, size in sizes.items() if id in present)
+
+
+def build_report(node: str, gpus: list[dict], cache_used: int, cache_limit: int,
+                 cached: dict[str, int], peer_url: str | None = None,
+                 now: float | None = None) -> dict:
+    return {"version": FORMAT_VERSION, "node": node, "peer_url": peer_url,
+            "written_at": time.time() if now is None else now, "gpus": gpus,
+            "cache": {"bytes_used": cache_used, "bytes_limit": cache_limit},
+            "cached": {k: v for k, v in sorted(cached.items()) if v > 0}}
+
+
+def write_report(objects: ObjectStore, report: dict) -> None:
+    objects.put(f"{PREFIX}{report['node']}.json",
+                json.dumps(report, sort_keys=True).encode())
+
+
+def read_reports(objects: ObjectStore) -> list[tuple[str, bytes]]:
+    """Every report object as ``(key, bytes)``, unparsed (placement parses them)."""
+    return [(key, objects.get(key)) for key in objects.list(PREFIX) if key.endswith(".json")]

@@ -1,0 +1,141 @@
+"""The policies the MILP is measured against: random, Kubernetes ImageLocality, greedy.
+
+Each places one replica at a time, oldest and largest workloads first, on numpy arrays over
+all nodes, and is scored by ``account``. Pure; thread-safe (each call owns its arrays).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .account import account
+from .model import Node, Result, Workload
+from .prices import Prices
+
+MB = 1 << 20
+K8S_MIN, K8S_MAX = 23 * MB, 1000 * MB  # ImageLocality's thresholds (one container)
+
+
+class _Cluster:
+    """Free GPUs and per-image missing bytes, updated as replicas are placed."""
+
+    def __init__(self, workloads: list[Workload], nodes: list[Node],
+                 prices: Prices | None = None) -> None:
+        self.workloads, self.nodes = workloads, nodes
+        self.prices = prices or Prices(nodes, {w.image for w in workloads})
+        self.free = self.prices.free.copy()
+        self.starts = np.zeros(len(nodes), dtype=np.int64)
+        self._missing: dict[str, np.ndarray] = {}
+
+    def missing(self, w: Workload) -> np.ndarray:
+        if w.image not in self._missing:
+            self._missing[w.image] = self.prices.missing(w)
+        return self._missing[w.image]
+
+    def feasible(self, w: Workload) -> np.ndarray:
+        p = self.prices
+        ok = (self.free >= w.gpus) & (p.mem >= w.gpu_memory)
+        if w.gpu_model is not None:
+            ok &= p.model == p.model_code.get(w.gpu_model, -1)
+        return ok
+
+    def place(self, w: Workload, n: int, k: int = 1) -> None:
+        self.free[n] -= w.gpus * k
+        self.starts[n] += k
+        self.missing(w)[n] = 0.0  # the node now holds the image
+
+
+def order(workloads: list[Workload]) -> list[int]:
+    """Oldest first, then the largest (hardest to fit)."""
+    return sorted(range(len(workloads)), key=lambda i: (-workloads[i].age,
+                                                         -workloads[i].gpus, i))
+
+
+def _place_all(c: _Cluster, todo: dict[int, int], choose, max_starts: int | None = None,
+               batch: bool = False, widest_first: bool = False) -> list[tuple[int, int, int]]:
+    """Place ``todo`` replicas per workload, oldest first (or widest first, which packs GPUs
+    best). With ``batch``, as many replicas as fit go to the chosen node at once: after the
+    first, the image costs nothing there, so a bytes-first rule would choose it again."""
+    placed = []
+    sequence = order(c.workloads)
+    if widest_first:
+        sequence.sort(key=lambda i: -c.workloads[i].gpus)
+    for i in sequence:
+        w = c.workloads[i]
+        left = todo.get(i, 0)
+        while left > 0:
+            ok = c.feasible(w)
+            if max_starts is not None:
+                ok &= c.starts < max_starts
+            if not ok.any():
+                break
+            n = choose(c, w, ok)
+            k = min(left, int(c.free[n] // w.gpus)) if batch else 1
+            if max_starts is not None:
+                k = min(k, int(max_starts - c.starts[n]))
+            c.place(w, n, k)
+            placed.append((i, n, k))
+            left -= k
+    return placed
+
+
+def _run(name: str, workloads: list[Workload], nodes: list[Node], choose,
+         prices: Prices | None = None, batch: bool = False) -> Result:
+    started = time.perf_counter()
+    c = _Cluster(workloads, nodes, prices)
+    placed = _place_all(c, {i: w.replicas for i, w in enumerate(workloads)}, choose,
+                        batch=batch)
+    return account(name, workloads, nodes, placed, time.perf_counter() - started)
+
+
+def _fewest_bytes(c: _Cluster, w: Workload, ok: np.ndarray) -> int:
+    leftover = (c.free - w.gpus).astype(np.float64)
+    score = np.where(ok, c.missing(w) * 64 + leftover, np.inf)  # bytes first, then fit
+    return int(np.argmin(score))
+
+
+def greedy(workloads: list[Workload], nodes: list[Node], prices: Prices | None = None) -> Result:
+    """Each replica where the fewest bytes are missing; ties to the tightest fit."""
+    return _run("greedy", workloads, nodes, _fewest_bytes, prices, batch=True)
+
+
+def complete(workloads: list[Workload], nodes: list[Node], prices: Prices,
+             placed: list[tuple[int, int, int]], todo: dict[int, int],
+             max_starts: int | None = None, widest_first: bool = True
+             ) -> list[tuple[int, int, int]]:
+    """``placed`` plus ``todo`` (workload index -> replicas) placed by the greedy rule."""
+    c = _Cluster(workloads, nodes, prices)
+    for i, n, k in placed:
+        c.place(workloads[i], n, k)
+    return placed + _place_all(c, todo, _fewest_bytes, max_starts, batch=True,
+                               widest_first=widest_first)
+
+
+def random_policy(workloads: list[Workload], nodes: list[Node], seed: int = 0) -> Result:
+    rng = np.random.default_rng(seed)
+    return _run("random", workloads, nodes,
+                lambda c, w, ok: int(rng.choice(np.flatnonzero(ok))))
+
+
+def image_locality(workloads: list[Workload], nodes: list[Node]) -> Result:
+    """Kubernetes' ImageLocality score: only whole images count, scaled by how many nodes
+    hold them, clamped to [23 MB, 1000 MB]; ties go to the least allocated node."""
+    prices = Prices(nodes, {w.image for w in workloads})
+    holders: dict[str, int] = {}
+    whole: dict[str, np.ndarray] = {}
+    for w in workloads:
+        arr = prices.missing(w) == 0
+        whole[w.image] = arr
+        holders[w.image] = int(arr.sum())
+
+    def choose(c: _Cluster, w: Workload, ok: np.ndarray) -> int:
+        spread = holders[w.image] / len(nodes)
+        total = np.where(whole[w.image], w.image_bytes * spread, 0.0)
+        clamped = np.clip(total, K8S_MIN, K8S_MAX)
+        score = (clamped - K8S_MIN) * 100 // (K8S_MAX - K8S_MIN)
+        score = np.where(ok, score * 1000 + c.free, -1)  # least allocated breaks ties
+        return int(np.argmax(score))
+
+    return _run("k8s-imagelocality", workloads, nodes, choose)

@@ -1,0 +1,66 @@
+"""What every (node, image) pair costs, as numpy arrays built once per placement round.
+
+Node reports list cached bytes per image; this turns them into, per image, the nodes that
+hold part of it, so the missing bytes of an image on every node (or on just its warm nodes)
+are one vectorised expression, not a Python call per node. Pure; thread-safe once built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .model import Node, Workload
+
+
+class Prices:
+    def __init__(self, nodes: list[Node], images: set[str] | None = None) -> None:
+        """``images``: the only images asked about (the workloads'); all when None."""
+        self.nodes = nodes
+        self.free = np.array([n.gpus_free for n in nodes], dtype=np.int64)
+        self.mem = np.array([n.gpu_memory for n in nodes], dtype=np.int64)
+        models = sorted({n.gpu_model for n in nodes})
+        self.model_code = {m: i for i, m in enumerate(models)}
+        self.model = np.array([self.model_code[n.gpu_model] for n in nodes], dtype=np.int64)
+        # Reports list every image a node holds part of (thousands, when base layers are
+        # shared); only the asked-about ones are indexed, found by a C-level key
+        # intersection per node, then grouped by image with numpy.
+        codes = {image: k for k, image in enumerate(sorted(images))} if images else {}
+        node_of, code_of, size_of = [], [], []
+        for i, n in enumerate(nodes):
+            keys = n.cached.keys() & codes.keys() if images else list(n.cached)
+            for image in keys:
+                if image not in codes:
+                    codes[image] = len(codes)
+                node_of.append(i)
+                code_of.append(codes[image])
+                size_of.append(n.cached[image])
+        node_arr, code_arr = np.array(node_of, np.int64), np.array(code_of, np.int64)
+        size_arr = np.array(size_of, np.int64)
+        by_code = np.argsort(code_arr, kind="stable")
+        bounds = np.searchsorted(code_arr[by_code], np.arange(len(codes) + 1))
+        self.holders = {}
+        for image, k in codes.items():
+            sel = by_code[bounds[k]:bounds[k + 1]]
+            if len(sel):
+                self.holders[image] = (node_arr[sel], size_arr[sel])
+
+    def fits(self, w: Workload, idx: np.ndarray | None = None) -> np.ndarray:
+        """Which nodes (all, or those in ``idx``) can run one replica of ``w`` now."""
+        free, mem, model = ((self.free, self.mem, self.model) if idx is None else
+                            (self.free[idx], self.mem[idx], self.model[idx]))
+        ok = (free >= w.gpus) & (mem >= w.gpu_memory)
+        if w.gpu_model is not None:
+            ok &= model == self.model_code.get(w.gpu_model, -1)
+        return ok
+
+    def warm(self, w: Workload) -> tuple[np.ndarray, np.ndarray]:
+        """Nodes holding part of ``w``'s image, and the bytes each still misses."""
+        idx, cached = self.holders.get(w.image, (np.empty(0, np.int64), np.empty(0, np.int64)))
+        return idx, np.maximum(0, w.image_bytes - cached)
+
+    def missing(self, w: Workload) -> np.ndarray:
+        """Bytes ``w``'s image misses on every node."""
+        out = np.full(len(self.nodes), float(w.image_bytes))
+        idx, miss = self.warm(w)
+        out[idx] = miss
+        return out
