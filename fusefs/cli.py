@@ -13,6 +13,7 @@ from pathlib import Path
 
 from blobstore.errors import ThawError, UsageError
 from blobstore.images import open_image
+from blobstore.nodereport import parse_gpus
 from blobstore.units import parse_size
 from blobstore.url import open_store
 
@@ -52,6 +53,11 @@ def register(sub, common) -> None:
                        description="Mount the store at DIR: DIR/<manifest id>/ appears on "
                                    "first lookup, DIR/refs/NAME/TAG links to it.")
     p.add_argument("--mountpoint", required=True, metavar="DIR", help="an empty directory")
+    p.add_argument("--node-id", help="name in node reports (default: the host name)")
+    p.add_argument("--gpus", metavar="COUNTxMODEL:MEM", help="GPUs to report where NVML is "
+                   "missing, e.g. 8xH200:141G (default: ask NVML)")
+    p.add_argument("--report-interval", type=float, default=5.0,
+                   help="seconds between node reports (default 5)")
     _cache_args(p)
     p.set_defaults(func=cmd_daemon)
 
@@ -147,8 +153,10 @@ def cmd_mount(args, console) -> int:
 def cmd_daemon(args, console) -> int:
     objects = open_store(args.store, timeout=STORE_TIMEOUT)
     prepare_mountpoint(args.mountpoint)
+    gpus = parse_gpus(args.gpus) if args.gpus else None
     return _run(args, console, lambda ready: run_daemon(
-        objects, args.mountpoint, on_ready=ready, **_sizes(args)))
+        objects, args.mountpoint, on_ready=ready, node_id=args.node_id, gpus=gpus,
+        report_interval=args.report_interval, **_sizes(args)))
 
 
 def cmd_umount(args, console) -> int:

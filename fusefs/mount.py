@@ -126,7 +126,7 @@ async def _publish(snapshot: Callable[[], None]) -> None:
 
 async def serve(namespace: Namespace, fetcher: ChunkFetcher, mountpoint: str, *,
                 on_ready: Callable[[], None] = lambda: None,
-                publish: Callable[[], None] = lambda: None) -> None:
+                publish: Callable[[], None] = lambda: None, extra=()) -> None:
     """Mount ``namespace`` at ``mountpoint`` and serve it until a signal or an unmount.
 
     Nothing on this thread may touch the mount point once it is mounted: the requests it
@@ -143,6 +143,8 @@ async def serve(namespace: Namespace, fetcher: ChunkFetcher, mountpoint: str, *,
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(fetcher.run)
+            for task in extra:  # long-lived parts of the daemon, e.g. its node reporter
+                await nursery.start(task)
             nursery.start_soon(_watch_signals, nursery.cancel_scope)
             nursery.start_soon(_publish, publish)
             nursery.start_soon(raise_read_ahead, ops, mountpoint)

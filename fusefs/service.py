@@ -20,6 +20,7 @@ from .fetch import ChunkFetcher
 from .metrics import SnapshotCollector, start_metrics
 from .mount import serve
 from .namespace import SingleImage, StoreImages
+from .reporter import NodeReporter
 from .stats import stats_doc
 from .tree import FsTree
 
@@ -32,7 +33,7 @@ def _parts(objects: ObjectStore, cache_dir: str, cache_bytes: int, memory_bytes:
 
 
 def _run(namespace_for, tiers, fetcher, mountpoint: str, metrics: str | None,
-         on_ready: Callable[[], None]) -> None:
+         on_ready: Callable[[], None], extra=()) -> None:
     collector = SnapshotCollector()
     box: dict = {}
 
@@ -45,7 +46,8 @@ def _run(namespace_for, tiers, fetcher, mountpoint: str, metrics: str | None,
     namespace = box["ns"] = namespace_for(statistics)
     if metrics:
         start_metrics(metrics, collector)
-    trio.run(lambda: serve(namespace, fetcher, mountpoint, on_ready=on_ready, publish=publish))
+    trio.run(lambda: serve(namespace, fetcher, mountpoint, on_ready=on_ready, publish=publish,
+                           extra=extra))
 
 
 def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: str, *,
@@ -59,8 +61,12 @@ def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: 
 
 def run_daemon(objects: ObjectStore, mountpoint: str, *, cache_dir: str, cache_bytes: int,
                memory_bytes: int, metrics: str | None = None,
-               on_ready: Callable[[], None] = lambda: None) -> None:
-    """Serve every image of the store under ``mountpoint``: ``<id>/`` and ``refs/``."""
+               on_ready: Callable[[], None] = lambda: None, node_id: str | None = None,
+               gpus: list[dict] | None = None, report_interval: float = 5.0) -> None:
+    """Serve every image of the store under ``mountpoint``: ``<id>/`` and ``refs/``; write
+    this node's report to ``nodes/<node id>.json`` every ``report_interval`` seconds."""
     tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes)
+    reporter = NodeReporter(objects, tiers.cache, node_id=node_id, gpus=gpus,
+                            interval=report_interval)
     _run(lambda stats: StoreImages(objects, stats), tiers, fetcher, mountpoint, metrics,
-         on_ready)
+         on_ready, extra=(reporter.run,))

@@ -82,11 +82,12 @@ def _place_all(c: _Cluster, todo: dict[int, int], choose, max_starts: int | None
 
 
 def _run(name: str, workloads: list[Workload], nodes: list[Node], choose,
-         prices: Prices | None = None, batch: bool = False) -> Result:
+         prices: Prices | None = None, batch: bool = False,
+         max_starts: int | None = None) -> Result:
     started = time.perf_counter()
     c = _Cluster(workloads, nodes, prices)
     placed = _place_all(c, {i: w.replicas for i, w in enumerate(workloads)}, choose,
-                        batch=batch)
+                        max_starts, batch=batch)
     return account(name, workloads, nodes, placed, time.perf_counter() - started)
 
 
@@ -96,9 +97,11 @@ def _fewest_bytes(c: _Cluster, w: Workload, ok: np.ndarray) -> int:
     return int(np.argmin(score))
 
 
-def greedy(workloads: list[Workload], nodes: list[Node], prices: Prices | None = None) -> Result:
+def greedy(workloads: list[Workload], nodes: list[Node], prices: Prices | None = None,
+           max_starts: int | None = None) -> Result:
     """Each replica where the fewest bytes are missing; ties to the tightest fit."""
-    return _run("greedy", workloads, nodes, _fewest_bytes, prices, batch=True)
+    return _run("greedy", workloads, nodes, _fewest_bytes, prices, batch=True,
+                max_starts=max_starts)
 
 
 def complete(workloads: list[Workload], nodes: list[Node], prices: Prices,

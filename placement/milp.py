@@ -166,17 +166,16 @@ class _Model:
                           if self.nodes[n].gpu_model == model and self.nodes[n].gpus_free >= g]
                 self.p.row(terms, -np.inf, float(room))
 
-    def decode(self, values: np.ndarray) -> tuple[list[tuple[int, int, int]], dict[int, int]]:
-        """Warm placements as they are, and the replicas of each class left to place: the
-        cold ones, then those the relaxation left pending (capacity may remain for them)."""
+    def decode(self, values: np.ndarray):
+        """Warm placements as they are; per class, the replicas to place cold, and those the
+        relaxation left pending (capacity may remain for them once the rest is placed)."""
         placed = [(c, n, int(round(values[x]))) for x, c, n in self.warm
                   if round(values[x]) > 0]
-        todo = defaultdict(int)
+        cold = defaultdict(int)
         for z, c, _ in self.cold:
-            todo[c] += int(round(values[z]))
-        for c, p in enumerate(self.pending):
-            todo[c] += int(round(values[p]))
-        return placed, todo
+            cold[c] += int(round(values[z]))
+        pending = {c: int(round(values[p])) for c, p in enumerate(self.pending)}
+        return placed, cold, pending
 
 
 def solve(workloads: list[Workload], nodes: list[Node], *, candidates: int = 8,
@@ -188,16 +187,18 @@ def solve(workloads: list[Workload], nodes: list[Node], *, candidates: int = 8,
     prices = Prices(nodes, {w.image for w in workloads})
     model = _Model(workloads, nodes, prices, candidates, burst, max_starts)
     res = model.p.solve(time_limit)
-    fallback = greedy(workloads, nodes, prices)
+    fallback = greedy(workloads, nodes, prices, max_starts)
     if res.x is None:
         fallback.policy, fallback.note = "milp", f"solver: {res.message}; greedy used"
         fallback.seconds = time.perf_counter() - started
         return fallback
-    warm, todo = model.decode(res.x)
+    warm, cold, pending = model.decode(res.x)
     note = "optimal" if res.status == 0 else "time limit: best solution found"
-    tries = [account("milp", workloads, nodes,
-                     complete(workloads, nodes, prices, warm, todo, max_starts, widest),
-                     0.0, note) for widest in (True, False)]
+    tries = []
+    for widest in (True, False):
+        placed = complete(workloads, nodes, prices, warm, cold, max_starts, widest)
+        placed = complete(workloads, nodes, prices, placed, pending, max_starts, widest)
+        tries.append(account("milp", workloads, nodes, placed, 0.0, note))
     result = min(tries, key=lambda r: (r.pending_replicas, r.bytes_to_fetch))
     result.seconds = time.perf_counter() - started
     if (fallback.pending_replicas, fallback.bytes_to_fetch) < (result.pending_replicas,

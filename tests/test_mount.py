@@ -196,3 +196,22 @@ def test_no_dev_fuse_is_one_line(thaw, pushed, tmp_path):
     err = proc.stderr.decode()
     assert proc.returncode == 2, err
     assert "/dev/fuse is missing" in err and "Traceback" not in err
+
+
+def test_daemon_writes_a_node_report_the_placer_reads(thaw, pushed, store_url, tmp_path):
+    from blobstore.nodereport import read_reports
+    from placement.reports import fresh_nodes
+
+    mnt = tmp_path / "mnt"
+    objects = LocalStore(store_url[len("file://"):])
+    with Mounted(thaw, mnt, "daemon", "--mountpoint", str(mnt), "--node-id", "gpu-7",
+                 "--gpus", "8xH200:141G", "--report-interval", "0.2", *cache_args(tmp_path)):
+        (mnt / "refs" / "rich" / "1" / "etc" / "hostname").read_text()
+        for _ in range(200):  # written every 0.2 s; the cache fill shows up in a later one
+            nodes, _ = fresh_nodes(read_reports(objects))
+            if nodes and nodes[0].cached.get(pushed):
+                break
+            threading.Event().wait(0.05)
+    (node,) = nodes
+    assert (node.id, node.gpu_model, node.gpus_free) == ("gpu-7", "H200", 8)
+    assert 0 < node.cached[pushed] and node.cache_limit == 10 << 30

@@ -1,0 +1,87 @@
+"""``thaw place``: assign workloads to nodes from a workload file and node reports."""
+
+from __future__ import annotations
+
+import json
+
+from blobstore.errors import UsageError
+from blobstore.images import open_image
+from blobstore.nodereport import read_reports
+from blobstore.url import open_store
+
+from .baselines import greedy, image_locality, random_policy
+from .milp import solve
+from .model import PlacementInputError, parse_workloads
+from .reports import DEFAULT_TTL, fresh_nodes
+
+POLICIES = {"milp": solve, "greedy": greedy, "k8s": image_locality, "random": random_policy}
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("place", parents=[common], help="place workloads on cache-hot nodes",
+                       description="Assign WORKLOADS to the nodes of fresh node reports so "
+                                   "that the fewest bytes must still be fetched.")
+    p.add_argument("--workloads", required=True, metavar="FILE",
+                   help="JSON list of {name, image, replicas, gpus, gpu_memory, gpu_model, "
+                        "age}; image is a manifest id or NAME:TAG (with --store)")
+    p.add_argument("--nodes", metavar="FILE", help="JSON list of node reports (default: the "
+                   "store's nodes/*.json)")
+    p.add_argument("--ttl", type=float, default=DEFAULT_TTL,
+                   help=f"ignore reports older than this many seconds (default {DEFAULT_TTL:g})")
+    p.add_argument("--policy", choices=sorted(POLICIES), default="milp")
+    p.set_defaults(func=cmd_place)
+
+
+def _read_json(path: str, what: str):
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise UsageError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise UsageError(f"the {what} file {path} is not valid JSON: {exc}") from None
+
+
+def _with_sizes(docs: list, objects) -> list:
+    """Fill each workload's manifest id and image_bytes from the store when missing."""
+    if objects is None or not isinstance(docs, list):
+        return docs
+    out = []
+    for d in docs:
+        if isinstance(d, dict) and "image_bytes" not in d and isinstance(d.get("image"), str):
+            mid, manifest = open_image(objects, d["image"])
+            d = {**d, "image": mid, "image_bytes": manifest.data_size}
+        out.append(d)
+    return out
+
+
+def cmd_place(args, console) -> int:
+    doc = _read_json(args.workloads, "workload")
+    objects = None if args.nodes else open_store(args.store)
+    docs = doc["workloads"] if isinstance(doc, dict) and "workloads" in doc else doc
+    try:
+        workloads = parse_workloads(_with_sizes(docs, objects))
+        if args.nodes:
+            raw = _read_json(args.nodes, "nodes")
+            if not isinstance(raw, list):
+                raise PlacementInputError("the nodes file holds a list of node reports")
+            reports = [(f"node report {i}", json.dumps(r).encode()) for i, r in enumerate(raw)]
+        else:
+            reports = read_reports(objects)
+        nodes, skipped = fresh_nodes(reports, ttl=args.ttl)
+    except PlacementInputError as exc:
+        raise UsageError(str(exc)) from None
+    for s in skipped:
+        console.note(f"skipped {s}")
+    result = POLICIES[args.policy](workloads, nodes)
+    if console.json_output:
+        console.json(result.as_dict())
+        return 0
+    console.table(["WORKLOAD", "NODE", "REPLICAS", "BYTES TO FETCH"],
+                  [(a.workload, a.node, a.replicas, a.bytes_to_fetch)
+                   for a in result.assignments])
+    for name, count in sorted(result.pending.items()):
+        console.line(f"pending: {name} x{count} (no node can take it now)")
+    console.note(f"{args.policy}: {len(nodes)} nodes, {result.bytes_to_fetch} bytes to fetch, "
+                 f"{result.pending_replicas} replicas pending ({result.note or 'ok'})")
+    return 0

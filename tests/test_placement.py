@@ -1,0 +1,154 @@
+"""Placement: known optima by hand, capacity, pending, reports, the command line."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from blobstore.memory import MemoryStore
+from blobstore.nodereport import build_report, parse_gpus, read_reports, write_report
+from placement.baselines import greedy, image_locality, random_policy
+from placement.milp import solve
+from placement.model import Node, PlacementInputError, Workload, parse_workloads
+from placement.reports import fresh_nodes
+from placement.simulate import make_cluster
+
+GB = 1 << 30
+POLICIES = [solve, greedy, image_locality, random_policy]
+
+
+def node(id, free=8, cached=None, model="H100", mem=80 * GB) -> Node:
+    return Node(id, model, free, mem, cached or {})
+
+
+def wl(name, image, size=10 * GB, replicas=1, gpus=1, **kw) -> Workload:
+    return Workload(name, image, size, replicas, gpus, **kw)
+
+
+def placed_on(result) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for a in result.assignments:
+        out.setdefault(a.workload, []).extend([a.node] * a.replicas)
+    return out
+
+
+def test_warm_node_wins():
+    nodes = [node("cold"), node("warm", cached={"img1": 9 * GB})]
+    r = solve([wl("w", "img1")], nodes)
+    assert placed_on(r) == {"w": ["warm"]} and r.bytes_to_fetch == 1 * GB
+
+
+def test_joint_beats_greedy_when_warm_capacity_is_contested():
+    # Greedy gives the older workload the first node warm for it, which is also the only
+    # node warm for the younger one; the optimum swaps them and fetches nothing.
+    nodes = [node("both", free=1, cached={"img1": 10 * GB, "img2": 10 * GB}),
+             node("one", free=1, cached={"img1": 10 * GB})]
+    work = [wl("old", "img1", age=100), wl("young", "img2", age=1)]
+    assert greedy(work, nodes).bytes_to_fetch == 10 * GB
+    best = solve(work, nodes)
+    assert best.bytes_to_fetch == 0 and placed_on(best) == {"old": ["one"], "young": ["both"]}
+
+
+def test_replicas_share_one_fetch_per_node():
+    r = solve([wl("w", "img", replicas=4, gpus=2)], [node("a"), node("b")])
+    assert r.bytes_to_fetch == 10 * GB and r.pending_replicas == 0  # packed on one node
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_workload_that_fits_nowhere_is_pending_not_dropped(policy):
+    nodes = [node("a", free=4), node("b", free=2, model="L4")]
+    work = [wl("big", "img", gpus=8), wl("needs-a100", "img", gpu_model="A100"),
+            wl("too-much-memory", "img", gpu_memory=100 * GB), wl("ok", "img", replicas=2)]
+    r = policy(work, nodes)
+    assert r.pending == {"big": 1, "needs-a100": 1, "too-much-memory": 1}
+    assert sum(a.replicas for a in r.assignments) == 2
+
+
+def test_as_many_replicas_as_possible_first():
+    r = solve([wl("wide", "x", gpus=8, age=5), wl("narrow", "y", replicas=4, gpus=2)],
+              [node("only", free=8, cached={"x": 10 * GB})])
+    assert r.pending == {"wide": 1} and r.bytes_to_fetch == 10 * GB
+
+
+def test_start_cap_per_node():
+    r = solve([wl("w", "img", replicas=4)], [node("a"), node("b")], max_starts=2)
+    assert sorted(placed_on(r)["w"]) == ["a", "a", "b", "b"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("load", ["normal", "tight"])
+def test_simulated_clusters_capacity_and_pending(seed, load):
+    work, nodes = make_cluster(60, 30, load=load, seed=seed)
+    results = {p.__name__: p(work, nodes) for p in POLICIES}  # account() checks capacity
+    assert results["solve"].pending_replicas <= results["greedy"].pending_replicas
+    assert results["solve"].bytes_to_fetch <= results["greedy"].bytes_to_fetch or (
+        results["solve"].pending_replicas < results["greedy"].pending_replicas)
+
+
+def test_solver_time_limit_still_gives_a_valid_answer():
+    work, nodes = make_cluster(200, 80, load="tight", seed=3)
+    r = solve(work, nodes, time_limit=1e-4)
+    assert r.pending_replicas <= greedy(work, nodes).pending_replicas
+
+
+# -- reports and inputs --------------------------------------------------------------------
+
+
+def test_report_written_by_blobstore_is_read_by_placement():
+    objects = MemoryStore()
+    gpus = parse_gpus("4xH200:141G")
+    gpus[0]["memory_free"] = 10 * GB  # busy
+    write_report(objects, build_report("gpu-1", gpus, 5 * GB, 100 * GB, {"a" * 64: 3 * GB}))
+    write_report(objects, build_report("gpu-2", gpus, 0, 100 * GB, {},
+                                       now=time.time() - 3600))
+    nodes, skipped = fresh_nodes(read_reports(objects), ttl=30)
+    assert [n.id for n in nodes] == ["gpu-1"] and "stale" in skipped[0]
+    n = nodes[0]
+    assert (n.gpu_model, n.gpus_free, n.gpu_memory) == ("H200", 3, 141 * GB)
+    assert n.cached == {"a" * 64: 3 * GB} and n.cache_limit == 100 * GB
+
+
+def test_malformed_reports_are_skipped_with_a_reason():
+    nodes, skipped = fresh_nodes([("nodes/x.json", b"{not json"),
+                                  ("nodes/y.json", json.dumps({"version": 9}).encode())])
+    assert nodes == [] and len(skipped) == 2 and "version 9" in skipped[1]
+
+
+@pytest.mark.parametrize("doc, field", [
+    ([{"image": "x"}], "image_bytes"),
+    ([{"image_bytes": 5}], "'image'"),
+    ([{"image": "x", "image_bytes": "lots"}], "image_bytes"),
+    ([{"image": "x", "image_bytes": 5, "replicas": 0}], "replicas"),
+    ([{"image": "x", "image_bytes": 5, "gpus": "two"}], "gpus"),
+    ([{"image": "x", "image_bytes": 5, "age": -1}], "age"),
+    ({"nope": []}, "list of workloads"),
+    ([{"name": "a", "image": "x", "image_bytes": 5}] * 2, "appears twice"),
+])
+def test_bad_workloads_name_the_field(doc, field):
+    with pytest.raises(PlacementInputError, match=field):
+        parse_workloads(doc)
+
+
+def test_place_command(thaw, tmp_path, rich_tree):
+    mid = json.loads(thaw("push", str(rich_tree / "etc"), "app:1", "--json").stdout)["manifest"]
+    reports = [build_report("n1", parse_gpus("2xL4:24G"), 0, GB, {}),
+               build_report("n2", parse_gpus("2xL4:24G"), 0, GB, {mid: 10})]
+    (tmp_path / "nodes.json").write_text(json.dumps(reports))
+    (tmp_path / "work.json").write_text(json.dumps([
+        {"name": "svc", "image": mid, "image_bytes": 20, "replicas": 5}]))
+    out = json.loads(thaw("place", "--workloads", str(tmp_path / "work.json"), "--nodes",
+                          str(tmp_path / "nodes.json"), "--json").stdout)
+    assert out["pending"] == {"svc": 1} and out["bytes_to_fetch"] == 10 + 20
+    write_report(__import__("blobstore.url", fromlist=["x"]).open_store(thaw.store), reports[1])
+    (tmp_path / "work.json").write_text(json.dumps([{"image": "app:1", "gpus": 2}]))
+    out = json.loads(thaw("place", "--workloads", str(tmp_path / "work.json"),
+                          "--json").stdout)
+    assert out["assignments"][0]["node"] == "n2"
+    (tmp_path / "bad.json").write_text(json.dumps([{"image": mid, "image_bytes": 1,
+                                                    "gpus": -2}]))
+    proc = thaw("place", "--workloads", str(tmp_path / "bad.json"), "--nodes",
+                str(tmp_path / "nodes.json"), check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "field 'gpus'" in err and "Traceback" not in err
