@@ -9,12 +9,18 @@ from blobstore.images import open_image
 from blobstore.nodereport import read_reports
 from blobstore.url import open_store
 
-from .baselines import greedy, image_locality, random_policy
-from .milp import solve
 from .model import PlacementInputError, parse_workloads
 from .reports import DEFAULT_TTL, fresh_nodes
 
-POLICIES = {"milp": solve, "greedy": greedy, "k8s": image_locality, "random": random_policy}
+POLICIES = ("greedy", "k8s", "milp", "random")
+
+
+def _policy(name: str):
+    """The policy's function; scipy is imported only when a placement is made."""
+    from .baselines import greedy, image_locality, random_policy
+    from .milp import solve
+
+    return {"milp": solve, "greedy": greedy, "k8s": image_locality, "random": random_policy}[name]
 
 
 def register(sub, common) -> None:
@@ -28,7 +34,7 @@ def register(sub, common) -> None:
                    "store's nodes/*.json)")
     p.add_argument("--ttl", type=float, default=DEFAULT_TTL,
                    help=f"ignore reports older than this many seconds (default {DEFAULT_TTL:g})")
-    p.add_argument("--policy", choices=sorted(POLICIES), default="milp")
+    p.add_argument("--policy", choices=POLICIES, default="milp")
     p.set_defaults(func=cmd_place)
 
 
@@ -73,7 +79,7 @@ def cmd_place(args, console) -> int:
         raise UsageError(str(exc)) from None
     for s in skipped:
         console.note(f"skipped {s}")
-    result = POLICIES[args.policy](workloads, nodes)
+    result = _policy(args.policy)(workloads, nodes)
     if console.json_output:
         console.json(result.as_dict())
         return 0

