@@ -20,7 +20,6 @@ from blobstore.images import open_image  # noqa: E402
 from blobstore.local import LocalStore  # noqa: E402
 from blobstore.refs import parse_ref  # noqa: E402
 from restorer import load_into, restore, snapshot  # noqa: E402
-from restorer.device import RestoreError  # noqa: E402
 from restorer.layout import LayoutError  # noqa: E402
 from restorer.writer import ImageWriter  # noqa: E402
 
