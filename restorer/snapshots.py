@@ -2,13 +2,14 @@
 
 Restore: the tensor table is read and validated, every storage is allocated up front on the
 target device, then chunks are fetched by ``jobs`` threads through the tiers (disk cache,
-store), decompressed and verified there, at most ``window`` ahead of the copying thread,
-in the order the last restore read them (hints). The calling thread copies each chunk's
-pieces into place: on CPU straight into the storages, on CUDA into a ring of pinned
-staging buffers and from there to the device on a side stream, so fetching, verifying and
-copying overlap and host memory stays bounded. Nothing is returned until every byte has
-arrived and verified: an error leaves no half-loaded tensors behind. The order chunks were
-first read in is saved as hints for the next restore.
+store), decompressed and verified there, at most ``window`` ahead, in the order the last
+restore read them (hints). On CPU each fetching thread copies its chunk's pieces straight
+into the storages (disjoint regions; numpy releases the GIL), so copies and the first-touch
+page faults of fresh memory spread over the cores. On CUDA the calling thread moves each
+chunk through a ring of pinned staging buffers to the device on a side stream. Fetching,
+verifying and copying overlap, and host memory stays bounded. Nothing is returned until
+every byte has arrived and verified: an error leaves no half-loaded tensors behind. The
+order chunks were first read in is saved as hints for the next restore.
 """
 
 from __future__ import annotations
@@ -202,8 +203,13 @@ def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | N
     biggest = max((manifest.chunks[i].size for i in plan), default=1)
     copier = _Copier(storages, dev, window + 2, biggest)
 
-    def fetch(i: int) -> bytes:
-        return tiers.get(manifest.chunks[i].id, max_size=manifest.chunks[i].size)
+    def fetch(i: int) -> bytes | None:
+        data = tiers.get(manifest.chunks[i].id, max_size=manifest.chunks[i].size)
+        recorder.read(i)
+        if copier.cuda:
+            return data  # the staging ring belongs to the calling thread
+        copier.copy(data, plan[i])
+        return None
 
     pending: deque[tuple[int, Future]] = deque()
     with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="thaw-restore") as pool:
@@ -211,9 +217,9 @@ def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | N
             for i in order:
                 pending.append((i, pool.submit(fetch, i)))
                 if len(pending) >= window:
-                    _drain_one(pending, recorder, copier, plan)
+                    _drain_one(pending, copier, plan)
             while pending:
-                _drain_one(pending, recorder, copier, plan)
+                _drain_one(pending, copier, plan)
         finally:
             for _, fut in pending:
                 fut.cancel()
@@ -226,11 +232,11 @@ def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | N
     return _tensors(layout, storages)
 
 
-def _drain_one(pending, recorder: HintRecorder, copier: _Copier, plan) -> None:
+def _drain_one(pending, copier: _Copier, plan) -> None:
     i, fut = pending.popleft()
-    data = fut.result()
-    recorder.read(i)
-    copier.copy(data, plan[i])
+    data = fut.result()  # raises the fetch's error: nothing half-loaded is returned
+    if data is not None:
+        copier.copy(data, plan[i])
 
 
 def load_into(module: torch.nn.Module, ref: str, **kwargs) -> torch.nn.Module:
