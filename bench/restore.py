@@ -4,7 +4,9 @@
 A synthetic model (bf16 tensors of 32 MiB, random, so incompressible like real weights) is
 saved as a .safetensors and a torch checkpoint on local disk, and snapshotted into a
 ``file://`` store and into SeaweedFS S3 on loopback. Measured, median of rounds:
-``safetensors.torch.load_file`` and ``torch.load`` from the page cache; the raw rate of
+``safetensors.torch.load_file`` (on CPU it mmaps: one byte of every page is read to make
+it do its reading), ``safetensors.torch.load`` of the file's bytes (every byte copied into
+fresh tensors, as a restore must) and ``torch.load``, all from the page cache; the raw rate of
 reading the snapshot's chunks alone (fetch + decompress + verify, 8 threads, no copying)
 from the node's disk cache and from S3; thaw's pipelined restore from the disk cache and
 from S3 (empty cache); and a naive sequential restore (one chunk at a time). thaw verifies
@@ -26,6 +28,7 @@ from pathlib import Path
 
 import torch
 from common import table
+from safetensors.torch import load as st_load
 from safetensors.torch import load_file, save_file
 
 from blobstore.blobs import BlobStore
@@ -100,6 +103,9 @@ def main() -> None:
             load_file(str(work / "model.safetensors"))  # the page cache holds it
             add(f"safetensors load_file (page cache) -> {dev}",
                 timed(lambda: load_file_read(str(work / "model.safetensors"), dev)))
+            if dev == "cpu":
+                add("safetensors load(bytes) (page cache, every byte copied) -> cpu",
+                    timed(lambda: st_load((work / "model.safetensors").read_bytes())))
             add(f"torch.load (page cache) -> {dev}",
                 timed(lambda: torch.load(work / "model.pt", map_location=dev,
                                          weights_only=True)))

@@ -70,6 +70,37 @@ def decode_blob(stored: bytes, *, max_size: int = MAX_BLOB_SIZE, what: str = "bl
         raise BlobCorrupt(f"{what}: bad zstd frame ({exc})") from None
 
 
+def verify_into(dest: memoryview, expected_id: str, what: str) -> None:
+    if blob_id(dest) != expected_id:
+        raise BlobCorrupt(f"{what}: content does not hash to its id")
+
+
+def read_into(f, dest: memoryview, expected_id: str, *, what: str = "blob") -> None:
+    """Decode the stored blob readable from ``f`` straight into ``dest`` (which must be its
+    exact size) and verify it there: no intermediate copy of the payload."""
+    kind = f.read(1)
+    try:
+        if kind == bytes((RAW,)):
+            got = f.readinto(dest)
+            extra = f.read(1)
+        elif kind == bytes((ZSTD,)):
+            with _decompressor().stream_reader(f, read_across_frames=False) as r:
+                got = 0
+                while got < len(dest):
+                    n = r.readinto(dest[got:])
+                    if not n:
+                        break
+                    got += n
+                extra = r.read(1)  # past the frame's content: too much data
+        else:
+            raise BlobCorrupt(f"{what}: unknown or missing blob type byte")
+    except zstandard.ZstdError as exc:
+        raise BlobCorrupt(f"{what}: bad zstd frame ({exc})") from None
+    if got != len(dest) or extra:
+        raise BlobCorrupt(f"{what}: size differs from the {len(dest)} bytes expected")
+    verify_into(dest, expected_id, what)
+
+
 def decode_and_verify(stored: bytes, expected_id: str, *, max_size: int = MAX_BLOB_SIZE,
                       where: str = "") -> bytes:
     """Decode a stored blob and check it hashes to ``expected_id``."""

@@ -20,7 +20,7 @@ import secrets
 import threading
 from pathlib import Path
 
-from .codec import MAX_BLOB_SIZE, decode_and_verify
+from .codec import MAX_BLOB_SIZE, decode_and_verify, read_into
 from .digest import check_blob_id
 from .errors import BlobCorrupt, BlobNotFound, StoreConfigError, StoreUnavailable
 
@@ -84,6 +84,30 @@ class DiskCache:
             log.warning("dropping corrupt cache entry: %s", exc)
             self._remove(path, len(stored))
             raise BlobNotFound(f"blob {id} was corrupt in the disk cache") from None
+
+    def get_into(self, id: str, dest: memoryview) -> bool:
+        """Decode the entry straight into ``dest`` (its exact size) and verify it there;
+        False on a miss or a dropped corrupt entry (``dest`` then holds garbage)."""
+        path = self._path(id)
+        try:
+            with open(path, "rb") as f:
+                read_into(f, dest, id, what=f"blob {id} in cache {self.root}")
+            os.utime(path)
+            return True
+        except FileNotFoundError:
+            return False
+        except BlobCorrupt:
+            # Either the entry is damaged or ``dest`` is the wrong size (the caller's
+            # manifest disagrees with the blob): check the entry on its own before dropping.
+            try:
+                data = self.get(id)  # drops a damaged entry, logging it
+            except BlobNotFound:
+                return False
+            raise BlobCorrupt(f"blob {id} is {len(data)} bytes, not the {len(dest)} its "
+                              "manifest says") from None
+        except OSError as exc:
+            raise StoreUnavailable(f"disk cache {self.root}: cannot read {id}: "
+                                   f"{exc.strerror}") from None
 
     def has(self, id: str) -> bool:
         return self._path(id).exists()

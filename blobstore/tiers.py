@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from .blobs import BlobStore
 from .codec import MAX_BLOB_SIZE, decode_and_verify
 from .diskcache import DiskCache
-from .errors import BlobNotFound, StoreUnavailable
+from .errors import BlobCorrupt, BlobNotFound, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,25 @@ class ReadThroughCache:
                 self.cache_stats.error()
                 self._warn_once("cache-read", exc)
         return self._fetch(id, max_size)
+
+    def get_into(self, id: str, dest: memoryview) -> None:
+        """The blob decoded straight into ``dest`` (its exact size), verified there. A disk
+        cache hit costs one read into ``dest`` and one hash; a miss is fetched, verified,
+        cached and copied once."""
+        started = time.monotonic()
+        if self.cache is not None:
+            try:
+                if self.cache.get_into(id, dest):
+                    self.cache_stats.record(len(dest), len(dest), time.monotonic() - started)
+                    return
+            except StoreUnavailable as exc:
+                self.cache_stats.error()
+                self._warn_once("cache-read", exc)
+        data = self._fetch(id, len(dest))
+        if len(data) != len(dest):
+            raise BlobCorrupt(f"blob {id} in {self.upstream}: {len(data)} bytes, expected "
+                              f"{len(dest)}")
+        dest[:] = data
 
     def _fetch(self, id: str, max_size: int) -> bytes:
         started = time.monotonic()

@@ -151,6 +151,10 @@ class _Copier:
         else:
             self.views = [s.numpy() for s in storages]
 
+    def region(self, p) -> memoryview:
+        """The bytes of a storage that piece ``p`` fills (CPU)."""
+        return memoryview(self.views[p.storage][p.storage_offset:p.storage_offset + p.length])
+
     def copy(self, data: bytes, plan) -> None:
         src = np.frombuffer(data, dtype=np.uint8)
         if not self.cuda:
@@ -204,7 +208,14 @@ def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | N
     copier = _Copier(storages, dev, window + 2, biggest)
 
     def fetch(i: int) -> bytes | None:
-        data = tiers.get(manifest.chunks[i].id, max_size=manifest.chunks[i].size)
+        chunk = manifest.chunks[i]
+        whole = plan[i][0] if len(plan[i]) == 1 else None
+        if not copier.cuda and whole is not None and whole.length == chunk.size:
+            # the chunk fills one region of one storage: decode and verify it in place
+            tiers.get_into(chunk.id, copier.region(whole))
+            recorder.read(i)
+            return None
+        data = tiers.get(chunk.id, max_size=chunk.size)
         recorder.read(i)
         if copier.cuda:
             return data  # the staging ring belongs to the calling thread

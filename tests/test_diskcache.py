@@ -122,3 +122,39 @@ def test_several_processes_share_one_bound(tmp_path):
     cache = DiskCache(tmp_path, 300_000)
     assert cache.size <= 300_000 + 4 * 10_001  # each writer may overshoot by its last entry
     assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+
+@pytest.mark.parametrize("data", [os.urandom(50_000), b"compressible " * 5000])
+def test_get_into_decodes_in_place(tmp_path, data):
+    cache = DiskCache(tmp_path, 1 << 20)
+    id = blob_id(data)
+    cache.put_stored(id, encode_blob(data))
+    dest = bytearray(len(data))
+    assert cache.get_into(id, memoryview(dest)) and bytes(dest) == data
+    assert not cache.get_into(blob_id(b"other"), memoryview(bytearray(5)))
+
+
+@pytest.mark.allow_log_warnings
+@pytest.mark.parametrize("damage", [lambda s: s[:-10], lambda s: s[:1] + bytes(len(s) - 1),
+                                    lambda s: b"\x09" + s])
+def test_get_into_drops_damaged_entries(tmp_path, damage):
+    cache = DiskCache(tmp_path, 1 << 20)
+    data = b"compressible " * 5000
+    id = blob_id(data)
+    cache.put_stored(id, damage(encode_blob(data)))
+    assert not cache.get_into(id, memoryview(bytearray(len(data))))
+    assert not cache.has(id)
+
+
+def test_read_through_get_into_fills_the_cache(tmp_path):
+    upstream = BlobStore(MemoryStore())
+    data = os.urandom(30_000)
+    id, _ = upstream.put(data)
+    tiers = ReadThroughCache(upstream, DiskCache(tmp_path, 1 << 20))
+    for expected_tier in ("store", "disk"):
+        dest = bytearray(len(data))
+        tiers.get_into(id, memoryview(dest))
+        assert bytes(dest) == data
+    assert tiers.upstream_stats.chunks == 1 and tiers.cache_stats.chunks == 1
+    with pytest.raises(BlobCorrupt):
+        tiers.get_into(id, memoryview(bytearray(10)))
