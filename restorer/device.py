@@ -12,6 +12,7 @@ import logging
 import torch
 
 from blobstore.errors import ThawError
+from blobstore.nodereport import nvml_gpus
 
 log = logging.getLogger(__name__)
 _said_cpu = False
@@ -23,22 +24,10 @@ class RestoreError(ThawError):
 
 def _nvml_free() -> list[tuple[int, int, str]] | None:
     """(index, free bytes, name) per GPU, or None without NVML."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - no driver, no library: no NVML
+    gpus = nvml_gpus()
+    if gpus is None:
         return None
-    try:
-        out = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            name = pynvml.nvmlDeviceGetName(h)
-            out.append((i, int(pynvml.nvmlDeviceGetMemoryInfo(h).free),
-                        name.decode() if isinstance(name, bytes) else str(name)))
-        return out
-    finally:
-        pynvml.nvmlShutdown()
+    return [(i, g["memory_free"], g["model"]) for i, g in enumerate(gpus)]
 
 
 def _gib(n: int) -> str:
