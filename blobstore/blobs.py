@@ -48,6 +48,20 @@ class BlobStore:
     def put_stored(self, id: str, stored: bytes) -> None:
         self.objects.put(blob_key(id), stored)
 
+    def put_new(self, id: str, data: bytes | memoryview) -> int:
+        """Encode and store ``data``, whose id the caller has computed; the stored size."""
+        stored = encode_blob(data)
+        self.objects.put(blob_key(id), stored)
+        return len(stored)
+
+    def ensure(self, id: str, data: bytes | memoryview) -> tuple[int, int]:
+        """Store ``data`` unless the store has it: (stored size, bytes uploaded)."""
+        try:
+            return self.stored_size(id), 0
+        except BlobNotFound:
+            size = self.put_new(id, data)
+            return size, size
+
     def has(self, id: str) -> bool:
         return self.objects.has(blob_key(id))
 

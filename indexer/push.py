@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
-from blobstore.codec import encode_blob
 from blobstore.digest import blob_id
 from blobstore.errors import BlobNotFound
 from blobstore.manifest import (
@@ -121,12 +120,11 @@ class _Uploader:
         size = self.known.stored_size(self.blobs, id)
         if size is not None:
             return size
-        stored = encode_blob(data)
-        self.blobs.put_stored(id, stored)
+        size = self.blobs.put_new(id, data)
         with self._lock:
             self.new_chunks += 1
-            self.uploaded_bytes += len(stored)
-        return len(stored)
+            self.uploaded_bytes += size
+        return size
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -208,11 +206,7 @@ def push_tree(tree: SourceTree, objects: ObjectStore, ref: Ref | None = None, *,
     manifest = build_manifest(tree, table, offsets, params)
     raw = encode(manifest)
     mid = blob_id(raw)
-    uploaded = uploader.uploaded_bytes
-    if not blobs.has(mid):
-        stored = encode_blob(raw)
-        blobs.put_stored(mid, stored)
-        uploaded += len(stored)
+    uploaded = uploader.uploaded_bytes + blobs.ensure(mid, raw)[1]
     if ref is not None:
         Refs(objects).set(ref, mid)
     return PushResult(mid, manifest.file_count(), pos, len(table), uploader.new_chunks,

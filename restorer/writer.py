@@ -15,9 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
-from blobstore.codec import encode_blob
 from blobstore.digest import blob_id
-from blobstore.errors import BlobNotFound
 from blobstore.manifest import DIR, FILE, ChunkRef, Entry, Header, Manifest, Span, encode
 from blobstore.refs import Ref, Refs
 
@@ -36,14 +34,10 @@ class ImageWriter:
         self._lock = threading.Lock()
 
     def _store(self, id: str, data: bytes) -> int:
-        try:
-            return self.blobs.stored_size(id)
-        except BlobNotFound:
-            stored = encode_blob(data)
-            self.blobs.put_stored(id, stored)
-            with self._lock:
-                self.uploaded += len(stored)
-            return len(stored)
+        size, uploaded = self.blobs.ensure(id, data)
+        with self._lock:
+            self.uploaded += uploaded
+        return size
 
     def add_file(self, path: str, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
@@ -73,8 +67,7 @@ class ImageWriter:
                                              "min": self.chunk_size, "max": self.chunk_size}, 0)
         raw = encode(Manifest(header, table, tuple(entries)))
         mid = blob_id(raw)
-        if not self.blobs.has(mid):
-            self.blobs.put_stored(mid, encode_blob(raw))
+        self.blobs.ensure(mid, raw)
         if ref is not None:
             Refs(self.objects).set(ref, mid)
         return mid

@@ -151,7 +151,7 @@ def test_read_through_get_into_fills_the_cache(tmp_path):
     data = os.urandom(30_000)
     id, _ = upstream.put(data)
     tiers = ReadThroughCache(upstream, DiskCache(tmp_path, 1 << 20))
-    for expected_tier in ("store", "disk"):
+    for _tier in ("store", "disk"):  # the first read fills the cache, the second hits it
         dest = bytearray(len(data))
         tiers.get_into(id, memoryview(dest))
         assert bytes(dest) == data

@@ -51,10 +51,3 @@ class Console:
                   file=sys.stderr, leave=False, dynamic_ncols=True) as bar:
             yield bar.update
 
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
