@@ -103,12 +103,24 @@ def test_malformed_ref_object_is_skipped_by_ls_and_named_by_inspect(thaw, store_
 
 
 @pytest.mark.s3
-def test_dead_store_is_one_line(thaw, rich_tree, monkeypatch):
+@pytest.mark.parametrize("args", [
+    ["push", "{src}", "a:1"], ["ls"], ["inspect", "a:1"], ["export", "a:1", "{tmp}/out"],
+    ["mount", "a:1", "{tmp}/mnt"], ["place", "--workloads", "{tmp}/w.json"],
+    ["snapshot", "{tmp}/w.safetensors", "a:1"], ["restore", "a:1"],
+])
+def test_dead_store_is_one_line(thaw, rich_tree, tmp_path, args):
     from blobstore.seaweed import free_ports
 
+    (tmp_path / "mnt").mkdir()
+    (tmp_path / "w.json").write_text('[{"image": "a:1", "gpus": 1}]')
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(4)}, str(tmp_path / "w.safetensors"))
     thaw.env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_ports(1)[0]}",
                     AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y")
-    proc = thaw("push", str(rich_tree), "a:1", check=False, store="s3://thaw/p")
+    args = [a.format(src=rich_tree, tmp=tmp_path) for a in args]
+    proc = thaw(*args, check=False, store="s3://thaw/p")
     assert_user_error(proc, 3, "s3://thaw/p (http://127.0.0.1:", "cannot")
 
 
