@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -186,8 +187,10 @@ def solve(workloads: list[Workload], nodes: list[Node], *, candidates: int = 8,
     workloads = [workloads[i] for i in order(workloads)]
     prices = Prices(nodes, {w.image for w in workloads})
     model = _Model(workloads, nodes, prices, candidates, burst, max_starts)
-    res = model.p.solve(time_limit)
-    fallback = greedy(workloads, nodes, prices, max_starts)
+    with ThreadPoolExecutor(1) as pool:  # HiGHS releases the GIL while it solves
+        baseline = pool.submit(greedy, workloads, nodes, prices, max_starts)
+        res = model.p.solve(time_limit)
+        fallback = baseline.result()
     if res.x is None:
         fallback.policy, fallback.note = "milp", f"solver: {res.message}; greedy used"
         fallback.seconds = time.perf_counter() - started

@@ -24,16 +24,17 @@ class Prices:
         # Reports list every image a node holds part of (thousands, when base layers are
         # shared); only the asked-about ones are indexed, found by a C-level key
         # intersection per node, then grouped by image with numpy.
-        codes = {image: k for k, image in enumerate(sorted(images))} if images else {}
-        node_of, code_of, size_of = [], [], []
-        for i, n in enumerate(nodes):
-            keys = n.cached.keys() & codes.keys() if images else list(n.cached)
-            for image in keys:
-                if image not in codes:
-                    codes[image] = len(codes)
-                node_of.append(i)
-                code_of.append(codes[image])
-                size_of.append(n.cached[image])
+        if images is None:
+            images = {image for n in nodes for image in n.cached}
+        codes = {image: k for k, image in enumerate(sorted(images))}
+        node_of: list[int] = []
+        code_of: list[int] = []
+        size_of: list[int] = []
+        for i, n in enumerate(nodes):  # per node, the per-image work runs in C (map, extend)
+            keys = list(n.cached.keys() & codes.keys())
+            node_of.extend([i] * len(keys))
+            code_of.extend(map(codes.__getitem__, keys))
+            size_of.extend(map(n.cached.__getitem__, keys))
         node_arr, code_arr = np.array(node_of, np.int64), np.array(code_of, np.int64)
         size_arr = np.array(size_of, np.int64)
         by_code = np.argsort(code_arr, kind="stable")
