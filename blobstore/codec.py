@@ -70,6 +70,17 @@ def decode_blob(stored: bytes, *, max_size: int = MAX_BLOB_SIZE, what: str = "bl
         raise BlobCorrupt(f"{what}: bad zstd frame ({exc})") from None
 
 
+def read_full(reader, view: memoryview) -> int:
+    """``readinto`` until ``view`` is full or the reader ends; the bytes read."""
+    got = 0
+    while got < len(view):
+        n = reader.readinto(view[got:])
+        if not n:
+            break
+        got += n
+    return got
+
+
 def verify_into(dest: memoryview, expected_id: str, what: str) -> None:
     if blob_id(dest) != expected_id:
         raise BlobCorrupt(f"{what}: content does not hash to its id")
@@ -85,12 +96,7 @@ def read_into(f, dest: memoryview, expected_id: str, *, what: str = "blob") -> N
             extra = f.read(1)
         elif kind == bytes((ZSTD,)):
             with _decompressor().stream_reader(f, read_across_frames=False) as r:
-                got = 0
-                while got < len(dest):
-                    n = r.readinto(dest[got:])
-                    if not n:
-                        break
-                    got += n
+                got = read_full(r, dest)
                 extra = r.read(1)  # past the frame's content: too much data
         else:
             raise BlobCorrupt(f"{what}: unknown or missing blob type byte")

@@ -76,34 +76,35 @@ class ReadThroughCache:
             self._warned.add(what)
             log.warning("%s (further such warnings suppressed)", exc)
 
+    def _from_cache(self, read, size: int | None = None):
+        """``read(cache)`` counted as a disk hit; None on a miss or a broken cache."""
+        if self.cache is None:
+            return None
+        started = time.monotonic()
+        try:
+            result = read(self.cache)
+        except BlobNotFound:
+            return None
+        except StoreUnavailable as exc:
+            self.cache_stats.error()
+            self._warn_once("cache-read", exc)
+            return None
+        if result is not None and result is not False:
+            n = size if size is not None else len(result)
+            self.cache_stats.record(n, n, time.monotonic() - started)
+        return result
+
     def get(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> bytes:
         """The blob, verified, from the nearest tier that has it."""
-        if self.cache is not None:
-            started = time.monotonic()
-            try:
-                data = self.cache.get(id, max_size=max_size)
-                self.cache_stats.record(len(data), len(data), time.monotonic() - started)
-                return data
-            except BlobNotFound:
-                pass
-            except StoreUnavailable as exc:
-                self.cache_stats.error()
-                self._warn_once("cache-read", exc)
-        return self._fetch(id, max_size)
+        data = self._from_cache(lambda cache: cache.get(id, max_size=max_size))
+        return data if data is not None else self._fetch(id, max_size)
 
     def get_into(self, id: str, dest: memoryview) -> None:
         """The blob decoded straight into ``dest`` (its exact size), verified there. A disk
         cache hit costs one read into ``dest`` and one hash; a miss is fetched, verified,
         cached and copied once."""
-        started = time.monotonic()
-        if self.cache is not None:
-            try:
-                if self.cache.get_into(id, dest):
-                    self.cache_stats.record(len(dest), len(dest), time.monotonic() - started)
-                    return
-            except StoreUnavailable as exc:
-                self.cache_stats.error()
-                self._warn_once("cache-read", exc)
+        if self._from_cache(lambda cache: cache.get_into(id, dest), len(dest)):
+            return
         data = self._fetch(id, len(dest))
         if len(data) != len(dest):
             raise BlobCorrupt(f"blob {id} in {self.upstream}: {len(data)} bytes, expected "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import pyfastcdc
 
+from blobstore.codec import read_full
 from blobstore.errors import UsageError
 from blobstore.units import parse_size
 
@@ -64,19 +65,10 @@ def cut(stream, params: ChunkerParams) -> Iterator[memoryview]:
     buf = bytearray(params.avg_size)
     view = memoryview(buf)
     while True:
-        n = _fill(stream, view)
+        n = read_full(stream, view)
         if n == 0:
             return
         yield view[:n]
         if n < len(view):
             return
 
-
-def _fill(stream, view: memoryview) -> int:
-    got = 0
-    while got < len(view):
-        n = stream.readinto(view[got:])
-        if not n:
-            break
-        got += n
-    return got

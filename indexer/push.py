@@ -29,7 +29,6 @@ from blobstore.manifest import (
     Header,
     Manifest,
     encode,
-    path_key,
     stream_spans,
 )
 from blobstore.refs import Ref, Refs
@@ -170,7 +169,7 @@ def build_manifest(tree: SourceTree, chunks: list[ChunkRef], offsets: dict[int, 
         starts.append(pos)
         sizes.append(c.size)
         pos += c.size
-    paths = sorted(tree.nodes, key=path_key)
+    paths = tree.sorted_paths()
     groups = _link_groups(tree, paths)
     entries = []
     for path in paths:

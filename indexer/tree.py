@@ -158,9 +158,6 @@ class TreeBuilder:
             return True
         return False
 
-    def sorted_paths(self) -> list[str]:
-        return sorted(self.nodes, key=path_key)
-
 
 @dataclass
 class SourceTree:
@@ -171,6 +168,13 @@ class SourceTree:
     created_ns: int  # the source's own time (image config, else newest mtime)
     kind: str = "image"
     closers: list = field(default_factory=list)
+    _sorted: list[str] | None = field(default=None, repr=False)
+
+    def sorted_paths(self) -> list[str]:
+        """Every path in manifest order (sorted by components), computed once."""
+        if self._sorted is None:
+            self._sorted = sorted(self.nodes, key=path_key)
+        return self._sorted
 
     def close(self) -> None:
         for close in reversed(self.closers):
@@ -186,7 +190,7 @@ class SourceTree:
     def data_nodes(self) -> Iterator[tuple[str, Node]]:
         """Regular files with bytes, one per inode, in the data stream's order."""
         seen: set[int] = set()
-        for path in sorted(self.nodes, key=path_key):
+        for path in self.sorted_paths():
             node = self.nodes[path]
             if node.type == FILE and node.size and id(node) not in seen:
                 seen.add(id(node))
