@@ -136,3 +136,22 @@ def test_full_disk_is_one_line(thaw, rich_tree, tmp_path):
         assert not (mnt / "store" / "refs").exists()
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_snapshot_to_a_full_disk_is_one_line(thaw, tmp_path):
+    import subprocess
+
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.rand(2 << 20)}, str(tmp_path / "w.safetensors"))  # 8 MB, random
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        proc = thaw("snapshot", str(tmp_path / "w.safetensors"), "w:1", check=False,
+                    store=f"file://{mnt}/store")
+        assert_user_error(proc, 3, "no space left")
+        assert not (mnt / "store" / "refs").exists()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
