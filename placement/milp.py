@@ -1,34 +1,36 @@
 """The placement MILP (scipy.optimize.milp, HiGHS), kept small the way Quincy does.
 
-Classes: each workload is one class whose replicas are an integer count. Arcs: for each
-class, one arc to each of its ``candidates`` cheapest *warm* nodes (nodes that already hold
-part of its image), and one *cold* arc per GPU model it can run on, standing for the group
-of nodes of that model: those nodes are identical to the class as far as bytes go, so one
-arc stands for all of them and pruning the warm arcs never makes the problem infeasible.
+Classes: each workload is one class whose replicas are an integer count. Arcs
+(``arcs.py``): each image's cheapest warm nodes, offered to every class of that image, and
+one *rest* arc per class and GPU model standing for all other nodes of that model, so
+pruning never makes the problem infeasible.
 
 - Warm arcs are exact: each node's free GPUs bound them, and with ``burst`` the missing
-  bytes of an image are charged once per node (a binary per image and node), however many
-  replicas of however many workloads land there, as the node's cache makes it.
-- Cold arcs are priced at the image's size per node-start (amortised over the replicas a
-  node can hold) and bounded per GPU model by nested capacities: replicas of g GPUs or more
-  can only use nodes with at least g free GPUs, which keeps big replicas from being
-  promised fragments.
+  bytes of an image are charged once per node (a variable per image and node), however
+  many replicas of however many workloads land there, as the node's cache makes it.
+- Rest arcs are priced at what packing the class onto the cheapest rest nodes would cost,
+  and bounded per GPU model by nested capacities: replicas of g GPUs or more can only use
+  nodes with at least g free, which keeps big replicas from being promised fragments.
 - A pending replica costs more than any image, weighted up to +40% by its GPUs and its
   age, so the solver first places as many replicas as it can (wider and older ones first),
   then saves bytes, and when capacity is short leaves pending the workloads that would cost
   the most to start.
 
-Cold replicas are then placed by the greedy rule (fewest missing bytes, tightest fit), which
-also fills in anything the relaxation over-promised. A solver without a solution in the
-time limit, or a result worse than plain greedy's (more pending, or as many and more
-bytes), returns greedy's: the policy is never worse than its baseline.
-``max_starts`` caps new replicas per node. Pure; thread-safe.
+Small models are solved exactly (branch and bound, with every warm node an arc); large
+ones as their LP relaxation, which HiGHS solves in a fraction of the time (its MILP spends
+seconds in root cuts at 5,000 nodes) and whose solution is nearly integral, as Quincy found
+for flows: warm arcs are rounded down. Either way the replicas sent to rest arcs, and any
+the rounding left over, are then placed by the greedy rule (fewest missing bytes, tightest
+fit). A solver without a solution, or a result worse than plain greedy's (more pending, or
+as many and more bytes), returns greedy's: the policy is never worse than its baseline.
+``time_limit`` bounds the whole call. ``max_starts`` caps new replicas per node.
+``lower_bound`` prices rest arcs at a bound instead, so its relaxation's optimum bounds the
+bytes of any placement: how far from the best a policy is. Pure; thread-safe.
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -36,172 +38,188 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import coo_array
 
 from .account import account
+from .arcs import Arcs, build_arcs, fits_matrix
 from .baselines import complete, greedy, order
 from .model import Node, Result, Workload
 from .prices import Prices
 
 GIB = float(1 << 30)
-
-
-class _Problem:
-    """Variables and constraints in COO form."""
-
-    def __init__(self) -> None:
-        self.cost: list[float] = []
-        self.hi: list[float] = []
-        self.rows: list[int] = []
-        self.cols: list[int] = []
-        self.vals: list[float] = []
-        self.b_lo: list[float] = []
-        self.b_hi: list[float] = []
-
-    def var(self, cost: float, hi: float) -> int:
-        self.cost.append(cost)
-        self.hi.append(hi)
-        return len(self.cost) - 1
-
-    def row(self, terms: list[tuple[int, float]], lo: float, hi: float) -> None:
-        r = len(self.b_lo)
-        for col, val in terms:
-            self.rows.append(r)
-            self.cols.append(col)
-            self.vals.append(val)
-        self.b_lo.append(lo)
-        self.b_hi.append(hi)
-
-    def solve(self, time_limit: float):
-        n = len(self.cost)
-        a = coo_array((self.vals, (self.rows, self.cols)), shape=(len(self.b_lo), n)).tocsr()
-        return milp(np.array(self.cost), integrality=np.ones(n),
-                    bounds=Bounds(np.zeros(n), np.array(self.hi)),
-                    constraints=LinearConstraint(a, np.array(self.b_lo), np.array(self.b_hi)),
-                    options={"time_limit": time_limit, "disp": False,
-                             "mip_rel_gap": 0.01})
+EXACT_CELLS = 50_000  # classes x nodes up to which the integer program is solved
+ARC_BUDGET = 50_000  # warm arcs in a relaxation: HiGHS solves it in ~0.5 s on one core
 
 
 class _Model:
-    """The MILP for one round, and what its variables mean."""
+    """The program for one round as arrays: variables are [pending | warm | charged | rest |
+    used], the last being the GPUs warm replicas take on each node they reach.
+    """
 
-    def __init__(self, workloads: list[Workload], nodes: list[Node], prices: Prices,
-                 candidates: int, burst: bool, max_starts: int | None) -> None:
-        self.w, self.nodes, self.prices = workloads, nodes, prices
-        self.p = _Problem()
-        self.warm: list[tuple[int, int, int]] = []  # (var, class, node)
-        self.cold: list[tuple[int, int, str]] = []  # (var, class, gpu model)
+    def __init__(self, workloads: list[Workload], prices: Prices, arcs: Arcs, burst: bool,
+                 max_starts: int | None, exact: bool) -> None:
+        self.w, self.prices, self.arcs = workloads, prices, arcs
+        n_cls, n_warm, n_rest = len(workloads), len(arcs.cls), len(arcs.rest_cls)
+        # A charge shared by one arc only is that arc's own cost: per replica in the
+        # relaxation (where charged = replicas / most), or outright when at most one
+        # replica fits. Only the rest get a charge variable and a row.
+        pair = arcs.image * len(prices.nodes) + arcs.node
+        _, self.pair_of, count = np.unique(pair, return_inverse=True, return_counts=True)
+        alone = count[self.pair_of] == 1
+        if exact:
+            alone &= arcs.most == 1
+        self.shared = np.flatnonzero(~alone) if burst else np.empty(0, np.int64)
+        kept, self.pair_of = np.unique(self.pair_of[self.shared], return_inverse=True)
+        n_charged = len(kept)
+        self.used_on, self.arc_row = np.unique(arcs.node, return_inverse=True)
+        self.at = np.cumsum([0, n_cls, n_warm, n_charged, n_rest, len(self.used_on)])
+        replicas = np.array([w.replicas for w in workloads], np.float64)
+        gpus = np.array([w.gpus for w in workloads], np.float64)
+        ages = np.array([w.age for w in workloads], np.float64)
         big = max((w.image_bytes for w in workloads), default=0) / GIB + 1.0
-        oldest = max((w.age for w in workloads), default=0.0) + 1.0
-        widest = max((w.gpus for w in workloads), default=1)
         # Count first: every pending replica costs more than any image, and more GPUs and
         # more age add under half again, so two pending replicas always cost more than one.
-        self.pending = [self.p.var(2 * big * (1 + 0.2 * w.gpus / widest + 0.2 * w.age / oldest),
-                                   w.replicas) for w in workloads]
-        self._warm_arcs(candidates, burst)
-        self._cold_arcs()
-        self._class_rows()
-        self._node_rows(max_starts)
-        self._model_rows()
+        pending = 2 * big * (1 + 0.2 * gpus / max(gpus.max(initial=1), 1)
+                             + 0.2 * ages / (ages.max(initial=0) + 1.0))
+        warm = arcs.miss / GIB
+        if burst:
+            warm = np.where(alone, warm / arcs.most, 0.0)
+        charge = np.zeros(n_charged)
+        np.maximum.at(charge, self.pair_of, arcs.miss[self.shared] / GIB)
+        self.cost = np.concatenate([pending, warm, charge, arcs.rest_price / GIB])
+        self.cost = np.concatenate([self.cost, np.zeros(len(self.used_on))])
+        self.hi = np.concatenate([replicas, arcs.most, np.ones(n_charged),
+                                  replicas[arcs.rest_cls], prices.free[self.used_on]])
+        self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.lo: list[np.ndarray] = []
+        self.up: list[np.ndarray] = []
+        self._class_rows(replicas)
+        self._charge_rows()
+        self._node_rows(gpus, max_starts)
+        self._model_rows(gpus)
 
-    def _warm_arcs(self, candidates: int, burst: bool) -> None:
-        charged: dict[tuple[str, int], int] = {}
-        for c, w in enumerate(self.w):
-            idx, miss = self.prices.warm(w)
-            ok = self.prices.fits(w, idx)
-            idx, miss = idx[ok], miss[ok]
-            if len(idx) > candidates:
-                keep = np.argpartition(miss, candidates)[:candidates]
-                idx, miss = idx[keep], miss[keep]
-            for n, m in zip(idx.tolist(), miss.tolist(), strict=True):
-                most = min(w.replicas, self.nodes[n].gpus_free // w.gpus)
-                x = self.p.var(0.0 if burst else m / GIB, most)
-                self.warm.append((x, c, n))
-                if burst:
-                    key = (w.image, n)
-                    if key not in charged:
-                        charged[key] = self.p.var(m / GIB, 1.0)
-                    self.p.row([(x, 1.0), (charged[key], -float(most))], -np.inf, 0.0)
+    def _add(self, row, col, val, lo, up) -> None:
+        base = sum(len(x) for x in self.lo)
+        self.rows.append((np.asarray(row) + base, np.asarray(col), np.asarray(val, float)))
+        self.lo.append(np.asarray(lo, float))
+        self.up.append(np.asarray(up, float))
 
-    def _cold_arcs(self) -> None:
-        pr = self.prices
-        for c, w in enumerate(self.w):
-            ok = pr.fits(w)
-            for model, code in pr.model_code.items():
-                sel = ok & (pr.model == code)
-                if not sel.any():
-                    continue
-                per_node = max(1, min(w.replicas, int(pr.free[sel].max()) // w.gpus))
-                z = self.p.var(w.image_bytes / GIB / per_node, w.replicas)
-                self.cold.append((z, c, model))
+    def _class_rows(self, replicas: np.ndarray) -> None:
+        a, at = self.arcs, self.at
+        n_cls = len(self.w)
+        row = np.concatenate([np.arange(n_cls), a.cls, a.rest_cls])
+        col = np.concatenate([np.arange(n_cls), at[1] + np.arange(len(a.cls)),
+                              at[3] + np.arange(len(a.rest_cls))])
+        self._add(row, col, np.ones(len(row)), replicas, replicas)
 
-    def _class_rows(self) -> None:
-        terms = defaultdict(list)
-        for x, c, _ in self.warm:
-            terms[c].append((x, 1.0))
-        for z, c, _ in self.cold:
-            terms[c].append((z, 1.0))
-        for c, w in enumerate(self.w):
-            self.p.row(terms[c] + [(self.pending[c], 1.0)], w.replicas, w.replicas)
+    def _charge_rows(self) -> None:
+        """warm replicas on a node <= most x (the image is fetched there)."""
+        arc = self.shared
+        n = len(arc)
+        row = np.arange(n)
+        self._add(np.concatenate([row, row]),
+                  np.concatenate([self.at[1] + arc, self.at[2] + self.pair_of]),
+                  np.concatenate([np.ones(n), -self.arcs.most[arc].astype(float)]),
+                  np.full(n, -np.inf), np.zeros(n))
 
-    def _node_rows(self, max_starts: int | None) -> None:
-        by_node = defaultdict(list)
-        for x, c, n in self.warm:
-            by_node[n].append((x, c))
-        for n, arcs in by_node.items():
-            self.p.row([(x, float(self.w[c].gpus)) for x, c in arcs], -np.inf,
-                       self.nodes[n].gpus_free)
-            if max_starts is not None:
-                self.p.row([(x, 1.0) for x, _ in arcs], -np.inf, max_starts)
+    def _node_rows(self, gpus: np.ndarray, max_starts: int | None) -> None:
+        """used = the GPUs of the warm replicas on the node (bounded by its free ones)."""
+        a, at = self.arcs, self.at
+        n = len(self.used_on)
+        col = at[1] + np.arange(len(a.cls))
+        self._add(np.concatenate([self.arc_row, np.arange(n)]),
+                  np.concatenate([col, at[4] + np.arange(n)]),
+                  np.concatenate([gpus[a.cls], -np.ones(n)]), np.zeros(n), np.zeros(n))
+        if max_starts is not None:
+            self._add(self.arc_row, col, np.ones(len(col)), np.full(n, -np.inf),
+                      np.full(n, float(max_starts)))
 
-    def _model_rows(self) -> None:
-        """Per GPU model and size g: cold replicas of >= g GPUs fit only on nodes with >= g
+    def _model_rows(self, gpus: np.ndarray) -> None:
+        """Per GPU model and size g: rest replicas of >= g GPUs fit only on nodes with >= g
         free, and every warm replica on such a node, whatever its size, uses that room."""
-        sizes = sorted({w.gpus for w in self.w})
-        for model in {n.gpu_model for n in self.nodes}:
-            for g in sizes:
-                room = sum(n.gpus_free for n in self.nodes
-                           if n.gpu_model == model and n.gpus_free >= g)
-                terms = [(z, float(self.w[c].gpus)) for z, c, m in self.cold
-                         if m == model and self.w[c].gpus >= g]
-                if not terms:
+        a, pr = self.arcs, self.prices
+        rest_col = self.at[3] + np.arange(len(a.rest_cls))
+        used_col = self.at[4] + np.arange(len(self.used_on))
+        free, model = pr.free[self.used_on], pr.model[self.used_on]
+        for m in np.unique(a.rest_model):
+            for g in np.unique(gpus):
+                rest = (a.rest_model == m) & (gpus[a.rest_cls] >= g)
+                if not rest.any():
                     continue
-                terms += [(x, float(self.w[c].gpus)) for x, c, n in self.warm
-                          if self.nodes[n].gpu_model == model and self.nodes[n].gpus_free >= g]
-                self.p.row(terms, -np.inf, float(room))
+                used = (model == m) & (free >= g)
+                room = pr.free[(pr.model == m) & (pr.free >= g)].sum()
+                col = np.concatenate([rest_col[rest], used_col[used]])
+                val = np.concatenate([gpus[a.rest_cls[rest]], np.ones(used.sum())])
+                self._add(np.zeros(len(col), np.int64), col, val, [-np.inf], [room])
 
-    def decode(self, values: np.ndarray):
-        """Warm placements as they are; per class, the replicas to place cold, and those the
-        relaxation left pending (capacity may remain for them once the rest is placed)."""
-        placed = [(c, n, int(round(values[x]))) for x, c, n in self.warm
-                  if round(values[x]) > 0]
-        cold = defaultdict(int)
-        for z, c, _ in self.cold:
-            cold[c] += int(round(values[z]))
-        pending = {c: int(round(values[p])) for c, p in enumerate(self.pending)}
-        return placed, cold, pending
+    def solve(self, exact: bool, time_limit: float):
+        n = len(self.cost)
+        row, col, val = (np.concatenate(x) for x in zip(*self.rows, strict=True))
+        lo, up = np.concatenate(self.lo), np.concatenate(self.up)
+        a = coo_array((val, (row, col)), shape=(len(lo), n)).tocsr()
+        return milp(self.cost, integrality=np.full(n, 1 if exact else 0),
+                    bounds=Bounds(np.zeros(n), self.hi),
+                    constraints=LinearConstraint(a, lo, up),
+                    options={"time_limit": time_limit, "disp": False, "mip_rel_gap": 0.01})
+
+    def decode(self, x: np.ndarray):
+        """Warm arcs rounded down, then fractional ones rounded up, largest fraction first,
+        where the class has replicas and the node GPUs to spare; per class, the replicas
+        the solution places elsewhere (rest arcs, fractions left), and those it leaves
+        pending."""
+        a, at = self.arcs, self.at
+        value = x[at[1]:at[2]]
+        warm = np.floor(value + 1e-6).astype(np.int64)
+        pending = np.floor(x[:at[1]] + 1e-6).astype(np.int64)
+        replicas = np.array([w.replicas for w in self.w])
+        gpus = np.array([w.gpus for w in self.w])
+        left = replicas - pending - np.bincount(a.cls, weights=warm, minlength=len(self.w))
+        left = left.astype(np.int64)
+        free = self.prices.free.copy()
+        np.subtract.at(free, a.node, warm * gpus[a.cls])
+        frac = value - warm
+        for i in np.argsort(-frac, kind="stable")[:int((frac > 1e-6).sum())].tolist():
+            c, n = a.cls[i], a.node[i]
+            if left[c] > 0 and free[n] >= gpus[c]:
+                warm[i] += 1
+                left[c] -= 1
+                free[n] -= gpus[c]
+        on = warm > 0
+        placed = list(zip(a.cls[on].tolist(), a.node[on].tolist(), warm[on].tolist(),
+                          strict=True))
+        return placed, dict(enumerate(left.tolist())), dict(enumerate(pending.tolist()))
 
 
-def solve(workloads: list[Workload], nodes: list[Node], *, candidates: int = 8,
-          burst: bool = True, max_starts: int | None = None,
-          time_limit: float = 1.0) -> Result:
-    """Place ``workloads`` on ``nodes``; see the module docstring."""
+def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
+          max_starts: int | None = None, time_limit: float = 1.5,
+          exact: bool | None = None) -> Result:
+    """Place ``workloads`` on ``nodes``; see the module docstring. ``exact``: solve the
+    integer program (default: when the model is small), else its LP relaxation.
+    ``time_limit`` bounds the whole call, not only the solver."""
     started = time.perf_counter()
     workloads = [workloads[i] for i in order(workloads)]
     prices = Prices(nodes, {w.image for w in workloads})
-    model = _Model(workloads, nodes, prices, candidates, burst, max_starts)
+    if exact is None:
+        exact = len(workloads) * len(nodes) <= EXACT_CELLS
+    fits = fits_matrix(workloads, prices)
+    arcs = build_arcs(workloads, prices, fits,
+                      budget=len(workloads) * len(nodes) if exact else ARC_BUDGET)
+    model = _Model(workloads, prices, arcs, burst, max_starts, exact)
     with ThreadPoolExecutor(1) as pool:  # HiGHS releases the GIL while it solves
         baseline = pool.submit(greedy, workloads, nodes, prices, max_starts)
-        res = model.p.solve(time_limit)
+        # What is left of the budget, less what rounding and completing take after it.
+        left = time_limit - (time.perf_counter() - started)
+        res = model.solve(exact, max(0.05, left - 0.1 - left / 5))
         fallback = baseline.result()
     if res.x is None:
         fallback.policy, fallback.note = "milp", f"solver: {res.message}; greedy used"
         fallback.seconds = time.perf_counter() - started
         return fallback
-    warm, cold, pending = model.decode(res.x)
-    note = "optimal" if res.status == 0 else "time limit: best solution found"
+    placed, elsewhere, pending = model.decode(res.x)
+    note = ("optimal" if res.status == 0 else "time limit: best solution found") if exact \
+        else "LP relaxation, rounded"
     tries = []
     for widest in (True, False):
-        placed = complete(workloads, nodes, prices, warm, cold, max_starts, widest)
-        placed = complete(workloads, nodes, prices, placed, pending, max_starts, widest)
-        tries.append(account("milp", workloads, nodes, placed, 0.0, note))
+        done = complete(workloads, nodes, prices, placed, elsewhere, max_starts, widest)
+        done = complete(workloads, nodes, prices, done, pending, max_starts, widest)
+        tries.append(account("milp", workloads, nodes, done, 0.0, note))
     result = min(tries, key=lambda r: (r.pending_replicas, r.bytes_to_fetch))
     result.seconds = time.perf_counter() - started
     if (fallback.pending_replicas, fallback.bytes_to_fetch) < (result.pending_replicas,
@@ -210,3 +228,19 @@ def solve(workloads: list[Workload], nodes: list[Node], *, candidates: int = 8,
         fallback.seconds = result.seconds
         return fallback
     return result
+
+
+def lower_bound(workloads: list[Workload], nodes: list[Node], *, budget: int = 500_000,
+                time_limit: float = 60.0) -> int | None:
+    """Bytes that no placement of every replica can go below: the optimum of the LP
+    relaxation with rest arcs priced at a lower bound (``arcs.py``). None when the
+    relaxation cannot place every replica (then no placement can), or runs out of time.
+    Slower than ``solve``: for judging policies, not for placing."""
+    workloads = [workloads[i] for i in order(workloads)]
+    prices = Prices(nodes, {w.image for w in workloads})
+    arcs = build_arcs(workloads, prices, fits_matrix(workloads, prices), budget=budget,
+                      bound=True)
+    model = _Model(workloads, prices, arcs, True, None, False)
+    model.hi[:model.at[1]] = 0  # nothing pending
+    res = model.solve(False, time_limit)
+    return None if res.x is None else max(0, int(res.fun * GIB))

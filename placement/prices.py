@@ -7,6 +7,8 @@ are one vectorised expression, not a Python call per node. Pure; thread-safe onc
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 
 from .model import Node, Workload
@@ -27,16 +29,15 @@ class Prices:
         if images is None:
             images = {image for n in nodes for image in n.cached}
         codes = {image: k for k, image in enumerate(sorted(images))}
-        node_of: list[int] = []
-        code_of: list[int] = []
-        size_of: list[int] = []
-        for i, n in enumerate(nodes):  # per node, the per-image work runs in C (map, extend)
-            keys = list(n.cached.keys() & codes.keys())
-            node_of.extend([i] * len(keys))
+        count, code_of, size_of = array("q"), array("q"), array("q")
+        for n in nodes:  # per node, the per-image work runs in C (set &, map, extend)
+            keys = n.cached.keys() & codes.keys()
+            count.append(len(keys))
             code_of.extend(map(codes.__getitem__, keys))
             size_of.extend(map(n.cached.__getitem__, keys))
-        node_arr, code_arr = np.array(node_of, np.int64), np.array(code_of, np.int64)
-        size_arr = np.array(size_of, np.int64)
+        node_arr = np.repeat(np.arange(len(nodes)), np.frombuffer(count, np.int64))
+        code_arr = np.frombuffer(code_of, np.int64)
+        size_arr = np.frombuffer(size_of, np.int64)
         by_code = np.argsort(code_arr, kind="stable")
         bounds = np.searchsorted(code_arr[by_code], np.arange(len(codes) + 1))
         self.holders = {}

@@ -10,7 +10,7 @@ import pytest
 from blobstore.memory import MemoryStore
 from blobstore.nodereport import build_report, parse_gpus, read_reports, write_report
 from placement.baselines import greedy, image_locality, random_policy
-from placement.milp import solve
+from placement.milp import lower_bound, solve
 from placement.model import Node, PlacementInputError, Workload, parse_workloads
 from placement.reports import fresh_nodes
 from placement.simulate import make_cluster
@@ -40,15 +40,29 @@ def test_warm_node_wins():
     assert placed_on(r) == {"w": ["warm"]} and r.bytes_to_fetch == 1 * GB
 
 
-def test_joint_beats_greedy_when_warm_capacity_is_contested():
+@pytest.mark.parametrize("exact", [True, False])
+def test_joint_beats_greedy_when_warm_capacity_is_contested(exact):
     # Greedy gives the older workload the first node warm for it, which is also the only
     # node warm for the younger one; the optimum swaps them and fetches nothing.
     nodes = [node("both", free=1, cached={"img1": 10 * GB, "img2": 10 * GB}),
              node("one", free=1, cached={"img1": 10 * GB})]
     work = [wl("old", "img1", age=100), wl("young", "img2", age=1)]
     assert greedy(work, nodes).bytes_to_fetch == 10 * GB
-    best = solve(work, nodes)
+    best = solve(work, nodes, exact=exact)
     assert best.bytes_to_fetch == 0 and placed_on(best) == {"old": ["one"], "young": ["both"]}
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_replicas_of_two_workloads_share_a_warm_node(exact):
+    # Both workloads run the same image; one fetch on "half" serves all four replicas,
+    # where one per workload on the half-warm nodes would fetch twice.
+    nodes = [node("half", free=4, cached={"img": 5 * GB}), node("a", free=2),
+             node("b", free=2, cached={"img": 4 * GB})]
+    work = [wl("w1", "img", replicas=2), wl("w2", "img", replicas=2)]
+    r = solve(work, nodes, exact=exact)
+    assert r.bytes_to_fetch == 5 * GB and placed_on(r) == {"w1": ["half"] * 2,
+                                                           "w2": ["half"] * 2}
+    assert lower_bound(work, nodes) <= 5 * GB
 
 
 def test_replicas_share_one_fetch_per_node():
@@ -85,6 +99,23 @@ def test_simulated_clusters_capacity_and_pending(seed, load):
     assert results["solve"].pending_replicas <= results["greedy"].pending_replicas
     assert results["solve"].bytes_to_fetch <= results["greedy"].bytes_to_fetch or (
         results["solve"].pending_replicas < results["greedy"].pending_replicas)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lower_bound_is_below_every_policy(seed):
+    work, nodes = make_cluster(120, 40, load="normal", seed=seed)
+    bound = lower_bound(work, nodes)
+    assert bound is not None
+    for policy in POLICIES:
+        r = policy(work, nodes)
+        assert r.pending_replicas > 0 or bound <= r.bytes_to_fetch, policy.__name__
+    relaxed = solve(work, nodes, exact=False)  # the relaxation path on the same cluster
+    assert relaxed.pending_replicas <= greedy(work, nodes).pending_replicas
+    assert bound <= relaxed.bytes_to_fetch <= greedy(work, nodes).bytes_to_fetch
+
+
+def test_no_lower_bound_when_not_everything_fits():
+    assert lower_bound([wl("big", "img", gpus=8)], [node("a", free=4)]) is None
 
 
 def test_solver_time_limit_still_gives_a_valid_answer():

@@ -1,0 +1,99 @@
+"""Which nodes each class of replicas may be sent to, as numpy arrays (the MILP's arcs).
+
+Per image, not per class: every class (workload) of an image is offered the same short
+list of that image's cheapest warm nodes (Quincy's pruning), the lists sized to a budget of
+arcs that the LP solves in well under a second. The rest of the cluster is one *rest* arc
+per class and GPU model, priced at what packing the class onto the cheapest of those nodes
+costs per replica; or, for ``lower_bound``, at a bound: the fewest bytes missing there,
+shared by as many replicas of the image as one node can hold. Because the lists are per
+image, a rest node is a rest node for every class of its image, so no fetch is charged
+twice and the bound's relaxation stays a relaxation: its optimum bounds the bytes of any
+placement. Pure; thread-safe.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .model import Workload
+from .prices import Prices
+
+
+@dataclass
+class Arcs:
+    cls: np.ndarray  # warm arcs: class, node, most replicas, missing bytes, image code
+    node: np.ndarray
+    most: np.ndarray
+    miss: np.ndarray
+    image: np.ndarray
+    rest_cls: np.ndarray  # rest arcs: class, GPU model code, bytes per replica (a bound)
+    rest_model: np.ndarray
+    rest_price: np.ndarray
+
+
+def fits_matrix(workloads: list[Workload], prices: Prices) -> np.ndarray:
+    """classes x nodes: can one replica of the class run on the node now."""
+    gpus = np.array([w.gpus for w in workloads], np.int64)[:, None]
+    mem = np.array([w.gpu_memory for w in workloads], np.int64)[:, None]
+    model = np.array([-1 if w.gpu_model is None else prices.model_code.get(w.gpu_model, -2)
+                      for w in workloads], np.int64)[:, None]
+    return ((prices.free[None, :] >= gpus) & (prices.mem[None, :] >= mem)
+            & ((model == -1) | (prices.model[None, :] == model)))
+
+
+def build_arcs(workloads: list[Workload], prices: Prices, fits: np.ndarray, *,
+               budget: int = 50_000, fewest: int = 8, bound: bool = False) -> Arcs:
+    """Warm arcs to each image's cheapest nodes, about ``budget`` in all: an even share per
+    class, pooled per image (at least ``fewest`` nodes), and a rest arc per class and GPU
+    model, priced at what the class would cost there (or a lower bound, with ``bound``)."""
+    by_image: dict[str, list[int]] = {}
+    for c, w in enumerate(workloads):
+        by_image.setdefault(w.image, []).append(c)
+    share = max(fewest, budget // max(1, len(workloads)))
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in Arcs.__dataclass_fields__}
+    for code, classes in enumerate(by_image.values()):
+        w0 = workloads[classes[0]]
+        miss = prices.missing(w0)
+        usable = fits[classes].any(axis=0)
+        warm = np.flatnonzero(usable & (miss < w0.image_bytes))
+        warm = warm[np.argsort(miss[warm], kind="stable")]
+        # Every class of the image is offered every node of its list, so an image of
+        # many workloads gets a shorter one.
+        cand = warm[:max(fewest, share // len(classes))]
+        chosen = np.zeros(len(miss), bool)
+        chosen[cand] = True
+        smallest = min(workloads[c].gpus for c in classes)
+        together = sum(workloads[c].replicas for c in classes)
+        for c in classes:
+            w = workloads[c]
+            nodes = cand[fits[c, cand]]
+            parts["cls"].append(np.full(len(nodes), c))
+            parts["node"].append(nodes)
+            parts["most"].append(np.minimum(w.replicas, prices.free[nodes] // w.gpus))
+            parts["miss"].append(miss[nodes])
+            parts["image"].append(np.full(len(nodes), code))
+            rest = fits[c] & ~chosen
+            for m in np.unique(prices.model[rest]):
+                on = rest & (prices.model == m)
+                if bound:
+                    per_node = max(1, min(together, int(prices.free[on].max()) // smallest))
+                    price = miss[on].min() / per_node
+                else:
+                    price = _expected(miss[on], prices.free[on], w)
+                parts["rest_cls"].append(np.array([c]))
+                parts["rest_model"].append(np.array([m]))
+                parts["rest_price"].append(np.array([price]))
+    empty = {k: np.empty(0) for k in parts}
+    arrays = {k: (np.concatenate(v) if v else empty[k]) for k, v in parts.items()}
+    for k in ("cls", "node", "most", "image", "rest_cls", "rest_model"):
+        arrays[k] = arrays[k].astype(np.int64)
+    return Arcs(**arrays)
+
+
+def _expected(miss: np.ndarray, free: np.ndarray, w: Workload) -> float:
+    """Bytes per replica if ``w``'s replicas went to the cheapest of these nodes, packed."""
+    per_node = max(1, min(w.replicas, int(free.max()) // w.gpus))
+    k = min(len(miss), -(-w.replicas // per_node))
+    return float(np.partition(miss, k - 1)[:k].sum()) / (k * per_node)
