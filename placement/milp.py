@@ -55,7 +55,7 @@ class _Model:
 
     def __init__(self, workloads: list[Workload], prices: Prices, arcs: Arcs, burst: bool,
                  max_starts: int | None, exact: bool) -> None:
-        self.w, self.prices, self.arcs = workloads, prices, arcs
+        self.w, self.prices, self.arcs, self.max_starts = workloads, prices, arcs, max_starts
         n_cls, n_warm, n_rest = len(workloads), len(arcs.cls), len(arcs.rest_cls)
         # A charge shared by one arc only is that arc's own cost: per replica in the
         # relaxation (where charged = replicas / most), or outright when at most one
@@ -174,13 +174,16 @@ class _Model:
         left = left.astype(np.int64)
         free = self.prices.free.copy()
         np.subtract.at(free, a.node, warm * gpus[a.cls])
+        starts = np.bincount(a.node, weights=warm, minlength=len(free))
+        most_starts = np.inf if self.max_starts is None else self.max_starts
         frac = value - warm
         for i in np.argsort(-frac, kind="stable")[:int((frac > 1e-6).sum())].tolist():
             c, n = a.cls[i], a.node[i]
-            if left[c] > 0 and free[n] >= gpus[c]:
+            if left[c] > 0 and free[n] >= gpus[c] and starts[n] < most_starts:
                 warm[i] += 1
                 left[c] -= 1
                 free[n] -= gpus[c]
+                starts[n] += 1
         on = warm > 0
         placed = list(zip(a.cls[on].tolist(), a.node[on].tolist(), warm[on].tolist(),
                           strict=True))

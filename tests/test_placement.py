@@ -86,9 +86,11 @@ def test_as_many_replicas_as_possible_first():
     assert r.pending == {"wide": 1} and r.bytes_to_fetch == 10 * GB
 
 
-def test_start_cap_per_node():
-    r = solve([wl("w", "img", replicas=4)], [node("a"), node("b")], max_starts=2)
-    assert sorted(placed_on(r)["w"]) == ["a", "a", "b", "b"]
+@pytest.mark.parametrize("exact", [True, False])
+def test_start_cap_per_node(exact):
+    nodes = [node("a", cached={"img": 9 * GB}), node("b"), node("c", cached={"img": 1 * GB})]
+    r = solve([wl("w", "img", replicas=5)], nodes, max_starts=2, exact=exact)
+    assert sorted(placed_on(r)["w"]) == ["a", "a", "b", "c", "c"]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
