@@ -46,15 +46,6 @@ class Prices:
             if len(sel):
                 self.holders[image] = (node_arr[sel], size_arr[sel])
 
-    def fits(self, w: Workload, idx: np.ndarray | None = None) -> np.ndarray:
-        """Which nodes (all, or those in ``idx``) can run one replica of ``w`` now."""
-        free, mem, model = ((self.free, self.mem, self.model) if idx is None else
-                            (self.free[idx], self.mem[idx], self.model[idx]))
-        ok = (free >= w.gpus) & (mem >= w.gpu_memory)
-        if w.gpu_model is not None:
-            ok &= model == self.model_code.get(w.gpu_model, -1)
-        return ok
-
     def warm(self, w: Workload) -> tuple[np.ndarray, np.ndarray]:
         """Nodes holding part of ``w``'s image, and the bytes each still misses."""
         idx, cached = self.holders.get(w.image, (np.empty(0, np.int64), np.empty(0, np.int64)))
