@@ -17,6 +17,9 @@ def register(sub, common) -> None:
                                    "a state dict.")
     p.add_argument("source")
     p.add_argument("ref", metavar="NAME[:TAG]")
+    p.add_argument("--compile-cache", action="store_true",
+                   help="also store the kernels torch.compile built while SOURCE ran "
+                        "(MODULE:FUNCTION should run the model under torch.compile)")
     p.set_defaults(func=cmd_snapshot)
     p = sub.add_parser("restore", parents=[common], help="restore and verify a snapshot, timed",
                        description="Restore REF (a snapshot, or an image of one .safetensors "
@@ -25,6 +28,8 @@ def register(sub, common) -> None:
     p.add_argument("--device", help="cuda:N or cpu (default: a GPU with room, else the CPU)")
     p.add_argument("--cache-dir", help="the node's disk cache to read through")
     p.add_argument("--jobs", type=int, default=8, help="fetching threads (default 8)")
+    p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
+                   help="leave torch's compile caches alone")
     p.set_defaults(func=cmd_restore)
 
 
@@ -54,7 +59,8 @@ def cmd_snapshot(args, console) -> int:
     from .snapshots import snapshot
 
     started = time.perf_counter()
-    mid = snapshot(_load_source(args.source), args.ref, store=open_store(args.store))
+    mid = snapshot(_load_source(args.source), args.ref, store=open_store(args.store),
+                   compile_cache=args.compile_cache)
     if console.json_output:
         console.json({"manifest": mid, "seconds": round(time.perf_counter() - started, 3)})
     else:
@@ -67,7 +73,8 @@ def cmd_restore(args, console) -> int:
 
     started = time.perf_counter()
     tensors = restore(args.ref, args.device, store=open_store(args.store),
-                      cache_dir=args.cache_dir, jobs=max(1, args.jobs))
+                      cache_dir=args.cache_dir, jobs=max(1, args.jobs),
+                      compile_cache=args.compile_cache)
     seconds = time.perf_counter() - started
     nbytes = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                   for t in tensors.values()}.values())

@@ -9,7 +9,8 @@ page faults of fresh memory spread over the cores. On CUDA the calling thread mo
 chunk through a ring of pinned staging buffers to the device on a side stream. Fetching,
 verifying and copying overlap, and host memory stays bounded. Nothing is returned until
 every byte has arrived and verified: an error leaves no half-loaded tensors behind. The
-order chunks were first read in is saved as hints for the next restore.
+order chunks were first read in is saved as hints for the next restore. Compiled kernels
+a snapshot carries (``compilecache``) go back into torch's caches after the tensors.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from blobstore.refs import parse_ref
 from blobstore.tiers import ReadThroughCache
 from blobstore.url import open_store
 
+from . import compilecache
 from .device import RestoreError, environment, pick_device
 from .layout import (
     SNAPSHOT_TABLE,
@@ -73,9 +75,10 @@ def _storage_bytes(t: torch.Tensor) -> memoryview:
 
 
 def snapshot(module_or_state_dict, ref: str, *, store: str | ObjectStore | None = None,
-             jobs: int = 8) -> str:
+             jobs: int = 8, compile_cache: bool = False) -> str:
     """Store the tensors (tied ones stay tied) as an image of kind ``snapshot``; returns
-    its manifest id and points ``ref`` at it."""
+    its manifest id and points ``ref`` at it. ``compile_cache``: also store the kernels
+    ``torch.compile`` built in this process, which a restore puts back in place."""
     state = _state(module_or_state_dict)
     target = parse_ref(ref)
     writer = ImageWriter(_objects(store), jobs=jobs)
@@ -93,6 +96,9 @@ def snapshot(module_or_state_dict, ref: str, *, store: str | ObjectStore | None 
                                   tuple(t.stride()), t.storage_offset(), storage_of[key]))
     layout = Layout(tuple(storages), tuple(tensors), environment())
     writer.add_file(SNAPSHOT_TABLE, to_table(layout))
+    kernels = compilecache.capture() if compile_cache else None
+    if kernels:
+        writer.add_file(compilecache.ARTIFACTS, kernels)
     return writer.finish(target, source="torch")
 
 
@@ -190,9 +196,11 @@ def _tensors(layout: Layout, storages: list[torch.Tensor]) -> dict[str, torch.Te
 
 def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | None = None,
             cache_dir: str | None = None, cache_bytes: int = 50 << 30, jobs: int = 8,
-            window: int = 16, record_hints: bool = True) -> dict[str, torch.Tensor]:
+            window: int = 16, record_hints: bool = True,
+            compile_cache: bool = True) -> dict[str, torch.Tensor]:
     """The tensors of ``ref`` (a snapshot, or an image of one safetensors file) on
-    ``device`` ("cuda:0", "cpu"; None picks a GPU with room, else the CPU)."""
+    ``device`` ("cuda:0", "cpu"; None picks a GPU with room, else the CPU). With
+    ``compile_cache``, compiled kernels the snapshot carries go into torch's caches."""
     objects = _objects(store)
     mid, manifest = open_image(objects, ref)
     blobs = BlobStore(objects)
@@ -235,6 +243,11 @@ def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | N
             for _, fut in pending:
                 fut.cancel()
     copier.finish()
+    sizes = file_sizes(manifest)
+    if compile_cache and compilecache.ARTIFACTS in sizes:
+        compilecache.install(_file_bytes(blobs, manifest, compilecache.ARTIFACTS, 0,
+                                         sizes[compilecache.ARTIFACTS]),
+                             layout.env.get("torch"))
     if record_hints:
         try:
             save_hints(objects, mid, HINTS_WORKLOAD, recorder.recording())

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,79 @@ def test_cli_snapshot_and_restore(thaw, model_dir, tmp_path):
         assert proc.returncode == 1 and "sees no CUDA device" in err and "Traceback" not in err
     proc = thaw("snapshot", str(tmp_path / "nothing.pt"), "x:1", check=False)
     assert proc.returncode == 2 and "MODULE:FUNCTION" in proc.stderr.decode()
+
+
+# -- compile caches --------------------------------------------------------------------------
+
+NET = '''
+import torch
+
+
+def net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 8))
+
+
+def compiled():
+    """The model, after torch.compile has built its kernels in this process."""
+    model = net()
+    with torch.no_grad():
+        torch.compile(model)(torch.ones(4, 64))
+    return model
+'''
+
+RESTORED = '''
+import sys, torch
+from torch._dynamo.utils import counters
+from restorer import load_into
+import netmod
+
+model = load_into(netmod.net(), "net:1", device="cpu", store=sys.argv[1])
+with torch.no_grad():
+    out = torch.compile(model)(torch.ones(4, 64))
+    assert torch.allclose(out, model(torch.ones(4, 64)), atol=1e-5)
+print(counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
+'''
+
+
+@pytest.mark.e2e
+def test_restored_process_reuses_the_snapshots_compiled_kernels(thaw, store_url, tmp_path):
+    """torch.compile in a fresh process, with empty caches, finds its kernels in the ones
+    the snapshot carried, instead of generating and compiling them."""
+    (tmp_path / "netmod.py").write_text(NET)
+    (tmp_path / "restored.py").write_text(RESTORED)
+    thaw.env = {"PYTHONPATH": str(tmp_path), "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "a")}
+    thaw("snapshot", "netmod:compiled", "net:1", "--compile-cache")
+    _, m = open_image(LocalStore(store_url[len("file://"):]), "net:1")
+    assert "compile/artifacts" in {e.path for e in m.entries}
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "b"),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])}
+    proc = subprocess.run([sys.executable, str(tmp_path / "restored.py"), store_url],
+                          capture_output=True, env=env, text=True)
+    assert proc.returncode == 0, proc.stderr
+    hits, misses = map(int, proc.stdout.split())
+    assert hits >= 1 and misses == 0
+
+
+@pytest.mark.allow_log_warnings
+def test_compile_cache_that_cannot_be_used_still_restores_the_tensors(objects, monkeypatch,
+                                                                      caplog):
+    import restorer.compilecache as cc
+
+    state = {"w": torch.arange(12, dtype=torch.float32)}
+    snapshot(state, "nothing:1", store=objects, compile_cache=True)  # nothing compiled here
+    assert "no compiled kernels" in caplog.text
+    _, m = open_image(objects, "nothing:1")
+    assert "compile/artifacts" not in {e.path for e in m.entries}
+
+    monkeypatch.setattr(cc, "capture", lambda: b"not torch's cache artifacts")
+    snapshot(state, "garbage:1", store=objects, compile_cache=True)
+    caplog.clear()
+    assert torch.equal(restore("garbage:1", "cpu", store=objects)["w"], state["w"])
+    assert "compile caches not restored" in caplog.text
+
+    monkeypatch.setattr("restorer.snapshots.environment", lambda: {"torch": "1.0.0"})
+    snapshot(state, "old:1", store=objects, compile_cache=True)
+    caplog.clear()
+    assert torch.equal(restore("old:1", "cpu", store=objects)["w"], state["w"])
+    assert "built by torch 1.0.0" in caplog.text
