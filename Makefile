@@ -4,7 +4,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config mmdebstrap rsync attr tar zstd ca-certificates strace podman runc
+# g++ and python3-dev: pyfuse3 builds from source, and torch.compile builds C++ kernels on CPU.
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config mmdebstrap rsync attr tar zstd ca-certificates strace podman runc g++ python3-dev
 STAMP := $(VENV)/.installed
 
 .PHONY: install test test-quick demo bench lint clean
