@@ -197,6 +197,8 @@ def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
     integer program (default: when the model is small), else its LP relaxation.
     ``time_limit`` bounds the whole call, not only the solver."""
     started = time.perf_counter()
+    if not workloads:
+        return Result("milp", [], {}, time.perf_counter() - started, "nothing to place")
     workloads = [workloads[i] for i in order(workloads)]
     prices = Prices(nodes, {w.image for w in workloads})
     if exact is None:
@@ -239,6 +241,8 @@ def lower_bound(workloads: list[Workload], nodes: list[Node], *, budget: int = 5
     relaxation with rest arcs priced at a lower bound (``arcs.py``). None when the
     relaxation cannot place every replica (then no placement can), or runs out of time.
     Slower than ``solve``: for judging policies, not for placing."""
+    if not workloads:
+        return 0
     workloads = [workloads[i] for i in order(workloads)]
     prices = Prices(nodes, {w.image for w in workloads})
     arcs = build_arcs(workloads, prices, fits_matrix(workloads, prices), budget=budget,

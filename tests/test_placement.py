@@ -80,6 +80,12 @@ def test_a_workload_that_fits_nowhere_is_pending_not_dropped(policy):
     assert sum(a.replicas for a in r.assignments) == 2
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+def test_no_workloads_or_no_nodes(policy):
+    assert policy([], [node("a")]).assignments == []
+    assert policy([wl("w", "img", replicas=2)], []).pending == {"w": 2}
+
+
 def test_as_many_replicas_as_possible_first():
     r = solve([wl("wide", "x", gpus=8, age=5), wl("narrow", "y", replicas=4, gpus=2)],
               [node("only", free=8, cached={"x": 10 * GB})])
