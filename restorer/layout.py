@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF1
                       "U8": "uint8", "BOOL": "bool", "F8_E4M3": "float8_e4m3fn",
                       "F8_E5M2": "float8_e5m2"}
 MAX_HEADER = 100 << 20
+_SHARD = re.compile(r"(.*)-(\d+)-of-(\d+)\.safetensors")
 
 
 class LayoutError(ThawError):
@@ -151,4 +153,40 @@ def from_safetensors(path: str, header: bytes) -> Layout:
         tensors.append(TensorSpec(name, dtype, shape, contiguous_stride(shape), 0,
                                   len(storages)))
         storages.append(Storage(path, base + begin, end - begin))
+    return Layout(tuple(storages), tuple(tensors), {"source": "safetensors"})
+
+
+def safetensors_files(paths) -> list[str]:
+    """The checkpoint among an image's files: its one ``.safetensors`` file, or every shard
+    of one sharded checkpoint (``NAME-00001-of-00004.safetensors``...)."""
+    found = sorted(p for p in paths if p.endswith(".safetensors"))
+    if len(found) == 1:
+        return found
+    shards = [_SHARD.fullmatch(p) for p in found]
+    groups = {(m.group(1), int(m.group(3))) for m in shards if m}
+    if found and all(shards) and len(groups) == 1:
+        (_, total), = groups
+        numbers = sorted(int(m.group(2)) for m in shards)
+        if numbers == list(range(1, total + 1)):
+            return found
+        missing = sorted(set(range(1, total + 1)) - set(numbers))
+        raise LayoutError(f"the sharded checkpoint lacks shards {missing[:5]} of {total}")
+    raise LayoutError("the image is neither a snapshot nor holds one checkpoint in "
+                      f".safetensors files (it holds {len(found)}: {', '.join(found[:4])}"
+                      f"{' ...' if len(found) > 4 else ''})")
+
+
+def merge(layouts: list[Layout]) -> Layout:
+    """One layout for the shards of a checkpoint; a tensor named twice is an error."""
+    storages: list[Storage] = []
+    tensors: list[TensorSpec] = []
+    names: set[str] = set()
+    for layout in layouts:
+        base = len(storages)
+        storages += layout.storages
+        for t in layout.tensors:
+            _check(t.name not in names, f"tensor {t.name!r} is in two shards")
+            names.add(t.name)
+            tensors.append(TensorSpec(t.name, t.dtype, t.shape, t.stride, t.offset,
+                                      base + t.storage))
     return Layout(tuple(storages), tuple(tensors), {"source": "safetensors"})

@@ -44,6 +44,8 @@ from .layout import (
     from_safetensors,
     from_table,
     header_size,
+    merge,
+    safetensors_files,
     to_table,
     validate,
 )
@@ -114,20 +116,20 @@ def _file_bytes(blobs: BlobStore, manifest: Manifest, path: str, offset: int,
 
 
 def read_layout(blobs: BlobStore, manifest: Manifest) -> Layout:
-    """The snapshot's table, or the layout of the image's one safetensors file."""
+    """The snapshot's table, or the layout of the image's safetensors checkpoint (one
+    file, or the shards of one)."""
     sizes = file_sizes(manifest)
     if SNAPSHOT_TABLE in sizes:
         layout = from_table(_file_bytes(blobs, manifest, SNAPSHOT_TABLE, 0,
                                         sizes[SNAPSHOT_TABLE]))
     else:
-        found = sorted(p for p in sizes if p.endswith(".safetensors"))
-        if len(found) != 1:
-            raise RestoreError("the image is neither a snapshot nor holds exactly one "
-                               f".safetensors file (it holds {len(found)})")
-        n = header_size(_file_bytes(blobs, manifest, found[0], 0, 8))
-        if 8 + n > sizes[found[0]]:
-            raise LayoutError(f"{found[0]}: header runs past the end of the file")
-        layout = from_safetensors(found[0], _file_bytes(blobs, manifest, found[0], 8, n))
+        layouts = []
+        for path in safetensors_files(sizes):
+            n = header_size(_file_bytes(blobs, manifest, path, 0, 8))
+            if 8 + n > sizes[path]:
+                raise LayoutError(f"{path}: header runs past the end of the file")
+            layouts.append(from_safetensors(path, _file_bytes(blobs, manifest, path, 8, n)))
+        layout = merge(layouts)
     return validate(layout, sizes)
 
 

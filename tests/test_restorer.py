@@ -100,6 +100,45 @@ def test_restore_straight_from_a_pushed_safetensors(thaw, model_dir, objects):
     assert all(torch.equal(tensors[k], expected[k]) for k in expected)
 
 
+def test_restore_straight_from_a_sharded_checkpoint_directory(thaw, model_dir, objects,
+                                                              tmp_path):
+    from safetensors.torch import save_file
+
+    expected = load_file(str(model_dir / "model.safetensors"))
+    names = sorted(expected)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    for k, part in enumerate((names[::2], names[1::2]), start=1):
+        save_file({n: expected[n] for n in part}, str(ckpt / f"model-0000{k}-of-00002.safetensors"))
+    (ckpt / "config.json").write_text("{}")
+    thaw("push", str(ckpt), "sharded:1")
+    tensors = restore("sharded:1", store=objects, device="cpu")
+    assert set(tensors) == set(expected)
+    assert all(torch.equal(tensors[k], expected[k]) for k in expected)
+
+    (ckpt / "model-00002-of-00002.safetensors").unlink()
+    save_file({"x": torch.zeros(2)}, str(ckpt / "adapter.safetensors"))
+    thaw("push", str(ckpt), "mixed:1")
+    with pytest.raises(LayoutError, match="neither a snapshot nor holds one checkpoint"):
+        restore("mixed:1", store=objects, device="cpu")
+    (ckpt / "adapter.safetensors").unlink()
+    save_file({"x": torch.zeros(2)}, str(ckpt / "model-00003-of-00003.safetensors"))
+    (ckpt / "model-00001-of-00002.safetensors").rename(ckpt / "model-00001-of-00003.safetensors")
+    thaw("push", str(ckpt), "gap:1")
+    with pytest.raises(LayoutError, match=r"lacks shards \[2\] of 3"):
+        restore("gap:1", store=objects, device="cpu")
+
+
+def test_a_tensor_in_two_shards_is_refused():
+    from restorer.layout import from_safetensors, merge
+
+    header = json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}})
+    one = from_safetensors("a-00001-of-00002.safetensors", header.encode())
+    two = from_safetensors("a-00002-of-00002.safetensors", header.encode())
+    with pytest.raises(LayoutError, match="'w' is in two shards"):
+        merge([one, two])
+
+
 def test_damaged_snapshots_fail_cleanly(objects):
     m = torch.nn.Linear(256, 256)
     snapshot(m, "lin:1", store=objects)
