@@ -87,7 +87,7 @@ class StoreImages:
         self._loading[mid] = trio.Event()
         try:
             m = await trio.to_thread.run_sync(load_manifest, BlobStore(self.objects), mid)
-            tree = FsTree(m, base=(len(self.trees) + 1) << _RANGE)
+            tree = FsTree(m, base=(len(self.trees) + 1) << _RANGE, name=f"image {mid[:12]}")
             self.trees[mid] = self._by_range[tree.base >> _RANGE] = tree
             return tree
         finally:

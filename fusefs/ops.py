@@ -153,6 +153,13 @@ class ImageOps(pyfuse3.Operations):
     @fuse_errors
     async def read(self, fh, off, size):
         h = self._handles[fh]
+        try:
+            return await self._read(h, off, size)
+        except ThawError as exc:  # say which image and file the failed chunk belongs to
+            self.log_once(f"{h.tree.name or 'image'} /{h.tree.entry(h.ino).path}: {exc}")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def _read(self, h: _Handle, off: int, size: int):
         chunks = h.tree.manifest.chunks
         spans = h.tree.spans(h.ino, off, size)
         self._read_ahead(h, off, size)

@@ -55,7 +55,8 @@ def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: 
                 on_ready: Callable[[], None] = lambda: None) -> None:
     """Mount one image read-only at ``mountpoint`` until unmounted or signalled."""
     tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes)
-    _run(lambda stats: SingleImage(mid, FsTree(manifest), stats), tiers, fetcher, mountpoint,
+    tree = FsTree(manifest, name=f"image {mid[:12]}")
+    _run(lambda stats: SingleImage(mid, tree, stats), tiers, fetcher, mountpoint,
          metrics, on_ready)
 
 

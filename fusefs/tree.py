@@ -49,9 +49,10 @@ class Attrs:
 class FsTree:
     """The inodes of one image."""
 
-    def __init__(self, manifest: Manifest, base: int = 0) -> None:
+    def __init__(self, manifest: Manifest, base: int = 0, name: str = "") -> None:
         self.manifest = manifest
         self.base = base
+        self.name = name  # what logs call the image
         entries = manifest.entries
         self._canonical = list(range(len(entries)))  # entry index -> index of its inode
         self._nlink = [1] * len(entries)

@@ -35,7 +35,7 @@ def image(rich_tree):
     fetcher = ChunkFetcher(lambda id, size: tiers.get(id, max_size=size),
                            retry=RetryPolicy(attempts=1))
     box = {}
-    ns = box["ns"] = SingleImage(mid, FsTree(manifest),
+    ns = box["ns"] = SingleImage(mid, FsTree(manifest, name=f"image {mid[:12]}"),
                                  lambda: stats_doc(box["ns"].images(), tiers, fetcher))
     return ImageOps(ns, fetcher), objects, manifest
 
@@ -83,7 +83,7 @@ async def test_lookup_getattr_errors(image):
 
 
 @pytest.mark.allow_log_warnings
-async def test_a_corrupt_chunk_is_eio_never_wrong_bytes(image):
+async def test_a_corrupt_chunk_is_eio_never_wrong_bytes(image, caplog):
     ops, objects, manifest = image
     ino = await path_ino(ops, "bin/ping")
     spans = ops.ns.tree.spans(ino, 0, 1)
@@ -93,6 +93,8 @@ async def test_a_corrupt_chunk_is_eio_never_wrong_bytes(image):
     with pytest.raises(pyfuse3.FUSEError) as e:
         await ops.read(fh, 0, 4096)
     assert e.value.errno == errno.EIO
+    mid = ops.ns.manifest_id
+    assert f"image {mid[:12]} /bin/ping: blob {victim}" in caplog.text  # image, file, chunk
     other = await path_ino(ops, "etc/hostname")
     fh2 = (await ops.open(other, os.O_RDONLY, None)).fh
     assert bytes(await ops.read(fh2, 0, 100)) == b"thaw\n"  # the rest still works
