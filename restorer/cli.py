@@ -72,9 +72,10 @@ def cmd_restore(args, console) -> int:
     from .snapshots import restore
 
     started = time.perf_counter()
-    tensors = restore(args.ref, args.device, store=open_store(args.store),
-                      cache_dir=args.cache_dir, jobs=max(1, args.jobs),
-                      compile_cache=args.compile_cache)
+    with console.progress(None, f"restore {args.ref}") as on_bytes:
+        tensors = restore(args.ref, args.device, store=open_store(args.store),
+                          cache_dir=args.cache_dir, jobs=max(1, args.jobs),
+                          compile_cache=args.compile_cache, on_bytes=on_bytes)
     seconds = time.perf_counter() - started
     nbytes = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                   for t in tensors.values()}.values())

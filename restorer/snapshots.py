@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -198,11 +199,12 @@ def _tensors(layout: Layout, storages: list[torch.Tensor]) -> dict[str, torch.Te
 
 def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | None = None,
             cache_dir: str | None = None, cache_bytes: int = 50 << 30, jobs: int = 8,
-            window: int = 16, record_hints: bool = True,
-            compile_cache: bool = True) -> dict[str, torch.Tensor]:
+            window: int = 16, record_hints: bool = True, compile_cache: bool = True,
+            on_bytes: Callable[[int], None] = lambda n: None) -> dict[str, torch.Tensor]:
     """The tensors of ``ref`` (a snapshot, or an image of one safetensors file) on
     ``device`` ("cuda:0", "cpu"; None picks a GPU with room, else the CPU). With
-    ``compile_cache``, compiled kernels the snapshot carries go into torch's caches."""
+    ``compile_cache``, compiled kernels the snapshot carries go into torch's caches.
+    ``on_bytes`` is told, in the calling thread, the bytes of each chunk restored."""
     objects = _objects(store)
     mid, manifest = open_image(objects, ref)
     blobs = BlobStore(objects)
@@ -238,9 +240,9 @@ def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | N
             for i in order:
                 pending.append((i, pool.submit(fetch, i)))
                 if len(pending) >= window:
-                    _drain_one(pending, copier, plan)
+                    on_bytes(_drain_one(pending, copier, plan, manifest))
             while pending:
-                _drain_one(pending, copier, plan)
+                on_bytes(_drain_one(pending, copier, plan, manifest))
         finally:
             for _, fut in pending:
                 fut.cancel()
@@ -258,11 +260,13 @@ def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | N
     return _tensors(layout, storages)
 
 
-def _drain_one(pending, copier: _Copier, plan) -> None:
+def _drain_one(pending, copier: _Copier, plan, manifest: Manifest) -> int:
+    """Wait for the oldest chunk and finish it; its size."""
     i, fut = pending.popleft()
     data = fut.result()  # raises the fetch's error: nothing half-loaded is returned
     if data is not None:
         copier.copy(data, plan[i])
+    return manifest.chunks[i].size
 
 
 def load_into(module: torch.nn.Module, ref: str, **kwargs) -> torch.nn.Module:

@@ -40,8 +40,9 @@ class Console:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
     @contextmanager
-    def progress(self, total: int, desc: str) -> Iterator[Callable[[int], None]]:
-        """A callable that advances a byte-count bar; a no-op when not interactive."""
+    def progress(self, total: int | None, desc: str) -> Iterator[Callable[[int], None]]:
+        """A callable that advances a byte-count bar (of unknown length when ``total`` is
+        None); a no-op when not interactive."""
         if not self.interactive:
             yield lambda n: None
             return
