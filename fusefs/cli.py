@@ -12,12 +12,14 @@ import traceback
 from pathlib import Path
 
 from blobstore.errors import ThawError, UsageError
+from blobstore.hints import hints_key
 from blobstore.images import open_image
 from blobstore.nodereport import parse_gpus
 from blobstore.units import parse_size
 from blobstore.url import open_store
 
 from .errors import MountError
+from .learn import DEFAULT_WORKLOAD
 from .mount import is_mounted, prepare_mountpoint
 from .ops import STATS_XATTR
 from .service import mount_image, run_daemon
@@ -46,6 +48,13 @@ def register(sub, common) -> None:
                        description="Mount REF at DIR; chunks are fetched when read.")
     p.add_argument("ref", metavar="REF", help="NAME:TAG or a manifest id")
     p.add_argument("mountpoint", metavar="DIR", help="an empty directory")
+    p.add_argument("--hints", default=DEFAULT_WORKLOAD, metavar="WORKLOAD",
+                   help="prefetch what WORKLOAD read when it last started from this image, "
+                        f"and record this start (default {DEFAULT_WORKLOAD!r})")
+    p.add_argument("--no-hints", dest="hints", action="store_const", const=None,
+                   help="neither prefetch nor record")
+    p.add_argument("--hints-window", type=float, default=60.0, metavar="SECONDS",
+                   help="how long after mounting reads count as the start (default 60)")
     _cache_args(p)
     p.set_defaults(func=cmd_mount)
 
@@ -146,8 +155,17 @@ def cmd_mount(args, console) -> int:
     objects = open_store(args.store, timeout=STORE_TIMEOUT)
     prepare_mountpoint(args.mountpoint)
     mid, manifest = open_image(objects, args.ref)
+    if args.hints is not None:
+        try:
+            hints_key(mid, args.hints)
+        except ValueError:
+            raise UsageError(f"--hints {args.hints!r}: a workload name is letters, digits, "
+                             "'.', '_' and '-', up to 64") from None
+    if args.hints_window <= 0:
+        raise UsageError("--hints-window must be a number of seconds > 0")
     return _run(args, console, lambda ready: mount_image(
-        objects, mid, manifest, args.mountpoint, on_ready=ready, **_sizes(args)))
+        objects, mid, manifest, args.mountpoint, on_ready=ready, hints=args.hints,
+        hints_window=args.hints_window, **_sizes(args)))
 
 
 def cmd_daemon(args, console) -> int:

@@ -126,7 +126,8 @@ async def _publish(snapshot: Callable[[], None]) -> None:
 
 async def serve(namespace: Namespace, fetcher: ChunkFetcher, mountpoint: str, *,
                 on_ready: Callable[[], None] = lambda: None,
-                publish: Callable[[], None] = lambda: None, extra=()) -> None:
+                publish: Callable[[], None] = lambda: None, extra=(),
+                on_chunk_read: Callable[[int], None] | None = None) -> None:
     """Mount ``namespace`` at ``mountpoint`` and serve it until a signal or an unmount.
 
     Nothing on this thread may touch the mount point once it is mounted: the requests it
@@ -134,7 +135,7 @@ async def serve(namespace: Namespace, fetcher: ChunkFetcher, mountpoint: str, *,
     """
     prepare_mountpoint(mountpoint)
     mountpoint = os.path.realpath(mountpoint)
-    ops = ImageOps(namespace, fetcher)
+    ops = ImageOps(namespace, fetcher, on_chunk_read)
     try:
         pyfuse3.init(ops, mountpoint, set(OPTIONS))
     except RuntimeError as exc:
@@ -143,7 +144,7 @@ async def serve(namespace: Namespace, fetcher: ChunkFetcher, mountpoint: str, *,
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(fetcher.run)
-            for task in extra:  # long-lived parts of the daemon, e.g. its node reporter
+            for task in extra:  # long-lived parts: the daemon's node reporter, hints
                 await nursery.start(task)
             nursery.start_soon(_watch_signals, nursery.cancel_scope)
             nursery.start_soon(_publish, publish)

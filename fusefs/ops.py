@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,9 +91,11 @@ class ImageOps(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, namespace: Namespace, fetcher: ChunkFetcher) -> None:
+    def __init__(self, namespace: Namespace, fetcher: ChunkFetcher,
+                 on_chunk_read: Callable[[int], None] | None = None) -> None:
         super().__init__()
         self.ns, self.fetcher = namespace, fetcher
+        self.on_chunk_read = on_chunk_read  # a single image's chunk index, for hints
         self._handles: dict[int, _Handle] = {}
         self._next_fh = 1
         self._logged: set[str] = set()
@@ -162,6 +165,9 @@ class ImageOps(pyfuse3.Operations):
     async def _read(self, h: _Handle, off: int, size: int):
         chunks = h.tree.manifest.chunks
         spans = h.tree.spans(h.ino, off, size)
+        if self.on_chunk_read is not None:
+            for s in spans:
+                self.on_chunk_read(s.chunk)
         self._read_ahead(h, off, size)
         if len(spans) == 1:
             s = spans[0]

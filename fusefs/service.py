@@ -17,6 +17,7 @@ from blobstore.manifest import Manifest
 from blobstore.tiers import ReadThroughCache
 
 from .fetch import ChunkFetcher
+from .learn import StartLearner
 from .metrics import SnapshotCollector, start_metrics
 from .mount import serve
 from .namespace import SingleImage, StoreImages
@@ -33,7 +34,7 @@ def _parts(objects: ObjectStore, cache_dir: str, cache_bytes: int, memory_bytes:
 
 
 def _run(namespace_for, tiers, fetcher, mountpoint: str, metrics: str | None,
-         on_ready: Callable[[], None], extra=()) -> None:
+         on_ready: Callable[[], None], extra=(), on_chunk_read=None) -> None:
     collector = SnapshotCollector()
     box: dict = {}
 
@@ -47,17 +48,23 @@ def _run(namespace_for, tiers, fetcher, mountpoint: str, metrics: str | None,
     if metrics:
         start_metrics(metrics, collector)
     trio.run(lambda: serve(namespace, fetcher, mountpoint, on_ready=on_ready, publish=publish,
-                           extra=extra))
+                           extra=extra, on_chunk_read=on_chunk_read))
 
 
 def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: str, *,
                 cache_dir: str, cache_bytes: int, memory_bytes: int, metrics: str | None = None,
-                on_ready: Callable[[], None] = lambda: None) -> None:
-    """Mount one image read-only at ``mountpoint`` until unmounted or signalled."""
+                on_ready: Callable[[], None] = lambda: None, hints: str | None = None,
+                hints_window: float = 60.0) -> None:
+    """Mount one image read-only at ``mountpoint`` until unmounted or signalled. With
+    ``hints`` (a workload name), prefetch what that workload read at its last starts and
+    record what it reads in the first ``hints_window`` seconds of this one."""
     tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes)
     tree = FsTree(manifest, name=f"image {mid[:12]}")
+    learner = (StartLearner(objects, mid, manifest, fetcher, workload=hints,
+                            window=hints_window) if hints else None)
     _run(lambda stats: SingleImage(mid, tree, stats), tiers, fetcher, mountpoint,
-         metrics, on_ready)
+         metrics, on_ready, extra=(learner.run,) if learner else (),
+         on_chunk_read=learner.read if learner else None)
 
 
 def run_daemon(objects: ObjectStore, mountpoint: str, *, cache_dir: str, cache_bytes: int,

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from blobstore.blobs import blob_key
 from blobstore.codec import encode_blob
+from blobstore.hints import load_hints
 from blobstore.images import open_image
 from blobstore.local import LocalStore
 from blobstore.seaweed import free_ports
@@ -126,6 +130,42 @@ def test_parallel_cold_readers_fetch_each_chunk_once(thaw, pushed, store_url, tm
         assert len(set(results)) == 1 and len(results[0]) == 3 << 20
         stats = json.loads(thaw("stats", str(mnt), "--json").stdout)
         assert stats["tiers"]["store"]["chunks"] == len(unique)
+
+
+def test_a_second_mount_prefetches_what_the_first_read(thaw, pushed, rich_tree, store_url,
+                                                       tmp_path):
+    objects = LocalStore(store_url[len("file://"):])
+    mid, manifest = open_image(objects, "rich:1")
+    ping = {manifest.chunks[s.chunk].id for s in manifest.entry("bin/ping").spans}
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "rich:1", str(mnt), "--cache-dir", str(tmp_path / "a")):
+        pid = mount_pid(mnt)
+        (mnt / "bin" / "ping").read_bytes()
+    wait_for_exit(pid)  # it saves what it saw as it unmounts
+    assert {manifest.chunks[i].id for i in load_hints(objects, mid, "start")} == ping
+    with Mounted(thaw, mnt, "mount", "rich:1", str(mnt), "--cache-dir", str(tmp_path / "b")):
+        deadline = time.monotonic() + 60
+        while stats_of(thaw, mnt)["prefetches"] < len(ping):
+            assert time.monotonic() < deadline, "the hinted chunks were never prefetched"
+        assert (mnt / "bin" / "ping").read_bytes() == (rich_tree / "bin" / "ping").read_bytes()
+        stats = stats_of(thaw, mnt)
+        assert stats["demand_fetches"] == 0  # the start found its chunks there
+        assert stats["tiers"]["store"]["chunks"] == len(ping)
+    proc = thaw("mount", "rich:1", str(mnt), "--hints", "../x", check=False)
+    assert proc.returncode == 2 and "--hints '../x'" in proc.stderr.decode()
+
+
+def stats_of(thaw, mnt: Path) -> dict:
+    return json.loads(thaw("stats", str(mnt), "--json").stdout)
+
+
+def wait_for_exit(pid: int, timeout: float = 30) -> None:
+    """Until the process ends (a pidfd becomes readable then): no polling."""
+    fd = os.pidfd_open(pid)
+    try:
+        assert select.select([fd], [], [], timeout)[0], f"process {pid} did not exit"
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.allow_log_warnings

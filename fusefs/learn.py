@@ -1,0 +1,77 @@
+"""Learn what a workload reads as it starts, and prefetch it the next time (DESIGN "learn").
+
+A mount records, for the first ``window`` seconds, the chunks of its image in the order they
+were first read (``blobstore.hints.HintRecorder``), and saves them as
+``hints/<manifest id>/<workload>`` when the window closes or the mount ends; runs are
+merged, so the order settles over several starts. A later mount of the same image and
+workload queues those chunks for prefetch, in that order, as soon as it is mounted: they
+are on their way before the workload asks for them, at the prefetch priority, which never
+starves a read. trio: ``run`` is a task of the mount's nursery; store calls run in worker
+threads; ``read`` is called from the read handler.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from blobstore.base import ObjectStore
+from blobstore.errors import ThawError
+from blobstore.hints import HintRecorder, load_hints, save_hints
+from blobstore.manifest import Manifest
+
+from .fetch import ChunkFetcher
+
+log = logging.getLogger(__name__)
+DEFAULT_WORKLOAD = "start"
+
+
+class StartLearner:
+    def __init__(self, objects: ObjectStore, manifest_id: str, manifest: Manifest,
+                 fetcher: ChunkFetcher, *, workload: str = DEFAULT_WORKLOAD,
+                 window: float = 60.0) -> None:
+        self.objects, self.mid, self.manifest = objects, manifest_id, manifest
+        self.fetcher, self.workload, self.window = fetcher, workload, window
+        self.recorder: HintRecorder | None = HintRecorder()
+        self.hinted = 0  # chunks queued from earlier starts
+
+    def read(self, chunk_index: int) -> None:
+        """The read handler fetched this chunk for the workload."""
+        if self.recorder is not None:
+            self.recorder.read(chunk_index)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Queue the hinted chunks, then record until the window closes or the mount ends."""
+        try:
+            order = await trio.to_thread.run_sync(load_hints, self.objects, self.mid,
+                                                  self.workload, len(self.manifest.chunks))
+        except ThawError as exc:
+            log.warning("image %s: hints not loaded, nothing prefetched: %s", self.mid[:12],
+                        exc)
+            order = []
+        chunks = self.manifest.chunks
+        self.fetcher.prefetch([chunks[i] for i in order])
+        self.hinted = len(order)
+        if order:
+            log.info("image %s: prefetching %d chunks that %r read last time", self.mid[:12],
+                     len(order), self.workload)
+        task_status.started()
+        try:
+            await trio.sleep(self.window)
+        finally:
+            with trio.CancelScope(shield=True):  # an unmount still saves what it saw
+                await self._save()
+
+    async def _save(self) -> None:
+        recorder, self.recorder = self.recorder, None
+        seen = recorder.recording() if recorder is not None else {}
+        if not seen:
+            return
+        try:
+            await trio.to_thread.run_sync(save_hints, self.objects, self.mid, self.workload,
+                                          seen)
+            log.info("image %s: saved the order of %d chunks read as hints %r",
+                     self.mid[:12], len(seen), self.workload)
+        except ThawError as exc:
+            log.warning("image %s: hints not saved: %s", self.mid[:12], exc)
