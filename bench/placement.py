@@ -31,7 +31,7 @@ GIB = 1 << 30
 
 
 def run(nodes: int, workloads: int, load: str, seeds: int) -> list[list[str]]:
-    stats: dict[str, list[tuple[float, float, float, float]]] = {p: [] for p in POLICIES}
+    stats: dict[str, list[tuple[float, ...]]] = {p: [] for p in POLICIES}
     bounds = []
     for seed in range(seeds):
         work, cluster = make_cluster(nodes, workloads, load=load, seed=seed)
@@ -41,18 +41,23 @@ def run(nodes: int, workloads: int, load: str, seeds: int) -> list[list[str]]:
             r = policy(work, cluster)
             seconds = time.perf_counter() - start
             p99 = float(np.percentile(per_workload_bytes(r), 99)) if r.assignments else 0.0
-            stats[name].append((r.pending_replicas, r.bytes_to_fetch, p99, seconds))
+            started = sum(w.replicas for w in work) - r.pending_replicas
+            stats[name].append((r.pending_replicas, r.bytes_to_fetch, p99, seconds,
+                                r.bytes_to_fetch / max(1, started)))
     rows = []
     greedy_bytes = statistics.median(s[1] for s in stats["greedy"])
+    greedy_each = statistics.median(s[4] for s in stats["greedy"])
     for name, s in stats.items():
-        med = [statistics.median(x[i] for x in s) for i in range(4)]
+        med = [statistics.median(x[i] for x in s) for i in range(5)]
         ratio = f"{med[1] / greedy_bytes:.2f}" if greedy_bytes else "-"
+        each = f"{med[4] / greedy_each:.2f}" if greedy_each else "-"
         rows.append([f"{nodes}x{workloads}", load, name, int(med[0]),
-                     f"{med[1] / GIB:,.0f}", f"{med[2] / GIB:.1f}", f"{med[3]:.2f}", ratio])
+                     f"{med[1] / GIB:,.0f}", f"{med[2] / GIB:.1f}", f"{med[3]:.2f}", ratio,
+                     each])
     if None not in bounds:  # every replica can be placed: no placement fetches less
         bound = statistics.median(bounds)
         rows.append([f"{nodes}x{workloads}", load, "(lower bound)", 0, f"{bound / GIB:,.0f}",
-                     "", "", f"{bound / greedy_bytes:.2f}" if greedy_bytes else "-"])
+                     "", "", f"{bound / greedy_bytes:.2f}" if greedy_bytes else "-", ""])
     return rows
 
 
@@ -81,7 +86,8 @@ def main() -> None:
             rows += run(nodes, workloads, load, args.seeds)
     print(f"\nmedians over {args.seeds} seeds; bytes in GiB, charged once per (node, image)\n")
     print(table(["nodes x workloads", "load", "policy", "pending replicas", "bytes (GiB)",
-                 "p99 per workload (GiB)", "time (s)", "bytes / greedy"], rows))
+                 "p99 per workload (GiB)", "time (s)", "bytes / greedy",
+                 "bytes per started replica / greedy"], rows))
     print("\nMILP time as the cluster grows (workloads = nodes / 5, normal load, seed 0, "
           "time limit 10 s)\n")
     print(table(["nodes", "workloads", "greedy (s)", "milp (s)", "milp status"], scaling()))
