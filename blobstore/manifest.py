@@ -223,20 +223,44 @@ def _decode_chunk(c: object, n: int) -> ChunkRef:
 def _decode_entry(e: object, n: int) -> Entry:
     _check(isinstance(e, list) and len(e) == 12, f"entry {n} does not have 12 fields")
     path, typ, mode, uid, gid, mtime, size, target, rdev, xattrs, group, flat = e  # type: ignore
+    if not (type(path) is bytes and type(target) is bytes and type(xattrs) is list
+            and type(flat) is list and len(flat) % 3 == 0
+            and type(mode) is int and 0 <= mode <= 0o7777
+            and type(uid) is int and 0 <= uid <= _U32 and type(gid) is int and 0 <= gid <= _U32
+            and type(mtime) is int and -_I64 <= mtime < _I64
+            and type(size) is int and 0 <= size < _I64
+            and type(rdev) is int and 0 <= rdev < _I64
+            and type(group) is int and 0 <= group <= _U32
+            and all(type(v) is int and 0 <= v < _I64 for v in flat)):
+        _explain_entry(e, n)  # one entry in thousands: say exactly what is wrong with it
+    # the common case, checked in one pass above: no message is built for a good entry
+    if xattrs and not all(type(x) is list and len(x) == 2 and type(x[0]) is bytes
+                          and type(x[1]) is bytes for x in xattrs):
+        _check(False, f"entry {n} ({path!r}): malformed xattrs")
+    spans = tuple(map(Span, flat[0::3], flat[1::3], flat[2::3]))
+    return Entry(os.fsdecode(path), typ if isinstance(typ, str) else "?", mode, uid, gid,
+                 mtime, size, os.fsdecode(target), rdev, tuple((k, v) for k, v in xattrs),
+                 group, spans)
+
+
+def _explain_entry(e: list, n: int) -> None:
+    """Raise ManifestInvalid naming the first bad field of an entry that failed the fast
+    check in ``_decode_entry``."""
+    path, typ, mode, uid, gid, mtime, size, target, rdev, xattrs, group, flat = e
     _check(isinstance(path, bytes) and isinstance(target, bytes), f"entry {n}: path not bytes")
     where = f"entry {n} ({path!r})"
     _check(isinstance(xattrs, list) and isinstance(flat, list), f"{where}: malformed fields")
     _check(len(flat) % 3 == 0, f"{where}: spans are not triples")
-    _check(all(isinstance(x, list) and len(x) == 2 and all(isinstance(y, bytes) for y in x)
-               for x in xattrs), f"{where}: malformed xattrs")
-    spans = tuple(Span(*(_int(v, 0, _I64 - 1, f"{where} span") for v in flat[i:i + 3]))
-                  for i in range(0, len(flat), 3))
-    return Entry(os.fsdecode(path), typ if isinstance(typ, str) else "?",
-                 _int(mode, 0, 0o7777, f"{where} mode"), _int(uid, 0, _U32, f"{where} uid"),
-                 _int(gid, 0, _U32, f"{where} gid"), _int(mtime, -_I64, _I64 - 1, f"{where} mtime"),
-                 _int(size, 0, _I64 - 1, f"{where} size"), os.fsdecode(target),
-                 _int(rdev, 0, _I64 - 1, f"{where} rdev"), tuple((k, v) for k, v in xattrs),
-                 _int(group, 0, _U32, f"{where} link group"), spans)
+    for v in flat:
+        _int(v, 0, _I64 - 1, f"{where} span")
+    _int(mode, 0, 0o7777, f"{where} mode")
+    _int(uid, 0, _U32, f"{where} uid")
+    _int(gid, 0, _U32, f"{where} gid")
+    _int(mtime, -_I64, _I64 - 1, f"{where} mtime")
+    _int(size, 0, _I64 - 1, f"{where} size")
+    _int(rdev, 0, _I64 - 1, f"{where} rdev")
+    _int(group, 0, _U32, f"{where} link group")
+    raise AssertionError(f"{where}: failed the fast check but no field is wrong")
 
 
 def decode(data: bytes) -> Manifest:
