@@ -24,6 +24,7 @@ from .errors import NotFound
 
 FORMAT_VERSION = 1
 PREFIX = "hints/"
+START = "start"  # the workload a FUSE mount records and prefetches unless told another
 _WORKLOAD_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 
 

@@ -12,17 +12,16 @@ import traceback
 from pathlib import Path
 
 from blobstore.errors import ThawError, UsageError
-from blobstore.hints import hints_key
+from blobstore.hints import START, hints_key
 from blobstore.images import open_image
 from blobstore.nodereport import parse_gpus
 from blobstore.units import parse_size
 from blobstore.url import open_store
 
 from .errors import MountError
-from .learn import DEFAULT_WORKLOAD
-from .mount import is_mounted, prepare_mountpoint
-from .ops import STATS_XATTR
-from .service import mount_image, run_daemon
+
+# trio, pyfuse3 and the rest of fusefs are imported by the commands that use them, so the
+# other commands of thaw start without them.
 
 STORE_TIMEOUT = 10.0  # seconds per store request from a mount; then retry, then EIO
 READY_TIMEOUT = 120.0
@@ -48,9 +47,9 @@ def register(sub, common) -> None:
                        description="Mount REF at DIR; chunks are fetched when read.")
     p.add_argument("ref", metavar="REF", help="NAME:TAG or a manifest id")
     p.add_argument("mountpoint", metavar="DIR", help="an empty directory")
-    p.add_argument("--hints", default=DEFAULT_WORKLOAD, metavar="WORKLOAD",
+    p.add_argument("--hints", default=START, metavar="WORKLOAD",
                    help="prefetch what WORKLOAD read when it last started from this image, "
-                        f"and record this start (default {DEFAULT_WORKLOAD!r})")
+                        f"and record this start (default {START!r})")
     p.add_argument("--no-hints", dest="hints", action="store_const", const=None,
                    help="neither prefetch nor record")
     p.add_argument("--hints-window", type=float, default=60.0, metavar="SECONDS",
@@ -152,6 +151,9 @@ def _run(args, console, serve_fn) -> int:
 
 
 def cmd_mount(args, console) -> int:
+    from .mount import prepare_mountpoint
+    from .service import mount_image
+
     objects = open_store(args.store, timeout=STORE_TIMEOUT)
     prepare_mountpoint(args.mountpoint)
     mid, manifest = open_image(objects, args.ref)
@@ -169,6 +171,9 @@ def cmd_mount(args, console) -> int:
 
 
 def cmd_daemon(args, console) -> int:
+    from .mount import prepare_mountpoint
+    from .service import run_daemon
+
     objects = open_store(args.store, timeout=STORE_TIMEOUT)
     prepare_mountpoint(args.mountpoint)
     gpus = parse_gpus(args.gpus) if args.gpus else None
@@ -178,6 +183,8 @@ def cmd_daemon(args, console) -> int:
 
 
 def cmd_umount(args, console) -> int:
+    from .mount import is_mounted
+
     if not is_mounted(args.mountpoint):
         raise UsageError(f"{args.mountpoint} is not mounted")
     proc = subprocess.run(["fusermount3", "-u", args.mountpoint], capture_output=True)
@@ -190,6 +197,8 @@ def cmd_umount(args, console) -> int:
 
 
 def read_stats(mountpoint: str) -> dict:
+    from .ops import STATS_XATTR
+
     try:
         return json.loads(os.getxattr(mountpoint, STATS_XATTR))
     except OSError:

@@ -18,18 +18,17 @@ import trio
 
 from blobstore.base import ObjectStore
 from blobstore.errors import ThawError
-from blobstore.hints import HintRecorder, load_hints, save_hints
+from blobstore.hints import START, HintRecorder, load_hints, save_hints
 from blobstore.manifest import Manifest
 
 from .fetch import ChunkFetcher
 
 log = logging.getLogger(__name__)
-DEFAULT_WORKLOAD = "start"
 
 
 class StartLearner:
     def __init__(self, objects: ObjectStore, manifest_id: str, manifest: Manifest,
-                 fetcher: ChunkFetcher, *, workload: str = DEFAULT_WORKLOAD,
+                 fetcher: ChunkFetcher, *, workload: str = START,
                  window: float = 60.0) -> None:
         self.objects, self.mid, self.manifest = objects, manifest_id, manifest
         self.fetcher, self.workload, self.window = fetcher, workload, window
