@@ -153,6 +153,8 @@ def test_a_second_mount_prefetches_what_the_first_read(thaw, pushed, rich_tree, 
         assert stats["tiers"]["store"]["chunks"] == len(ping)
     proc = thaw("mount", "rich:1", str(mnt), "--hints", "../x", check=False)
     assert proc.returncode == 2 and "--hints '../x'" in proc.stderr.decode()
+    proc = thaw("mount", "rich:1", str(mnt), "--hints-window", "0", check=False)
+    assert proc.returncode == 2 and "--hints-window" in proc.stderr.decode()
 
 
 def stats_of(thaw, mnt: Path) -> dict:
