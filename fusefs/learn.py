@@ -28,10 +28,13 @@ log = logging.getLogger(__name__)
 
 class StartLearner:
     def __init__(self, objects: ObjectStore, manifest_id: str, manifest: Manifest,
-                 fetcher: ChunkFetcher, *, workload: str = START,
-                 window: float = 60.0) -> None:
+                 fetcher: ChunkFetcher, *, workload: str = START, window: float = 60.0,
+                 max_bytes: int = 1 << 62) -> None:
+        """``max_bytes``: prefetch at most this much of the hinted chunks (the first ones,
+        in order), so that a start which read a lot does not evict it all again."""
         self.objects, self.mid, self.manifest = objects, manifest_id, manifest
         self.fetcher, self.workload, self.window = fetcher, workload, window
+        self.max_bytes = max_bytes
         self.recorder: HintRecorder | None = HintRecorder()
         self.hinted = 0  # chunks queued from earlier starts
 
@@ -49,12 +52,17 @@ class StartLearner:
             log.warning("image %s: hints not loaded, nothing prefetched: %s", self.mid[:12],
                         exc)
             order = []
-        chunks = self.manifest.chunks
-        self.fetcher.prefetch([chunks[i] for i in order])
-        self.hinted = len(order)
-        if order:
+        chunks, queued, total = self.manifest.chunks, [], 0
+        for i in order:
+            total += chunks[i].stored_size
+            if total > self.max_bytes:
+                break
+            queued.append(chunks[i])
+        self.fetcher.prefetch(queued)
+        self.hinted = len(queued)
+        if queued:
             log.info("image %s: prefetching %d chunks that %r read last time", self.mid[:12],
-                     len(order), self.workload)
+                     len(queued), self.workload)
         task_status.started()
         try:
             await trio.sleep(self.window)

@@ -61,7 +61,8 @@ def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: 
     tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes)
     tree = FsTree(manifest, name=f"image {mid[:12]}")
     learner = (StartLearner(objects, mid, manifest, fetcher, workload=hints,
-                            window=hints_window) if hints else None)
+                            window=hints_window, max_bytes=cache_bytes // 2)
+               if hints else None)
     _run(lambda stats: SingleImage(mid, tree, stats), tiers, fetcher, mountpoint,
          metrics, on_ready, extra=(learner.run,) if learner else (),
          on_chunk_read=learner.read if learner else None)

@@ -41,7 +41,8 @@ class Node:
     """One mount's parts on the same store: a fetcher that logs what it fetched, a learner,
     and the handlers that tell it what was read."""
 
-    def __init__(self, objects, mid, manifest, window: float = 30.0) -> None:
+    def __init__(self, objects, mid, manifest, window: float = 30.0,
+                 max_bytes: int = 1 << 62) -> None:
         tiers = ReadThroughCache(BlobStore(objects), None)
         self.fetched: list[str] = []
 
@@ -50,7 +51,8 @@ class Node:
             return tiers.get(id, max_size=size)
 
         self.fetcher = ChunkFetcher(fetch, retry=RetryPolicy(attempts=1))
-        self.learner = StartLearner(objects, mid, manifest, self.fetcher, window=window)
+        self.learner = StartLearner(objects, mid, manifest, self.fetcher, window=window,
+                                    max_bytes=max_bytes)
         self.ops = ImageOps(SingleImage(mid, FsTree(manifest), dict), self.fetcher,
                             self.learner.read)
 
@@ -84,6 +86,24 @@ async def test_a_start_is_recorded_and_the_next_one_prefetches_it(pushed, clock)
         before = second.fetcher.counts["demand_fetches"]
         await read_all(second.ops, await path_ino(second.ops, "bin/ping"), 1 << 20)
         assert second.fetcher.counts["demand_fetches"] == before  # all there already
+        nursery.cancel_scope.cancel()
+
+
+async def test_prefetch_from_hints_is_bounded(pushed, clock):
+    objects, mid, manifest = pushed
+    first = Node(objects, mid, manifest)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.fetcher.run)
+        await nursery.start(first.learner.run)
+        await read_all(first.ops, await path_ino(first.ops, "bin/ping"), 1 << 20)
+        nursery.cancel_scope.cancel()
+    hinted = chunks_of(manifest, "bin/ping")
+    room = sum(manifest.chunks[i].stored_size for i in hinted[:2])
+    second = Node(objects, mid, manifest, max_bytes=room)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(second.fetcher.run)
+        await nursery.start(second.learner.run)
+        assert second.learner.hinted == 2  # the first two, in the order they were read
         nursery.cancel_scope.cancel()
 
 
