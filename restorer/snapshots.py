@@ -201,7 +201,7 @@ def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | N
             cache_dir: str | None = None, cache_bytes: int = 50 << 30, jobs: int = 8,
             window: int = 16, record_hints: bool = True, compile_cache: bool = True,
             on_bytes: Callable[[int], None] = lambda n: None) -> dict[str, torch.Tensor]:
-    """The tensors of ``ref`` (a snapshot, or an image of one safetensors file) on
+    """The tensors of ``ref`` (a snapshot, or an image of a safetensors checkpoint) on
     ``device`` ("cuda:0", "cpu"; None picks a GPU with room, else the CPU). With
     ``compile_cache``, compiled kernels the snapshot carries go into torch's caches.
     ``on_bytes`` is told, in the calling thread, the bytes of each chunk restored."""
