@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 import pytest
 import trio
 
@@ -57,6 +59,16 @@ class Node:
                             self.learner.read)
 
 
+@asynccontextmanager
+async def mounted(node: Node):
+    """The node's fetcher and learner running, as in a mount; leaving it unmounts."""
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.fetcher.run)
+        await nursery.start(node.learner.run)
+        yield node
+        nursery.cancel_scope.cancel()
+
+
 def chunks_of(manifest, path: str) -> list[int]:
     return [s.chunk for s in manifest.entry(path).spans]
 
@@ -64,57 +76,42 @@ def chunks_of(manifest, path: str) -> list[int]:
 async def test_a_start_is_recorded_and_the_next_one_prefetches_it(pushed, clock):
     objects, mid, manifest = pushed
     first = Node(objects, mid, manifest, window=30)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(first.fetcher.run)
-        await nursery.start(first.learner.run)
+    async with mounted(first):
         assert first.learner.hinted == 0  # nothing learned yet
         await read_all(first.ops, await path_ino(first.ops, "bin/ping"), 1 << 20)
         await trio.sleep(31)  # the window closes: the start is saved
         assert load_hints(objects, mid, "start") == chunks_of(manifest, "bin/ping")
         await read_all(first.ops, await path_ino(first.ops, "etc/hostname"), 4096)
-        nursery.cancel_scope.cancel()
     assert load_hints(objects, mid, "start") == chunks_of(manifest, "bin/ping")  # not after
 
     second = Node(objects, mid, manifest)
     ping = {manifest.chunks[i].id for i in chunks_of(manifest, "bin/ping")}
-    async with trio.open_nursery() as nursery:
-        await nursery.start(second.fetcher.run)
-        await nursery.start(second.learner.run)
+    async with mounted(second):
         assert second.learner.hinted == len(chunks_of(manifest, "bin/ping"))
         await trio.sleep(1)  # the prefetch workers run before anything is read
         assert set(second.fetched) == ping
         before = second.fetcher.counts["demand_fetches"]
         await read_all(second.ops, await path_ino(second.ops, "bin/ping"), 1 << 20)
         assert second.fetcher.counts["demand_fetches"] == before  # all there already
-        nursery.cancel_scope.cancel()
 
 
 async def test_prefetch_from_hints_is_bounded(pushed, clock):
     objects, mid, manifest = pushed
     first = Node(objects, mid, manifest)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(first.fetcher.run)
-        await nursery.start(first.learner.run)
+    async with mounted(first):
         await read_all(first.ops, await path_ino(first.ops, "bin/ping"), 1 << 20)
-        nursery.cancel_scope.cancel()
     hinted = chunks_of(manifest, "bin/ping")
     room = sum(manifest.chunks[i].stored_size for i in hinted[:2])
     second = Node(objects, mid, manifest, max_bytes=room)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(second.fetcher.run)
-        await nursery.start(second.learner.run)
+    async with mounted(second):
         assert second.learner.hinted == 2  # the first two, in the order they were read
-        nursery.cancel_scope.cancel()
 
 
 async def test_an_unmount_inside_the_window_still_saves(pushed, clock):
     objects, mid, manifest = pushed
     node = Node(objects, mid, manifest, window=600)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.fetcher.run)
-        await nursery.start(node.learner.run)
+    async with mounted(node):
         await read_all(node.ops, await path_ino(node.ops, "etc/hostname"), 4096)
-        nursery.cancel_scope.cancel()
     assert load_hints(objects, mid, "start") == chunks_of(manifest, "etc/hostname")
 
 
@@ -139,11 +136,8 @@ async def test_a_store_without_hints_still_mounts_and_reads(pushed, clock, caplo
     for key in objects.list(""):
         dead.put(key, objects.get(key))
     node = Node(dead, mid, manifest)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(node.fetcher.run)
-        await nursery.start(node.learner.run)
+    async with mounted(node):
         assert await read_all(node.ops, await path_ino(node.ops, "etc/hostname"), 4096)
-        nursery.cancel_scope.cancel()
     assert "hints not loaded" in caplog.text and "hints not saved" in caplog.text
     assert hints_key(mid, "start") not in set(dead.list("hints/"))
 
