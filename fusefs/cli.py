@@ -38,6 +38,14 @@ def _cache_args(p) -> None:
     p.add_argument("--cache-size", default="10G", help="bound of the disk cache (default 10G)")
     p.add_argument("--memory", default="256M", help="bound of the memory cache (default 256M)")
     p.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there")
+    p.add_argument("--hints", default=START, metavar="WORKLOAD",
+                   help="prefetch what WORKLOAD read when it last started from an image, "
+                        f"and record this start (default {START!r})")
+    p.add_argument("--no-hints", dest="hints", action="store_const", const=None,
+                   help="neither prefetch nor record")
+    p.add_argument("--hints-window", type=float, default=60.0, metavar="SECONDS",
+                   help="how long after an image is first read reads count as its start "
+                        "(default 60)")
     p.add_argument("--background", action="store_true",
                    help="return once the mount answers; the daemon goes on in the background")
 
@@ -47,13 +55,6 @@ def register(sub, common) -> None:
                        description="Mount REF at DIR; chunks are fetched when read.")
     p.add_argument("ref", metavar="REF", help="NAME:TAG or a manifest id")
     p.add_argument("mountpoint", metavar="DIR", help="an empty directory")
-    p.add_argument("--hints", default=START, metavar="WORKLOAD",
-                   help="prefetch what WORKLOAD read when it last started from this image, "
-                        f"and record this start (default {START!r})")
-    p.add_argument("--no-hints", dest="hints", action="store_const", const=None,
-                   help="neither prefetch nor record")
-    p.add_argument("--hints-window", type=float, default=60.0, metavar="SECONDS",
-                   help="how long after mounting reads count as the start (default 60)")
     _cache_args(p)
     p.set_defaults(func=cmd_mount)
 
@@ -78,10 +79,19 @@ def register(sub, common) -> None:
     p.set_defaults(func=cmd_stats)
 
 
-def _sizes(args) -> dict:
+def _options(args) -> dict:
+    """The options ``mount`` and ``daemon`` share, checked."""
+    if args.hints is not None:
+        try:
+            hints_key("0" * 64, args.hints)
+        except ValueError:
+            raise UsageError(f"--hints {args.hints!r}: a workload name is letters, digits, "
+                             "'.', '_' and '-', up to 64") from None
+    if args.hints_window <= 0:
+        raise UsageError("--hints-window must be a number of seconds > 0")
     return {"cache_dir": args.cache_dir or default_cache_dir(),
             "cache_bytes": parse_size(args.cache_size), "memory_bytes": parse_size(args.memory),
-            "metrics": args.metrics}
+            "metrics": args.metrics, "hints": args.hints, "hints_window": args.hints_window}
 
 
 def _in_background(args, console, serve_fn) -> int:
@@ -90,7 +100,7 @@ def _in_background(args, console, serve_fn) -> int:
     Forking after the store is opened and the manifest loaded and checked means errors
     about them reach the person directly, and the mount does not pay for a second start.
     """
-    log_dir = Path(_sizes(args)["cache_dir"]) / ".logs"
+    log_dir = Path(_options(args)["cache_dir"]) / ".logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"mount-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     r, w = os.pipe()
@@ -154,32 +164,25 @@ def cmd_mount(args, console) -> int:
     from .mount import prepare_mountpoint
     from .service import mount_image
 
+    options = _options(args)
     objects = open_store(args.store, timeout=STORE_TIMEOUT)
     prepare_mountpoint(args.mountpoint)
     mid, manifest = open_image(objects, args.ref)
-    if args.hints is not None:
-        try:
-            hints_key(mid, args.hints)
-        except ValueError:
-            raise UsageError(f"--hints {args.hints!r}: a workload name is letters, digits, "
-                             "'.', '_' and '-', up to 64") from None
-    if args.hints_window <= 0:
-        raise UsageError("--hints-window must be a number of seconds > 0")
     return _run(args, console, lambda ready: mount_image(
-        objects, mid, manifest, args.mountpoint, on_ready=ready, hints=args.hints,
-        hints_window=args.hints_window, **_sizes(args)))
+        objects, mid, manifest, args.mountpoint, on_ready=ready, **options))
 
 
 def cmd_daemon(args, console) -> int:
     from .mount import prepare_mountpoint
     from .service import run_daemon
 
+    options = _options(args)
     objects = open_store(args.store, timeout=STORE_TIMEOUT)
     prepare_mountpoint(args.mountpoint)
     gpus = parse_gpus(args.gpus) if args.gpus else None
     return _run(args, console, lambda ready: run_daemon(
         objects, args.mountpoint, on_ready=ready, node_id=args.node_id, gpus=gpus,
-        report_interval=args.report_interval, **_sizes(args)))
+        report_interval=args.report_interval, **options))
 
 
 def cmd_umount(args, console) -> int:

@@ -6,13 +6,16 @@ were first read (``blobstore.hints.HintRecorder``), and saves them as
 merged, so the order settles over several starts. A later mount of the same image and
 workload queues those chunks for prefetch, in that order, as soon as it is mounted: they
 are on their way before the workload asks for them, at the prefetch priority, which never
-starves a read. trio: ``run`` is a task of the mount's nursery; store calls run in worker
-threads; ``read`` is called from the read handler.
+starves a read. ``Learners`` keeps one learner per image a mount serves, started as the
+image is first loaded (at once for ``thaw mount``, on first lookup in ``thaw daemon``).
+trio: ``run`` is a task of the mount's nursery; store calls run in worker threads; ``read``
+is called from the read handler.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import trio
 
@@ -22,6 +25,7 @@ from blobstore.hints import START, HintRecorder, load_hints, save_hints
 from blobstore.manifest import Manifest
 
 from .fetch import ChunkFetcher
+from .tree import FsTree
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +86,39 @@ class StartLearner:
                      self.mid[:12], len(seen), self.workload)
         except ThawError as exc:
             log.warning("image %s: hints not saved: %s", self.mid[:12], exc)
+
+
+class Learners:
+    """A ``StartLearner`` for each image of a mount, started when the image is added."""
+
+    def __init__(self, objects: ObjectStore, fetcher: ChunkFetcher, *, workload: str = START,
+                 window: float = 60.0, max_bytes: int = 1 << 62) -> None:
+        self.objects, self.fetcher = objects, fetcher
+        self.options = {"workload": workload, "window": window, "max_bytes": max_bytes}
+        self.learners: dict[str, StartLearner] = {}
+        self._send, self._recv = trio.open_memory_channel[StartLearner](math.inf)
+
+    def add(self, tree: FsTree) -> None:
+        """Learn for this image from now on (trio thread; does not block)."""
+        if tree.image_id and tree.image_id not in self.learners:
+            learner = StartLearner(self.objects, tree.image_id, tree.manifest, self.fetcher,
+                                   **self.options)
+            self.learners[tree.image_id] = learner
+            self._send.send_nowait(learner)
+
+    def read(self, tree: FsTree, chunk_index: int) -> None:
+        learner = self.learners.get(tree.image_id)
+        if learner is not None:
+            learner.read(chunk_index)
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:  # images added before the mount is up are queued before it answers
+                try:
+                    learner = self._recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                await nursery.start(learner.run)
+            task_status.started()
+            async for learner in self._recv:
+                nursery.start_soon(learner.run)

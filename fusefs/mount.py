@@ -23,6 +23,7 @@ import trio
 from .errors import MountError
 from .fetch import ChunkFetcher
 from .ops import ImageOps, Namespace
+from .tree import FsTree
 
 log = logging.getLogger(__name__)
 READ_AHEAD_KB = 1024
@@ -127,7 +128,7 @@ async def _publish(snapshot: Callable[[], None]) -> None:
 async def serve(namespace: Namespace, fetcher: ChunkFetcher, mountpoint: str, *,
                 on_ready: Callable[[], None] = lambda: None,
                 publish: Callable[[], None] = lambda: None, extra=(),
-                on_chunk_read: Callable[[int], None] | None = None) -> None:
+                on_chunk_read: Callable[[FsTree, int], None] | None = None) -> None:
     """Mount ``namespace`` at ``mountpoint`` and serve it until a signal or an unmount.
 
     Nothing on this thread may touch the mount point once it is mounted: the requests it

@@ -65,9 +65,12 @@ class SingleImage:
 class StoreImages:
     """Every image of one store under one mount point."""
 
-    def __init__(self, objects: ObjectStore, statistics: Callable[[], dict]) -> None:
+    def __init__(self, objects: ObjectStore, statistics: Callable[[], dict],
+                 on_image: Callable[[FsTree], None] = lambda tree: None) -> None:
+        """``on_image`` is called with each image's tree as it is first loaded."""
         self.objects = objects
         self._statistics = statistics
+        self._on_image = on_image
         self.trees: dict[str, FsTree] = {}  # manifest id -> tree, in load order
         self._by_range: dict[int, FsTree] = {}  # ino >> _RANGE -> tree
         self._loading: dict[str, trio.Event] = {}
@@ -87,8 +90,9 @@ class StoreImages:
         self._loading[mid] = trio.Event()
         try:
             m = await trio.to_thread.run_sync(load_manifest, BlobStore(self.objects), mid)
-            tree = FsTree(m, base=(len(self.trees) + 1) << _RANGE, name=f"image {mid[:12]}")
+            tree = FsTree(m, base=(len(self.trees) + 1) << _RANGE, image_id=mid)
             self.trees[mid] = self._by_range[tree.base >> _RANGE] = tree
+            self._on_image(tree)
             return tree
         finally:
             self._loading.pop(mid).set()

@@ -92,10 +92,10 @@ class ImageOps(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, namespace: Namespace, fetcher: ChunkFetcher,
-                 on_chunk_read: Callable[[int], None] | None = None) -> None:
+                 on_chunk_read: Callable[[FsTree, int], None] | None = None) -> None:
         super().__init__()
         self.ns, self.fetcher = namespace, fetcher
-        self.on_chunk_read = on_chunk_read  # a single image's chunk index, for hints
+        self.on_chunk_read = on_chunk_read  # (image, chunk index) of each read, for hints
         self._handles: dict[int, _Handle] = {}
         self._next_fh = 1
         self._logged: set[str] = set()
@@ -159,7 +159,7 @@ class ImageOps(pyfuse3.Operations):
         try:
             return await self._read(h, off, size)
         except ThawError as exc:  # say which image and file the failed chunk belongs to
-            self.log_once(f"{h.tree.name or 'image'} /{h.tree.entry(h.ino).path}: {exc}")
+            self.log_once(f"{h.tree.name} /{h.tree.entry(h.ino).path}: {exc}")
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def _read(self, h: _Handle, off: int, size: int):
@@ -167,7 +167,7 @@ class ImageOps(pyfuse3.Operations):
         spans = h.tree.spans(h.ino, off, size)
         if self.on_chunk_read is not None:
             for s in spans:
-                self.on_chunk_read(s.chunk)
+                self.on_chunk_read(h.tree, s.chunk)
         self._read_ahead(h, off, size)
         if len(spans) == 1:
             s = spans[0]

@@ -17,7 +17,7 @@ from blobstore.manifest import Manifest
 from blobstore.tiers import ReadThroughCache
 
 from .fetch import ChunkFetcher
-from .learn import StartLearner
+from .learn import Learners
 from .metrics import SnapshotCollector, start_metrics
 from .mount import serve
 from .namespace import SingleImage, StoreImages
@@ -51,31 +51,46 @@ def _run(namespace_for, tiers, fetcher, mountpoint: str, metrics: str | None,
                            extra=extra, on_chunk_read=on_chunk_read))
 
 
+def _learners(objects: ObjectStore, fetcher, hints: str | None, hints_window: float,
+              cache_bytes: int) -> Learners | None:
+    """With ``hints`` (a workload name): prefetch what that workload read at its last starts
+    of an image, and record what it reads in the first ``hints_window`` seconds of this one.
+    """
+    if not hints:
+        return None
+    return Learners(objects, fetcher, workload=hints, window=hints_window,
+                    max_bytes=cache_bytes // 2)
+
+
 def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: str, *,
                 cache_dir: str, cache_bytes: int, memory_bytes: int, metrics: str | None = None,
                 on_ready: Callable[[], None] = lambda: None, hints: str | None = None,
                 hints_window: float = 60.0) -> None:
-    """Mount one image read-only at ``mountpoint`` until unmounted or signalled. With
-    ``hints`` (a workload name), prefetch what that workload read at its last starts and
-    record what it reads in the first ``hints_window`` seconds of this one."""
+    """Mount one image read-only at ``mountpoint`` until unmounted or signalled; learn its
+    start (``_learners``)."""
     tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes)
-    tree = FsTree(manifest, name=f"image {mid[:12]}")
-    learner = (StartLearner(objects, mid, manifest, fetcher, workload=hints,
-                            window=hints_window, max_bytes=cache_bytes // 2)
-               if hints else None)
+    tree = FsTree(manifest, image_id=mid)
+    learners = _learners(objects, fetcher, hints, hints_window, cache_bytes)
+    if learners:
+        learners.add(tree)
     _run(lambda stats: SingleImage(mid, tree, stats), tiers, fetcher, mountpoint,
-         metrics, on_ready, extra=(learner.run,) if learner else (),
-         on_chunk_read=learner.read if learner else None)
+         metrics, on_ready, extra=(learners.run,) if learners else (),
+         on_chunk_read=learners.read if learners else None)
 
 
 def run_daemon(objects: ObjectStore, mountpoint: str, *, cache_dir: str, cache_bytes: int,
                memory_bytes: int, metrics: str | None = None,
                on_ready: Callable[[], None] = lambda: None, node_id: str | None = None,
-               gpus: list[dict] | None = None, report_interval: float = 5.0) -> None:
+               gpus: list[dict] | None = None, report_interval: float = 5.0,
+               hints: str | None = None, hints_window: float = 60.0) -> None:
     """Serve every image of the store under ``mountpoint``: ``<id>/`` and ``refs/``; write
-    this node's report to ``nodes/<node id>.json`` every ``report_interval`` seconds."""
+    this node's report to ``nodes/<node id>.json`` every ``report_interval`` seconds; learn
+    each image's start from its first lookup (``_learners``)."""
     tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes)
     reporter = NodeReporter(objects, tiers.cache, node_id=node_id, gpus=gpus,
                             interval=report_interval)
-    _run(lambda stats: StoreImages(objects, stats), tiers, fetcher, mountpoint, metrics,
-         on_ready, extra=(reporter.run,))
+    learners = _learners(objects, fetcher, hints, hints_window, cache_bytes)
+    on_image = learners.add if learners else (lambda tree: None)
+    _run(lambda stats: StoreImages(objects, stats, on_image), tiers, fetcher, mountpoint,
+         metrics, on_ready, extra=(reporter.run, learners.run) if learners else (reporter.run,),
+         on_chunk_read=learners.read if learners else None)

@@ -49,10 +49,11 @@ class Attrs:
 class FsTree:
     """The inodes of one image."""
 
-    def __init__(self, manifest: Manifest, base: int = 0, name: str = "") -> None:
+    def __init__(self, manifest: Manifest, base: int = 0, image_id: str = "") -> None:
         self.manifest = manifest
         self.base = base
-        self.name = name  # what logs call the image
+        self.image_id = image_id  # the manifest id, where the caller knows it
+        self.name = f"image {image_id[:12]}" if image_id else "image"  # for logs
         entries = manifest.entries
         self._canonical = list(range(len(entries)))  # entry index -> index of its inode
         self._nlink = [1] * len(entries)

@@ -35,7 +35,7 @@ def image(rich_tree):
     fetcher = ChunkFetcher(lambda id, size: tiers.get(id, max_size=size),
                            retry=RetryPolicy(attempts=1))
     box = {}
-    ns = box["ns"] = SingleImage(mid, FsTree(manifest, name=f"image {mid[:12]}"),
+    ns = box["ns"] = SingleImage(mid, FsTree(manifest, image_id=mid),
                                  lambda: stats_doc(box["ns"].images(), tiers, fetcher))
     return ImageOps(ns, fetcher), objects, manifest
 

@@ -132,29 +132,34 @@ def test_parallel_cold_readers_fetch_each_chunk_once(thaw, pushed, store_url, tm
         assert stats["tiers"]["store"]["chunks"] == len(unique)
 
 
+@pytest.mark.parametrize("mode", ["mount", "daemon"])
 def test_a_second_mount_prefetches_what_the_first_read(thaw, pushed, rich_tree, store_url,
-                                                       tmp_path):
+                                                       tmp_path, mode):
     objects = LocalStore(store_url[len("file://"):])
     mid, manifest = open_image(objects, "rich:1")
     ping = {manifest.chunks[s.chunk].id for s in manifest.entry("bin/ping").spans}
     mnt = tmp_path / "mnt"
-    with Mounted(thaw, mnt, "mount", "rich:1", str(mnt), "--cache-dir", str(tmp_path / "a")):
+    args = ["mount", "rich:1", str(mnt)] if mode == "mount" else ["daemon", "--mountpoint",
+                                                                   str(mnt)]
+    image = mnt if mode == "mount" else mnt / mid  # the daemon loads it on first lookup
+    with Mounted(thaw, mnt, *args, "--cache-dir", str(tmp_path / "a")):
         pid = mount_pid(mnt)
-        (mnt / "bin" / "ping").read_bytes()
+        (image / "bin" / "ping").read_bytes()
     wait_for_exit(pid)  # it saves what it saw as it unmounts
     assert {manifest.chunks[i].id for i in load_hints(objects, mid, "start")} == ping
-    with Mounted(thaw, mnt, "mount", "rich:1", str(mnt), "--cache-dir", str(tmp_path / "b")):
+    with Mounted(thaw, mnt, *args, "--cache-dir", str(tmp_path / "b")):
+        (image / "etc").stat()
         deadline = time.monotonic() + 60
         while stats_of(thaw, mnt)["prefetches"] < len(ping):
             assert time.monotonic() < deadline, "the hinted chunks were never prefetched"
-        assert (mnt / "bin" / "ping").read_bytes() == (rich_tree / "bin" / "ping").read_bytes()
+        assert (image / "bin" / "ping").read_bytes() == (rich_tree / "bin" / "ping").read_bytes()
         stats = stats_of(thaw, mnt)
         assert stats["demand_fetches"] == 0  # the start found its chunks there
         assert stats["tiers"]["store"]["chunks"] == len(ping)
-    proc = thaw("mount", "rich:1", str(mnt), "--hints", "../x", check=False)
-    assert proc.returncode == 2 and "--hints '../x'" in proc.stderr.decode()
-    proc = thaw("mount", "rich:1", str(mnt), "--hints-window", "0", check=False)
-    assert proc.returncode == 2 and "--hints-window" in proc.stderr.decode()
+    for bad, message in ((["--hints", "../x"], "--hints '../x'"),
+                         (["--hints-window", "0"], "--hints-window")):
+        proc = thaw(*args, *bad, check=False)
+        assert proc.returncode == 2 and message in proc.stderr.decode()
 
 
 def stats_of(thaw, mnt: Path) -> dict:
