@@ -19,8 +19,10 @@ pruning never makes the problem infeasible.
 Small models are solved exactly (branch and bound, with every warm node an arc); large
 ones as their LP relaxation, which HiGHS solves in a fraction of the time (its MILP spends
 seconds in root cuts at 5,000 nodes) and whose solution is nearly integral, as Quincy found
-for flows: warm arcs are rounded down. Either way the replicas sent to rest arcs, and any
-the rounding left over, are then placed by the greedy rule (fewest missing bytes, tightest
+for flows: warm arcs are rounded down. When the first relaxation took under a third of the
+time, a second one places what it left over, with its placements started (``_again``),
+and the better plan is kept. Either way the replicas sent to rest arcs, and any the
+rounding left over, are then placed by the greedy rule (fewest missing bytes, tightest
 fit). A solver without a solution, or a result worse than plain greedy's (more pending, or
 as many and more bytes), returns greedy's: the policy is never worse than its baseline.
 ``time_limit`` bounds the whole call. ``max_starts`` caps new replicas per node.
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -217,14 +220,22 @@ def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
         fallback.policy, fallback.note = "milp", f"solver: {res.message}; greedy used"
         fallback.seconds = time.perf_counter() - started
         return fallback
-    placed, elsewhere, pending = model.decode(res.x)
-    note = ("optimal" if res.status == 0 else "time limit: best solution found") if exact \
-        else "LP relaxation, rounded"
+    plans = [(model.decode(res.x), ("optimal" if res.status == 0 else
+                                    "time limit: best solution found") if exact
+              else "LP relaxation, rounded")]
+    left = time_limit - (time.perf_counter() - started)
+    if not exact and max_starts is None and left > 2 * (time_limit - left):
+        # Time for a second relaxation of what the first left to the greedy rule, with
+        # the first's placements started (their images on their nodes, their GPUs taken).
+        again = _again(workloads, prices, *plans[0][0], burst, left / 2)
+        if again is not None:
+            plans.append((again, "LP relaxation, rounded, twice"))
     tries = []
-    for widest in (True, False):
-        done = complete(workloads, nodes, prices, placed, elsewhere, max_starts, widest)
-        done = complete(workloads, nodes, prices, done, pending, max_starts, widest)
-        tries.append(account("milp", workloads, nodes, done, 0.0, note))
+    for (placed, elsewhere, pending), note in plans:
+        for widest in (True, False):
+            done = complete(workloads, nodes, prices, placed, elsewhere, max_starts, widest)
+            done = complete(workloads, nodes, prices, done, pending, max_starts, widest)
+            tries.append(account("milp", workloads, nodes, done, 0.0, note))
     result = min(tries, key=lambda r: (r.pending_replicas, r.bytes_to_fetch))
     result.seconds = time.perf_counter() - started
     if (fallback.pending_replicas, fallback.bytes_to_fetch) < (result.pending_replicas,
@@ -233,6 +244,29 @@ def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
         fallback.seconds = result.seconds
         return fallback
     return result
+
+
+def _again(workloads: list[Workload], prices: Prices, placed, elsewhere: dict[int, int],
+           pending: dict[int, int], burst: bool, time_limit: float):
+    """A second round for the replicas the first left to completion: placements, what is
+    still left to completion, and what is left pending; None when there was nothing to do
+    or no solution came back."""
+    todo = [c for c, k in elsewhere.items() if k > 0]
+    if not todo:
+        return None
+    now = prices.after([(workloads[c].image, n, workloads[c].gpus * k) for c, n, k in placed])
+    rest = [replace(workloads[c], replicas=elsewhere[c]) for c in todo]
+    model = _Model(rest, now, build_arcs(rest, now, fits_matrix(rest, now),
+                                         budget=ARC_BUDGET), burst, None, False)
+    res = model.solve(False, time_limit)
+    if res.x is None:
+        return None
+    more, left, waiting = model.decode(res.x)
+    pending = dict(pending)
+    for c, k in waiting.items():
+        pending[todo[c]] = pending.get(todo[c], 0) + k
+    return (placed + [(todo[c], n, k) for c, n, k in more],
+            {todo[c]: k for c, k in left.items()}, pending)
 
 
 def lower_bound(workloads: list[Workload], nodes: list[Node], *, budget: int = 500_000,

@@ -7,6 +7,7 @@ are one vectorised expression, not a Python call per node. Pure; thread-safe onc
 
 from __future__ import annotations
 
+import copy
 from array import array
 
 import numpy as np
@@ -45,6 +46,18 @@ class Prices:
             sel = by_code[bounds[k]:bounds[k + 1]]
             if len(sel):
                 self.holders[image] = (node_arr[sel], size_arr[sel])
+        self.fetched: dict[str, list[int]] = {}  # image -> nodes it is placed on this round
+
+    def after(self, placed: list[tuple[str, int, int]]) -> Prices:
+        """These prices once ``placed`` (image, node, GPUs) have started: those GPUs are
+        taken, and those nodes hold those images. Shares the rest; the original is kept."""
+        out = copy.copy(self)
+        out.free = self.free.copy()
+        out.fetched = {k: list(v) for k, v in self.fetched.items()}
+        for image, node, gpus in placed:
+            out.free[node] -= gpus
+            out.fetched.setdefault(image, []).append(node)
+        return out
 
     def warm(self, w: Workload) -> tuple[np.ndarray, np.ndarray]:
         """Nodes holding part of ``w``'s image, and the bytes each still misses."""
@@ -56,4 +69,5 @@ class Prices:
         out = np.full(len(self.nodes), float(w.image_bytes))
         idx, miss = self.warm(w)
         out[idx] = miss
+        out[self.fetched.get(w.image, [])] = 0.0
         return out

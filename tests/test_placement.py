@@ -122,6 +122,14 @@ def test_lower_bound_is_below_every_policy(seed):
     assert bound <= relaxed.bytes_to_fetch <= greedy(work, nodes).bytes_to_fetch
 
 
+def test_a_second_relaxation_round_is_valid_and_no_worse_than_greedy():
+    work, nodes = make_cluster(300, 80, load="tight", seed=1)  # where the second round wins
+    r = solve(work, nodes, exact=False)  # account() inside checks every node's capacity
+    assert r.note == "LP relaxation, rounded, twice"
+    g = greedy(work, nodes)
+    assert (r.pending_replicas, r.bytes_to_fetch) <= (g.pending_replicas, g.bytes_to_fetch)
+
+
 def test_no_lower_bound_when_not_everything_fits():
     assert lower_bound([wl("big", "img", gpus=8)], [node("a", free=4)]) is None
 
