@@ -222,4 +222,6 @@ def cmd_stats(args, console) -> int:
         console.line(f"  {tier:<7} {t['chunks']:>8} chunks {t['bytes']:>14} bytes")
     console.line(f"cache hits:    {doc['cache_hits']}; fetch latency (ms): "
                  f"{doc['fetch_latency_ms']}")
+    console.line(f"prefetched:    {doc['prefetches']} chunks; {doc['hinted_chunks']} queued "
+                 "from earlier starts' hints")
     return 0

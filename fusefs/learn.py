@@ -106,6 +106,10 @@ class Learners:
             self.learners[tree.image_id] = learner
             self._send.send_nowait(learner)
 
+    def hinted(self) -> int:
+        """Chunks queued for prefetch from hints, over every image."""
+        return sum(learner.hinted for learner in self.learners.values())
+
     def read(self, tree: FsTree, chunk_index: int) -> None:
         learner = self.learners.get(tree.image_id)
         if learner is not None:

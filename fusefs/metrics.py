@@ -36,6 +36,8 @@ class SnapshotCollector:
         yield data
         for name in ("demand_fetches", "prefetches", "retries", "errors", "coalesced_waits"):
             yield CounterMetricFamily(f"thaw_{name}", name.replace("_", " "), value=s[name])
+        yield GaugeMetricFamily("thaw_hinted_chunks", "Chunks queued from earlier starts' hints",
+                                value=s["hinted_chunks"])
         lat = GaugeMetricFamily("thaw_fetch_latency_seconds", "Demand fetch latency",
                                 labels=["quantile"])
         for q, ms in s["fetch_latency_ms"].items():

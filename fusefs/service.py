@@ -34,12 +34,13 @@ def _parts(objects: ObjectStore, cache_dir: str, cache_bytes: int, memory_bytes:
 
 
 def _run(namespace_for, tiers, fetcher, mountpoint: str, metrics: str | None,
-         on_ready: Callable[[], None], extra=(), on_chunk_read=None) -> None:
+         on_ready: Callable[[], None], extra=(), learners: Learners | None = None) -> None:
     collector = SnapshotCollector()
     box: dict = {}
 
     def statistics() -> dict:
-        return stats_doc(box["ns"].images(), tiers, fetcher)
+        return stats_doc(box["ns"].images(), tiers, fetcher,
+                         learners.hinted() if learners else 0)
 
     def publish() -> None:
         collector.snapshot = statistics()
@@ -48,7 +49,8 @@ def _run(namespace_for, tiers, fetcher, mountpoint: str, metrics: str | None,
     if metrics:
         start_metrics(metrics, collector)
     trio.run(lambda: serve(namespace, fetcher, mountpoint, on_ready=on_ready, publish=publish,
-                           extra=extra, on_chunk_read=on_chunk_read))
+                           extra=(*extra, learners.run) if learners else extra,
+                           on_chunk_read=learners.read if learners else None))
 
 
 def _learners(objects: ObjectStore, fetcher, hints: str | None, hints_window: float,
@@ -74,8 +76,7 @@ def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: 
     if learners:
         learners.add(tree)
     _run(lambda stats: SingleImage(mid, tree, stats), tiers, fetcher, mountpoint,
-         metrics, on_ready, extra=(learners.run,) if learners else (),
-         on_chunk_read=learners.read if learners else None)
+         metrics, on_ready, learners=learners)
 
 
 def run_daemon(objects: ObjectStore, mountpoint: str, *, cache_dir: str, cache_bytes: int,
@@ -92,5 +93,4 @@ def run_daemon(objects: ObjectStore, mountpoint: str, *, cache_dir: str, cache_b
     learners = _learners(objects, fetcher, hints, hints_window, cache_bytes)
     on_image = learners.add if learners else (lambda tree: None)
     _run(lambda stats: StoreImages(objects, stats, on_image), tiers, fetcher, mountpoint,
-         metrics, on_ready, extra=(reporter.run, learners.run) if learners else (reporter.run,),
-         on_chunk_read=learners.read if learners else None)
+         metrics, on_ready, extra=(reporter.run,), learners=learners)

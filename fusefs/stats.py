@@ -11,7 +11,9 @@ from blobstore.tiers import ReadThroughCache
 from .fetch import ChunkFetcher
 
 
-def stats_doc(images: dict[str, int], tiers: ReadThroughCache, fetcher: ChunkFetcher) -> dict:
+def stats_doc(images: dict[str, int], tiers: ReadThroughCache, fetcher: ChunkFetcher,
+              hinted: int = 0) -> dict:
+    """``hinted``: chunks queued for prefetch from hints of earlier starts."""
     f = fetcher.statistics()
     disk, store = tiers.cache_stats.snapshot(), tiers.upstream_stats.snapshot()
     return {
@@ -27,6 +29,7 @@ def stats_doc(images: dict[str, int], tiers: ReadThroughCache, fetcher: ChunkFet
         "fetch_latency_ms": f["fetch_latency_ms"],
         "demand_fetches": f["demand_fetches"],
         "prefetches": f["prefetches"],
+        "hinted_chunks": hinted,
         "retries": f["retries"],
         "errors": f["errors"],
     }

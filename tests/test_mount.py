@@ -145,6 +145,7 @@ def test_a_second_mount_prefetches_what_the_first_read(thaw, pushed, rich_tree, 
     with Mounted(thaw, mnt, *args, "--cache-dir", str(tmp_path / "a")):
         pid = mount_pid(mnt)
         (image / "bin" / "ping").read_bytes()
+        assert stats_of(thaw, mnt)["hinted_chunks"] == 0  # nothing learned yet
     wait_for_exit(pid)  # it saves what it saw as it unmounts
     assert {manifest.chunks[i].id for i in load_hints(objects, mid, "start")} == ping
     with Mounted(thaw, mnt, *args, "--cache-dir", str(tmp_path / "b")):
@@ -154,6 +155,8 @@ def test_a_second_mount_prefetches_what_the_first_read(thaw, pushed, rich_tree, 
             assert time.monotonic() < deadline, "the hinted chunks were never prefetched"
         assert (image / "bin" / "ping").read_bytes() == (rich_tree / "bin" / "ping").read_bytes()
         stats = stats_of(thaw, mnt)
+        assert stats["hinted_chunks"] == len(load_hints(objects, mid, "start"))
+        assert "from earlier starts' hints" in thaw("stats", str(mnt)).stdout.decode()
         assert stats["demand_fetches"] == 0  # the start found its chunks there
         assert stats["tiers"]["store"]["chunks"] == len(ping)
     for bad, message in ((["--hints", "../x"], "--hints '../x'"),
