@@ -69,8 +69,8 @@ class _Model:
         if exact:
             alone &= arcs.most == 1
         self.shared = np.flatnonzero(~alone) if burst else np.empty(0, np.int64)
-        kept, self.pair_of = np.unique(self.pair_of[self.shared], return_inverse=True)
-        n_charged = len(kept)
+        charged, self.pair_of = np.unique(self.pair_of[self.shared], return_inverse=True)
+        n_charged = len(charged)
         self.used_on, self.arc_row = np.unique(arcs.node, return_inverse=True)
         self.at = np.cumsum([0, n_cls, n_warm, n_charged, n_rest, len(self.used_on)])
         replicas = np.array([w.replicas for w in workloads], np.float64)
@@ -86,8 +86,8 @@ class _Model:
             warm = np.where(alone, warm / arcs.most, 0.0)
         charge = np.zeros(n_charged)
         np.maximum.at(charge, self.pair_of, arcs.miss[self.shared] / GIB)
-        self.cost = np.concatenate([pending, warm, charge, arcs.rest_price / GIB])
-        self.cost = np.concatenate([self.cost, np.zeros(len(self.used_on))])
+        self.cost = np.concatenate([pending, warm, charge, arcs.rest_price / GIB,
+                                    np.zeros(len(self.used_on))])
         self.hi = np.concatenate([replicas, arcs.most, np.ones(n_charged),
                                   replicas[arcs.rest_cls], prices.free[self.used_on]])
         self.rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
