@@ -28,14 +28,20 @@ def register(sub, common) -> None:
 
 
 def cmd_ls(args, console) -> int:
+    """Every tag; a tag whose ref object holds garbage is listed as broken, and exits 1."""
     objects = open_store(args.store)
-    refs = list(Refs(objects).list())
+    refs = list(Refs(objects).scan())
+    broken = [str(r) for r, m in refs if m is None]
     if console.json_output:
-        console.json([{"ref": str(r), "manifest": m} for r, m in refs])
+        console.json([{"ref": str(r), "manifest": m, "broken": m is None} for r, m in refs])
     elif refs:
-        console.table(["REF", "MANIFEST"], [(str(r), m) for r, m in refs])
+        console.table(["REF", "MANIFEST"], [(str(r), m or "BROKEN (holds no manifest id)")
+                                            for r, m in refs])
     else:
         console.note(f"no images in {objects}; `thaw push SOURCE NAME:TAG` adds one")
+    if broken:
+        console.note(f"broken tags: {', '.join(broken)}; push them again or remove them")
+        return 1
     return 0
 
 

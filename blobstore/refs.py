@@ -75,7 +75,13 @@ class Refs:
         self.objects.delete(ref.key)
 
     def list(self) -> Iterator[tuple[Ref, str]]:
-        """Every (ref, manifest id) whose ref object is well formed, sorted."""
+        """Every (ref, manifest id) whose ref object is well formed, sorted; ``scan`` shows
+        the broken ones too."""
+        return ((ref, mid) for ref, mid in self.scan() if mid is not None)
+
+    def scan(self) -> Iterator[tuple[Ref, str | None]]:
+        """Every (ref, manifest id), sorted; the id is None where the ref object holds
+        garbage (``thaw ls`` shows it as broken)."""
         refs = []
         for key in self.objects.list(PREFIX):
             name, _, tag = key[len(PREFIX):].rpartition("/")
@@ -84,8 +90,10 @@ class Refs:
         for ref in sorted(refs, key=str):
             try:
                 yield ref, self.get(ref)
-            except (RefNotFound, MalformedRef):
-                continue  # deleted meanwhile, or garbage that `thaw ls` should not die on
+            except RefNotFound:
+                continue  # deleted meanwhile
+            except MalformedRef:
+                yield ref, None
 
     def resolve(self, text: str) -> str:
         """The manifest id that ``text`` (``NAME:TAG`` or a manifest id) names."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 
 from blobstore.blobs import BlobStore
 from blobstore.images import open_image
@@ -31,6 +32,9 @@ def register(sub, common) -> None:
     p.add_argument("--chunker", default=str(DEFAULT), metavar="ALGO[:SIZE]",
                    help=f"fastcdc or fixed, with an average size (default {DEFAULT})")
     p.add_argument("--jobs", type=int, default=8, help="parallel uploads (default 8)")
+    p.add_argument("--trust-links", action="store_true",
+                   help="keep symlinks that climb out of the image (refused by default: "
+                        "outside a chroot they reach the host's files)")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("export", parents=[common], help="write an image out as a directory",
@@ -47,15 +51,17 @@ def register(sub, common) -> None:
 
 
 def cmd_push(args, console) -> int:
+    started = time.monotonic()
     ref = parse_ref(args.ref)
     params = parse_chunker(args.chunker)
     objects = open_store(args.store)
     with tempfile.TemporaryDirectory(prefix="thaw-push-") as tmp:
-        with open_source(args.source, platform=args.platform, fmt=args.fmt, tmpdir=tmp) as tree:
+        with open_source(args.source, platform=args.platform, fmt=args.fmt, tmpdir=tmp,
+                         trust_links=args.trust_links) as tree:
             total = sum(n.size for _, n in tree.data_nodes())
             with console.progress(total, f"push {ref}") as on_bytes:
                 result = push_tree(tree, objects, ref, params=params, jobs=max(1, args.jobs),
-                                   on_bytes=on_bytes)
+                                   on_bytes=on_bytes, started=started)
     if console.json_output:
         console.json(result.as_dict())
     else:

@@ -21,7 +21,7 @@ from typing import BinaryIO
 from .decompress import FileSlice, seekable
 from .errors import SourceError
 from .tarsource import apply_tar, open_tarfile
-from .tree import SourceTree, TreeBuilder, newest_mtime, normalize
+from .tree import ReadOptions, SourceTree, TreeBuilder, newest_mtime, normalize
 
 INDEX_TYPES = {"application/vnd.oci.image.index.v1+json",
                "application/vnd.docker.distribution.manifest.list.v2+json"}
@@ -148,16 +148,16 @@ def parse_created(text: object) -> int | None:
     return secs * 1_000_000_000 + int((frac or "0")[:9].ljust(9, "0"))
 
 
-def _apply_layers(blobs: _Blobs, layers: list[tuple[str, str | None]], tmpdir: str | None,
+def _apply_layers(blobs: _Blobs, layers: list[tuple[str, str | None]], opts: ReadOptions,
                   closers: list) -> TreeBuilder:
-    builder = TreeBuilder()
+    builder = TreeBuilder(strict_links=not opts.trust_links)
     for n, (path, digest) in enumerate(layers):
         what = f"{blobs.name}: layer {n} ({path})"
         raw = blobs.open(path)
         closers.append(raw.close)
         if digest:
             _verify(raw, digest, what)
-        f, _ = seekable(raw, what, tmpdir)
+        f, _ = seekable(raw, what, opts.tmpdir)
         if f is not raw:
             closers.append(f.close)
         tf, members = open_tarfile(f, what)
@@ -198,14 +198,13 @@ def _docker_layers(blobs: _Blobs) -> tuple[list, dict]:
     return layers, config if isinstance(config, dict) else {}
 
 
-def _tree(blobs: _Blobs, kind: str, platform: str, tmpdir: str | None,
-          closers: list) -> SourceTree:
+def _tree(blobs: _Blobs, kind: str, opts: ReadOptions, closers: list) -> SourceTree:
     try:
         if kind == "docker-archive":
             layers, config = _docker_layers(blobs)
         else:
-            layers, config = _oci_layers(blobs, platform)
-        builder = _apply_layers(blobs, layers, tmpdir, closers)
+            layers, config = _oci_layers(blobs, opts.platform)
+        builder = _apply_layers(blobs, layers, opts, closers)
     except (KeyError, TypeError, AttributeError) as exc:
         raise SourceError(f"{blobs.name}: malformed image metadata ({exc!r})") from None
     created = parse_created(config.get("created"))
@@ -213,10 +212,10 @@ def _tree(blobs: _Blobs, kind: str, platform: str, tmpdir: str | None,
                       else newest_mtime(builder.nodes), closers=closers)
 
 
-def oci_layout_source(path: str, platform: str, tmpdir: str | None = None) -> SourceTree:
+def oci_layout_source(path: str, opts: ReadOptions) -> SourceTree:
     closers: list = []
     try:
-        return _tree(_Blobs(path, layout_dir=path), "oci", platform, tmpdir, closers)
+        return _tree(_Blobs(path, layout_dir=path), "oci", opts, closers)
     except BaseException:
         for close in reversed(closers):
             close()
@@ -234,9 +233,8 @@ def archive_kind(members: dict[str, tarfile.TarInfo]) -> str | None:
 
 
 def archive_source(f: BinaryIO, members: list[tarfile.TarInfo], kind: str, name: str,
-                   platform: str, tmpdir: str | None, closers: list) -> SourceTree:
+                   opts: ReadOptions, closers: list) -> SourceTree:
     """An image inside an (uncompressed, seekable) archive whose headers are read."""
     by_name = {normalize(m.name, name): m for m in members}
     blobs = _Blobs(name, archive=(f, by_name))
-    return _tree(blobs, "docker-archive" if kind == "docker-archive" else "oci", platform,
-                 tmpdir, closers)
+    return _tree(blobs, "docker-archive" if kind == "docker-archive" else "oci", opts, closers)

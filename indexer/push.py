@@ -185,9 +185,13 @@ def build_manifest(tree: SourceTree, chunks: list[ChunkRef], offsets: dict[int, 
 
 def push_tree(tree: SourceTree, objects: ObjectStore, ref: Ref | None = None, *,
               params: ChunkerParams = DEFAULT, jobs: int = 8,
-              on_bytes: Callable[[int], None] | None = None) -> PushResult:
-    """Store ``tree`` in ``objects`` and point ``ref`` at it; returns what was done."""
-    started = time.monotonic()
+              on_bytes: Callable[[int], None] | None = None,
+              started: float | None = None) -> PushResult:
+    """Store ``tree`` in ``objects`` and point ``ref`` at it; returns what was done.
+
+    ``started``: the ``time.monotonic()`` the push began at, when the caller did work before
+    (opening and unpacking the source), so ``seconds`` covers all of it."""
+    started = time.monotonic() if started is None else started
     blobs = BlobStore(objects)
     files = list(tree.data_nodes())
     offsets, pos = {}, 0

@@ -15,13 +15,15 @@ from .dirsource import dir_source, file_source
 from .errors import SourceError
 from .ocisource import archive_kind, archive_source, oci_layout_source
 from .tarsource import apply_tar, is_tar, open_tarfile
-from .tree import SourceTree, TreeBuilder, newest_mtime, normalize
+from .tree import ReadOptions, SourceTree, TreeBuilder, newest_mtime, normalize
 
 FORMATS = ("auto", "dir", "tar", "oci", "docker-archive", "file")
 
 
 def open_source(path: str, *, platform: str = "linux/amd64", fmt: str = "auto",
-                tmpdir: str | None = None) -> SourceTree:
+                tmpdir: str | None = None, trust_links: bool = False) -> SourceTree:
+    """``trust_links``: keep symlinks that climb out of the image (refused by default)."""
+    opts = ReadOptions(platform, tmpdir, trust_links)
     if fmt not in FORMATS:
         raise SourceError(f"unknown source format {fmt!r}; use one of {', '.join(FORMATS)}")
     if not os.path.lexists(path):
@@ -30,23 +32,23 @@ def open_source(path: str, *, platform: str = "linux/amd64", fmt: str = "auto",
         is_layout = all(os.path.isfile(os.path.join(path, n)) for n in ("oci-layout",
                                                                          "index.json"))
         if fmt == "oci" or (fmt == "auto" and is_layout):
-            return oci_layout_source(path, platform, tmpdir)
+            return oci_layout_source(path, opts)
         if fmt not in ("auto", "dir"):
             raise SourceError(f"{path}: a directory cannot be read as {fmt}")
-        return dir_source(path)
+        return dir_source(path, trust_links=trust_links)
     if fmt == "file":
         return file_source(path)
-    return _file_or_archive(path, fmt, platform, tmpdir)
+    return _file_or_archive(path, fmt, opts)
 
 
-def _file_or_archive(path: str, fmt: str, platform: str, tmpdir: str | None) -> SourceTree:
+def _file_or_archive(path: str, fmt: str, opts: ReadOptions) -> SourceTree:
     try:
         raw = open(path, "rb")  # noqa: SIM115 - closed by the tree or below
     except OSError as exc:
         raise SourceError(f"{path}: cannot read ({exc.strerror})") from None
     closers = [raw.close]
     try:
-        f, _ = seekable(raw, path, tmpdir)
+        f, _ = seekable(raw, path, opts.tmpdir)
         if f is not raw:
             closers.append(f.close)
         if not is_tar(f):
@@ -58,9 +60,9 @@ def _file_or_archive(path: str, fmt: str, platform: str, tmpdir: str | None) -> 
         tf, members = open_tarfile(f, path)
         kind = archive_kind({normalize(m.name, path): m for m in members})
         if fmt in ("oci", "docker-archive") or (fmt == "auto" and kind):
-            return archive_source(f, members, fmt if fmt != "auto" else kind, path, platform,
-                                  tmpdir, closers)
-        builder = TreeBuilder()
+            return archive_source(f, members, fmt if fmt != "auto" else kind, path, opts,
+                                  closers)
+        builder = TreeBuilder(strict_links=not opts.trust_links)
         apply_tar(tf, members, builder, path, layer=False)
         return SourceTree(builder.nodes, "tar", newest_mtime(builder.nodes), closers=closers)
     except BaseException:

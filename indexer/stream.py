@@ -40,7 +40,11 @@ class DataStream(io.RawIOBase):
 
     def _close_current(self) -> None:
         if self._current is not None:
-            if self._current.read(1):
+            try:
+                more = self._current.read(1)
+            except OSError as exc:
+                raise SourceError(f"{self._path}: cannot read ({exc.strerror or exc})") from None
+            if more:
                 raise SourceError(f"{self._path}: has more bytes than its recorded size "
                                   "(changed while pushing?)")
             self._current.close()
@@ -51,7 +55,10 @@ class DataStream(io.RawIOBase):
         while self._left == 0:
             if not self._open_next():
                 return 0
-        n = self._current.readinto(view[:self._left])  # type: ignore[union-attr]
+        try:
+            n = self._current.readinto(view[:self._left])  # type: ignore[union-attr]
+        except OSError as exc:  # EIO from a failing disk or a remote file system
+            raise SourceError(f"{self._path}: cannot read ({exc.strerror or exc})") from None
         if not n:
             raise SourceError(f"{self._path}: ended {self._left} bytes before its recorded "
                               "size (truncated, or changed while pushing)")

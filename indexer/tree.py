@@ -77,12 +77,23 @@ def check_symlink(path: str, target: str, where: str) -> None:
             depth += 1
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How a source is read: which platform of a multi-platform image, where temporary
+    copies go, and whether to keep symlinks that climb out of the image (a trusted tree)."""
+
+    platform: str = "linux/amd64"
+    tmpdir: str | None = None
+    trust_links: bool = False
+
+
 class TreeBuilder:
     """Paths to nodes, with the rules every source shares."""
 
     def __init__(self, root: Node | None = None, *, strict_links: bool = True) -> None:
-        # A local directory is the user's own tree: its links are kept as they are. An
-        # archive is untrusted: a relative link that climbs out of the image is refused.
+        # One rule for every source, a directory as much as an archive: a relative link that
+        # climbs out of the image would reach the host's files through a mount that is not
+        # chrooted, so it is refused unless the person pushing says the tree is trusted.
         self.strict_links = strict_links
         self.nodes: dict[str, Node] = {"": root or implicit_dir()}
         self.children: dict[str, set[str]] = {"": set()}

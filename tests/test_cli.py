@@ -96,9 +96,16 @@ def test_corrupt_manifest_in_store(thaw, rich_tree, store_url):
     assert_user_error(thaw("inspect", mid, check=False), 1, "invalid manifest")
 
 
-def test_malformed_ref_object_is_skipped_by_ls_and_named_by_inspect(thaw, store_url):
+def test_ls_lists_a_broken_tag_as_broken_and_exits_1(thaw, store_url, rich_tree):
+    thaw("push", str(rich_tree), "good:1")
     LocalStore(store_url[len("file://"):]).put("refs/x/1", b"not an id")
-    assert json.loads(thaw("ls", "--json").stdout) == []
+    proc = thaw("ls", "--json", check=False)
+    assert proc.returncode == 1
+    rows = {row["ref"]: row for row in json.loads(proc.stdout)}
+    assert rows["x:1"] == {"ref": "x:1", "manifest": None, "broken": True}
+    assert rows["good:1"]["broken"] is False
+    proc = thaw("ls", check=False)
+    assert proc.returncode == 1 and b"BROKEN" in proc.stdout and b"x:1" in proc.stderr
     assert_user_error(thaw("inspect", "x:1", check=False), 1, "holds no manifest id")
 
 

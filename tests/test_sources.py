@@ -223,3 +223,88 @@ def test_hostile_layer_whiteout_cannot_escape(tmp_path):
     layout = oci_layout(tmp_path / "oci", [bad])
     with pytest.raises(SourceError):
         open_source(str(layout))
+
+
+# -- directories -----------------------------------------------------------------------------
+
+
+def test_a_directory_with_a_link_that_climbs_out_is_refused_unless_trusted(tmp_path):
+    """One symlink rule for every source: a directory is held to what a tar is."""
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "shadow").symlink_to("../../../../etc/shadow")
+    with pytest.raises(SourceError, match="escapes the image"):
+        open_source(str(tree))
+    with open_source(str(tree), trust_links=True) as src:
+        assert src.nodes["etc/shadow"].target == "../../../../etc/shadow"
+    tar = tmp_path / "t.tar"
+    tar.write_bytes(tar_bytes([member("etc/", type=tarfile.DIRTYPE),
+                               member("etc/x", type=tarfile.SYMTYPE, linkname="../../y")]))
+    with pytest.raises(SourceError, match="escapes the image"):
+        open_source(str(tar))
+    with open_source(str(tar), trust_links=True) as src:
+        assert src.nodes["etc/x"].target == "../../y"
+
+
+def _read_bytes() -> int:
+    """Bytes this process has passed through read calls (``rchar``)."""
+    with open("/proc/self/io") as f:
+        return int(next(line for line in f if line.startswith("rchar:")).split()[1])
+
+
+def test_a_sparse_file_is_read_by_its_extents_not_hole_by_hole(tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    data = bytes(range(256)) * 4096  # 1 MiB
+    with open(tree / "disk.img", "wb") as f:
+        f.truncate(1 << 30)
+        f.seek(300 << 20)
+        f.write(data)
+        f.seek((1 << 30) - len(data))
+        f.write(data)  # data at the very end, after a hole
+    with open_source(str(tree)) as src:
+        before = _read_bytes()
+        total = nonzero = 0
+        with src.nodes["disk.img"].data.open() as f:
+            while block := f.read(8 << 20):
+                total += len(block)
+                nonzero += len(block) - block.count(0)
+        read = _read_bytes() - before
+    assert read < 16 << 20  # the two data extents, not the 1 GiB
+    assert total == 1 << 30 and nonzero == 2 * (len(data) - data.count(0))
+
+
+def test_a_sparse_file_reads_back_exactly(tmp_path):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    with open(tree / "s", "wb") as f:
+        f.truncate(5 << 20)
+        f.seek(1 << 20)
+        f.write(b"middle")
+    with open(tree / "tail-hole", "wb") as f:
+        f.write(b"head")
+        f.truncate(3 << 20)
+    with open_source(str(tree)) as src:
+        for name in ("s", "tail-hole"):
+            with src.nodes[name].data.open() as f:
+                assert f.read() == (tree / name).read_bytes()
+
+
+@pytest.mark.mount
+@pytest.mark.allow_log_warnings
+def test_a_zero_size_file_that_reads_bytes_is_warned_about(tmp_path, caplog):
+    """A /proc file says size 0 but reads bytes: pushed empty, with a warning naming it."""
+    import subprocess
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "version").write_bytes(b"")
+    (tree / "empty").write_bytes(b"")
+    subprocess.run(["mount", "--bind", "/proc/version", str(tree / "version")], check=True)
+    try:
+        with open_source(str(tree)) as src:
+            assert src.nodes["version"].size == 0
+    finally:
+        subprocess.run(["umount", str(tree / "version")], check=True)
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "version" in warned[0] and "pushed empty" in warned[0]

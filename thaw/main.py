@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import signal
 import sys
 import traceback
 
@@ -23,6 +25,23 @@ from restorer import cli as restorer_cli
 from .ui import Console
 
 BUG_EXIT = 70
+_LONG_WORD = re.compile(r"\S{201,}")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that clean-up (``finally``, partial exports,
+    temporary files) runs, as it does for Ctrl-C. A BaseException, like KeyboardInterrupt,
+    so that no ``except Exception`` swallows it."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
+def shorten(message: str) -> str:
+    """A message with every word over 200 characters (a hostile 5 KB path) cut in the
+    middle, so the one line stays readable."""
+    return _LONG_WORD.sub(lambda m: f"{m[0][:90]}...{m[0][-90:]}", message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,14 +72,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="thaw: %(levelname)s: %(message)s")
     console = Console(json_output=args.json)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args, console) or 0)
     except ThawError as exc:
-        print(f"thaw: error: {exc}", file=sys.stderr)
+        print(f"thaw: error: {shorten(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("thaw: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("thaw: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # keep Python's exit flush from failing again
