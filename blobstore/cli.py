@@ -29,11 +29,12 @@ def register(sub, common) -> None:
 
 def cmd_ls(args, console) -> int:
     """Every tag; a tag whose ref object holds garbage is listed as broken, and exits 1."""
-    objects = open_store(args.store)
+    objects = open_store(args.store, timeout=args.store_timeout)
     refs = list(Refs(objects).scan())
     broken = [str(r) for r, m in refs if m is None]
     if console.json_output:
-        console.json([{"ref": str(r), "manifest": m, "broken": m is None} for r, m in refs])
+        console.json([{"ref": str(r), "manifest": m} | ({"broken": True} if m is None else {})
+                      for r, m in refs])
     elif refs:
         console.table(["REF", "MANIFEST"], [(str(r), m or "BROKEN (holds no manifest id)")
                                             for r, m in refs])
@@ -59,7 +60,7 @@ def summary(mid: str, m: Manifest) -> dict:
 
 
 def cmd_inspect(args, console) -> int:
-    mid, m = open_image(open_store(args.store), args.ref)
+    mid, m = open_image(open_store(args.store, timeout=args.store_timeout), args.ref)
     doc = summary(mid, m)
     if args.files:
         doc["files_list"] = [{"path": "/" + e.path, "type": e.type, "mode": oct(e.mode),
@@ -87,7 +88,7 @@ def _check(blobs: BlobStore, id: str, size: int) -> str:
 
 
 def cmd_verify(args, console) -> int:
-    objects = open_store(args.store)
+    objects = open_store(args.store, timeout=args.store_timeout)
     mid, m = open_image(objects, args.ref)
     blobs = BlobStore(objects)
     unique = {c.id: c.size for c in m.chunks}

@@ -32,7 +32,9 @@ _CONFIG = {
 
 class S3Store(ObjectStore):
     def __init__(self, bucket: str, prefix: str = "", *, client=None, max_pool: int = 32,
-                 timeout: float | None = None):
+                 timeout: float = 20.0):
+        """``timeout``: seconds one request may wait to connect, or for the next bytes of
+        its answer; retries belong to the caller (``Retrying``, the mount's fetcher)."""
         if not _BUCKET_RE.fullmatch(bucket):
             raise StoreConfigError(f"s3://{bucket}: not a valid bucket name")
         self.bucket = bucket
@@ -113,16 +115,16 @@ def _code(exc: bexc.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _make_client(max_pool: int, timeout: float | None):
+def _make_client(max_pool: int, timeout: float):
     session = boto3.session.Session()
     config = botocore.config.Config(
         region_name=session.region_name or "us-east-1",
         max_pool_connections=max_pool,
-        connect_timeout=min(5, timeout or 5),
-        read_timeout=timeout or 60,
-        # A caller that bounds the time (a mount) retries with its own back-off; botocore's
-        # retries underneath would multiply the time a dead store takes to report.
-        retries={"mode": "standard", "max_attempts": 1 if timeout else 3},
+        connect_timeout=min(5.0, timeout),
+        read_timeout=timeout,
+        # Callers retry within a time budget (Retrying, the mount's fetcher); botocore's
+        # retries underneath would multiply the time a hung store takes to report.
+        retries={"mode": "standard", "max_attempts": 1},
         # Blobs are verified by their blake3 id on every read; an extra CRC32 per request
         # costs client CPU that bench/push.py showed to matter.
         request_checksum_calculation="when_required",

@@ -2,6 +2,8 @@
 
 Schemes: ``file://DIR`` (or a plain path), ``s3://BUCKET/PREFIX``, ``memory://NAME``. The
 default store is ``$THAW_STORE``, else ``$XDG_DATA_HOME/thaw/store`` (a local directory).
+A network store is bounded in time: each request by a third of ``timeout``, each call,
+retries included, by ``timeout`` (``Retrying``), so nothing waits on a hung store for long.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from .base import ObjectStore
 from .errors import StoreConfigError
 from .local import LocalStore
 from .memory import MemoryStore
+from .retrying import DEFAULT_BUDGET, Retrying
 
 _memory_stores: dict[str, MemoryStore] = {}
 
@@ -25,7 +28,7 @@ def default_store_url() -> str:
     return f"file://{Path(data_home) / 'thaw' / 'store'}"
 
 
-def get_file_store(url: str, timeout: float | None = None) -> ObjectStore | None:
+def get_file_store(url: str, timeout: float) -> ObjectStore | None:
     if url.startswith("file://"):
         path = url[len("file://"):]
         if not path.startswith("/"):
@@ -36,7 +39,7 @@ def get_file_store(url: str, timeout: float | None = None) -> ObjectStore | None
     return None
 
 
-def get_s3_store(url: str, timeout: float | None = None) -> ObjectStore | None:
+def get_s3_store(url: str, timeout: float) -> ObjectStore | None:
     if not url.startswith("s3://"):
         return None
     parts = urlsplit(url)
@@ -44,10 +47,10 @@ def get_s3_store(url: str, timeout: float | None = None) -> ObjectStore | None:
         raise StoreConfigError(f"{url}: an S3 URL names a bucket: s3://BUCKET/PREFIX")
     from .s3 import S3Store  # boto3 is slow to import; only pay for it when used
 
-    return S3Store(parts.netloc, parts.path, timeout=timeout)
+    return S3Store(parts.netloc, parts.path, timeout=timeout / 3)
 
 
-def get_memory_store(url: str, timeout: float | None = None) -> ObjectStore | None:
+def get_memory_store(url: str, timeout: float) -> ObjectStore | None:
     if not url.startswith("memory://"):
         return None
     name = url[len("memory://"):]
@@ -57,16 +60,22 @@ def get_memory_store(url: str, timeout: float | None = None) -> ObjectStore | No
 _OPENERS = (get_file_store, get_s3_store, get_memory_store)
 
 
-def open_store(url: str | None = None, *, timeout: float | None = None) -> ObjectStore:
+def open_store(url: str | None = None, *, timeout: float = DEFAULT_BUDGET,
+               retry: bool = True) -> ObjectStore:
     """The object store at ``url`` (default: ``default_store_url()``).
 
-    ``timeout``: seconds a network store may take to answer one request (a mount wants
-    short ones, so its own retries and EIO come quickly; a push can wait).
+    ``timeout``: seconds one call may take, retries included (``--store-timeout``); one
+    request of a network store gets a third of it. ``retry=False``: the bare backend, for
+    a caller that retries itself (the mount's fetcher).
     """
+    if not timeout > 0:
+        raise StoreConfigError(f"the store timeout must be a number of seconds > 0, not "
+                               f"{timeout}")
     url = url or default_store_url()
     for opener in _OPENERS:
         store = opener(url, timeout)
         if store is not None:
-            return store
+            remote = not isinstance(store, LocalStore | MemoryStore)
+            return Retrying(store, timeout) if retry and remote else store
     raise StoreConfigError(f"{url}: unknown store URL; use file:///DIR, s3://BUCKET/PREFIX "
                            "or memory://NAME")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import subprocess
@@ -23,7 +24,6 @@ from .errors import MountError
 # trio, pyfuse3 and the rest of fusefs are imported by the commands that use them, so the
 # other commands of thaw start without them.
 
-STORE_TIMEOUT = 10.0  # seconds per store request from a mount; then retry, then EIO
 READY_TIMEOUT = 120.0
 
 
@@ -91,7 +91,8 @@ def _options(args) -> dict:
         raise UsageError("--hints-window must be a number of seconds > 0")
     return {"cache_dir": args.cache_dir or default_cache_dir(),
             "cache_bytes": parse_size(args.cache_size), "memory_bytes": parse_size(args.memory),
-            "metrics": args.metrics, "hints": args.hints, "hints_window": args.hints_window}
+            "metrics": args.metrics, "hints": args.hints, "hints_window": args.hints_window,
+            "store_timeout": args.store_timeout}
 
 
 def _in_background(args, console, serve_fn) -> int:
@@ -134,6 +135,8 @@ def _serve_detached(serve_fn, ready_fd: int, log_path: Path) -> None:
     os.dup2(devnull, 0)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    for handler in logging.getLogger().handlers:  # a log file wants times; a terminal not
+        handler.setFormatter(logging.Formatter("%(asctime)s thaw: %(levelname)s: %(message)s"))
 
     def ready() -> None:
         os.write(ready_fd, b"ready\n")
@@ -165,7 +168,7 @@ def cmd_mount(args, console) -> int:
     from .service import mount_image
 
     options = _options(args)
-    objects = open_store(args.store, timeout=STORE_TIMEOUT)
+    objects = open_store(args.store, timeout=args.store_timeout)
     prepare_mountpoint(args.mountpoint)
     mid, manifest = open_image(objects, args.ref)
     return _run(args, console, lambda ready: mount_image(
@@ -177,7 +180,7 @@ def cmd_daemon(args, console) -> int:
     from .service import run_daemon
 
     options = _options(args)
-    objects = open_store(args.store, timeout=STORE_TIMEOUT)
+    objects = open_store(args.store, timeout=args.store_timeout)
     prepare_mountpoint(args.mountpoint)
     gpus = parse_gpus(args.gpus) if args.gpus else None
     return _run(args, console, lambda ready: run_daemon(

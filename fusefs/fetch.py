@@ -5,8 +5,12 @@ block and decompress) go to worker threads through ``trio.to_thread.run_sync`` w
 ``CapacityLimiter`` for demand reads and another for prefetch, so prefetch never starves a
 reader. A chunk asked for while it is in flight is waited for, never fetched twice. A store
 that fails or hangs is retried with capped exponential back-off and jitter (``trio.sleep``,
-so tests run it on trio's autojump clock); after the last attempt the error goes up and that
-read gets EIO, while the mount stays up. Bytes that fail verification are never cached or
+so tests run it on trio's autojump clock), each attempt bounded by ``attempt_timeout`` and
+all of them together by ``budget`` (``--store-timeout``); then the error goes up and that
+read gets EIO, while the mount stays up. A chunk that has failed so in the last
+``FAILED_TTL`` seconds (and the store has not answered since) gets one short attempt, not a
+whole budget: the kernel re-asks a failed read-ahead page synchronously, and that second ask
+must not double the time a reader waits on a hung store. Bytes that fail verification are never cached or
 served: the tier below raises ``BlobCorrupt`` and it is not retried.
 """
 
@@ -28,6 +32,8 @@ from blobstore.manifest import ChunkRef
 from blobstore.tiers import percentiles
 
 log = logging.getLogger(__name__)
+FAILED_TTL = 2.0
+QUICK_ATTEMPT = 1.0  # seconds: the one attempt a chunk that just failed gets
 
 
 class Source(enum.Enum):
@@ -39,8 +45,15 @@ class Source(enum.Enum):
 class RetryPolicy:
     attempts: int = 6
     base: float = 0.2  # seconds before the second attempt
-    cap: float = 5.0
-    attempt_timeout: float = 30.0  # a hung store call is abandoned after this
+    cap: float = 2.0
+    attempt_timeout: float = 8.0  # a hung store call is abandoned after this
+    budget: float = 20.0  # every attempt and pause of one fetch together
+
+    @classmethod
+    def within(cls, budget: float) -> RetryPolicy:
+        """A policy that gives up after ``budget`` seconds, each attempt a third of it (the
+        S3 client's own request timeout) plus a second."""
+        return cls(attempt_timeout=budget / 3 + 1, budget=budget)
 
     def delay(self, attempt: int) -> float:
         return min(self.cap, self.base * 2 ** attempt) * random.uniform(0.5, 1.0)
@@ -64,6 +77,7 @@ class ChunkFetcher:
         self._memory_bytes = 0
         self.memory_limit = memory_bytes
         self._inflight: dict[str, _Flight] = {}
+        self._failed: dict[str, float] = {}  # id -> until when it gets one short attempt
         self._limiters = {Source.DEMAND: trio.CapacityLimiter(demand_threads),
                           Source.PREFETCH: trio.CapacityLimiter(prefetch_threads)}
         self._prefetchers = prefetch_threads
@@ -124,7 +138,8 @@ class ChunkFetcher:
         flight = self._inflight[chunk.id] = _Flight()
         started = time.monotonic()
         try:
-            flight.data = await self._fetch_with_retries(chunk, source)
+            flight.data = await self._fetch_with_retries(chunk, source, self._policy(chunk.id))
+            self._failed.clear()  # the store answers again
             self._remember(chunk.id, flight.data)
             key = "demand_fetches" if source is Source.DEMAND else "prefetches"
             self.counts[key] += 1
@@ -134,28 +149,42 @@ class ChunkFetcher:
         except BaseException as exc:
             flight.error = exc
             self.counts["errors"] += 1
+            if isinstance(exc, StoreUnavailable):
+                self._failed[chunk.id] = trio.current_time() + FAILED_TTL
             raise
         finally:
             del self._inflight[chunk.id]
             flight.event.set()
 
-    async def _fetch_with_retries(self, chunk: ChunkRef, source: Source) -> bytes:
-        for attempt in range(self.retry.attempts):
-            try:
-                with trio.fail_after(self.retry.attempt_timeout):
-                    return await trio.to_thread.run_sync(
-                        self._fetch_sync, chunk.id, chunk.size,
-                        limiter=self._limiters[source], abandon_on_cancel=True)
-            except (StoreUnavailable, trio.TooSlowError) as exc:
-                if attempt + 1 == self.retry.attempts:
-                    if isinstance(exc, trio.TooSlowError):
-                        raise StoreUnavailable(f"chunk {chunk.id}: the store did not answer "
-                                               f"in {self.retry.attempt_timeout}s") from None
-                    raise
-                self.counts["retries"] += 1
-                log.info("chunk %s: %s; retrying", chunk.id, exc)
-                await trio.sleep(self.retry.delay(attempt))
-        raise AssertionError("unreachable")
+    def _policy(self, id: str) -> RetryPolicy:
+        if self._failed.get(id, -math.inf) > trio.current_time():
+            return RetryPolicy(attempts=1, attempt_timeout=min(QUICK_ATTEMPT,
+                               self.retry.attempt_timeout), budget=QUICK_ATTEMPT)
+        return self.retry
+
+    async def _fetch_with_retries(self, chunk: ChunkRef, source: Source,
+                                  policy: RetryPolicy) -> bytes:
+        last: Exception | None = None
+        with trio.move_on_after(policy.budget):
+            for attempt in range(policy.attempts):
+                try:
+                    with trio.fail_after(policy.attempt_timeout):
+                        return await trio.to_thread.run_sync(
+                            self._fetch_sync, chunk.id, chunk.size,
+                            limiter=self._limiters[source], abandon_on_cancel=True)
+                except (StoreUnavailable, trio.TooSlowError) as exc:
+                    last = exc
+                    if attempt + 1 == policy.attempts:
+                        break
+                    self.counts["retries"] += 1
+                    log.info("chunk %s: %s; retrying", chunk.id,
+                             exc if str(exc) else "no answer within "
+                             f"{policy.attempt_timeout:g}s")
+                    await trio.sleep(policy.delay(attempt))
+        if isinstance(last, StoreUnavailable):
+            raise StoreUnavailable(f"{last} (gave up after {policy.budget:g}s)") from None
+        raise StoreUnavailable(f"chunk {chunk.id}: the store did not answer within "
+                               f"{policy.budget:g}s") from None
 
     # -- prefetch ----------------------------------------------------------------------------
 

@@ -174,15 +174,22 @@ class ImageOps(pyfuse3.Operations):
             data = await self.fetcher.get(chunks[s.chunk])
             return memoryview(data)[s.offset:s.offset + s.length]
         pieces: list[bytes] = [b""] * len(spans)
+        errors: list[Exception] = []
 
         async def fill(i: int) -> None:
             s = spans[i]
-            data = await self.fetcher.get(chunks[s.chunk])
+            try:
+                data = await self.fetcher.get(chunks[s.chunk])
+            except Exception as exc:  # noqa: BLE001 - the first one is raised below, alone
+                errors.append(exc)
+                return
             pieces[i] = memoryview(data)[s.offset:s.offset + s.length]
 
         async with trio.open_nursery() as nursery:
             for i in range(len(spans)):
                 nursery.start_soon(fill, i)
+        if errors:
+            raise errors[0]  # one error, not an ExceptionGroup: the boundary logs it once
         return b"".join(pieces)
 
     def _read_ahead(self, h: _Handle, off: int, size: int) -> None:

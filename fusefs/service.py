@@ -14,9 +14,10 @@ from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.diskcache import DiskCache
 from blobstore.manifest import Manifest
+from blobstore.retrying import DEFAULT_BUDGET, without_retries
 from blobstore.tiers import ReadThroughCache
 
-from .fetch import ChunkFetcher
+from .fetch import ChunkFetcher, RetryPolicy
 from .learn import Learners
 from .metrics import SnapshotCollector, start_metrics
 from .mount import serve
@@ -26,10 +27,14 @@ from .stats import stats_doc
 from .tree import FsTree
 
 
-def _parts(objects: ObjectStore, cache_dir: str, cache_bytes: int, memory_bytes: int):
-    tiers = ReadThroughCache(BlobStore(objects), DiskCache(cache_dir, cache_bytes))
+def _parts(objects: ObjectStore, cache_dir: str, cache_bytes: int, memory_bytes: int,
+           store_timeout: float):
+    """The read path: memory (the fetcher) over the disk cache over the store. The fetcher
+    retries within ``store_timeout`` itself, so it reads the store without ``Retrying``."""
+    tiers = ReadThroughCache(BlobStore(without_retries(objects)),
+                             DiskCache(cache_dir, cache_bytes))
     fetcher = ChunkFetcher(lambda id, size: tiers.get(id, max_size=size),
-                           memory_bytes=memory_bytes)
+                           memory_bytes=memory_bytes, retry=RetryPolicy.within(store_timeout))
     return tiers, fetcher
 
 
@@ -67,10 +72,10 @@ def _learners(objects: ObjectStore, fetcher, hints: str | None, hints_window: fl
 def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: str, *,
                 cache_dir: str, cache_bytes: int, memory_bytes: int, metrics: str | None = None,
                 on_ready: Callable[[], None] = lambda: None, hints: str | None = None,
-                hints_window: float = 60.0) -> None:
+                hints_window: float = 60.0, store_timeout: float = DEFAULT_BUDGET) -> None:
     """Mount one image read-only at ``mountpoint`` until unmounted or signalled; learn its
     start (``_learners``)."""
-    tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes)
+    tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes, store_timeout)
     tree = FsTree(manifest, image_id=mid)
     learners = _learners(objects, fetcher, hints, hints_window, cache_bytes)
     if learners:
@@ -83,11 +88,12 @@ def run_daemon(objects: ObjectStore, mountpoint: str, *, cache_dir: str, cache_b
                memory_bytes: int, metrics: str | None = None,
                on_ready: Callable[[], None] = lambda: None, node_id: str | None = None,
                gpus: list[dict] | None = None, report_interval: float = 5.0,
-               hints: str | None = None, hints_window: float = 60.0) -> None:
+               hints: str | None = None, hints_window: float = 60.0,
+               store_timeout: float = DEFAULT_BUDGET) -> None:
     """Serve every image of the store under ``mountpoint``: ``<id>/`` and ``refs/``; write
     this node's report to ``nodes/<node id>.json`` every ``report_interval`` seconds; learn
     each image's start from its first lookup (``_learners``)."""
-    tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes)
+    tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes, store_timeout)
     reporter = NodeReporter(objects, tiers.cache, node_id=node_id, gpus=gpus,
                             interval=report_interval)
     learners = _learners(objects, fetcher, hints, hints_window, cache_bytes)

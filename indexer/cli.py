@@ -54,7 +54,7 @@ def cmd_push(args, console) -> int:
     started = time.monotonic()
     ref = parse_ref(args.ref)
     params = parse_chunker(args.chunker)
-    objects = open_store(args.store)
+    objects = open_store(args.store, timeout=args.store_timeout)
     with tempfile.TemporaryDirectory(prefix="thaw-push-") as tmp:
         with open_source(args.source, platform=args.platform, fmt=args.fmt, tmpdir=tmp,
                          trust_links=args.trust_links) as tree:
@@ -73,7 +73,7 @@ def cmd_push(args, console) -> int:
 
 
 def cmd_export(args, console) -> int:
-    objects = open_store(args.store)
+    objects = open_store(args.store, timeout=args.store_timeout)
     mid, manifest = open_image(objects, args.ref)
     with console.progress(manifest.data_size, f"export {args.ref}") as on_bytes:
         export_tree(manifest, BlobStore(objects), args.dest, jobs=max(1, args.jobs),
@@ -88,7 +88,7 @@ def cmd_export(args, console) -> int:
 
 
 def cmd_cat(args, console) -> int:
-    objects = open_store(args.store)
+    objects = open_store(args.store, timeout=args.store_timeout)
     _, manifest = open_image(objects, args.ref)
     write_file(manifest, BlobStore(objects), args.path, sys.stdout.buffer)
     sys.stdout.buffer.flush()

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.digest import blob_id
-from blobstore.errors import BlobNotFound
+from blobstore.errors import BlobNotFound, StoreUnavailable
 from blobstore.manifest import (
     DIR,
     FILE,
@@ -87,6 +87,8 @@ class _KnownBlobs:
         self._done.wait()
         if self.complete:
             return self.sizes.get(id)
+        if isinstance(self._error, StoreUnavailable):
+            raise self._error  # the listing already waited out the store's time budget
         try:
             return blobs.stored_size(id)
         except BlobNotFound:

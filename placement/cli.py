@@ -63,7 +63,7 @@ def _with_sizes(docs: list, objects) -> list:
 
 def cmd_place(args, console) -> int:
     doc = _read_json(args.workloads, "workload")
-    objects = None if args.nodes else open_store(args.store)
+    objects = None if args.nodes else open_store(args.store, timeout=args.store_timeout)
     docs = doc["workloads"] if isinstance(doc, dict) and "workloads" in doc else doc
     try:
         workloads = parse_workloads(_with_sizes(docs, objects))

@@ -59,7 +59,7 @@ def cmd_snapshot(args, console) -> int:
     from .snapshots import snapshot
 
     started = time.perf_counter()
-    mid = snapshot(_load_source(args.source), args.ref, store=open_store(args.store),
+    mid = snapshot(_load_source(args.source), args.ref, store=_store(args),
                    compile_cache=args.compile_cache)
     if console.json_output:
         console.json({"manifest": mid, "seconds": round(time.perf_counter() - started, 3)})
@@ -73,7 +73,7 @@ def cmd_restore(args, console) -> int:
 
     started = time.perf_counter()
     with console.progress(None, f"restore {args.ref}") as on_bytes:
-        tensors = restore(args.ref, args.device, store=open_store(args.store),
+        tensors = restore(args.ref, args.device, store=_store(args),
                           cache_dir=args.cache_dir, jobs=max(1, args.jobs),
                           compile_cache=args.compile_cache, on_bytes=on_bytes)
     seconds = time.perf_counter() - started
@@ -90,3 +90,7 @@ def cmd_restore(args, console) -> int:
         console.line(f"restored {len(tensors)} tensors, {nbytes} bytes, to {doc['device']} in "
                      f"{seconds:.2f}s ({doc['gib_per_s']} GiB/s), every chunk verified")
     return 0
+
+
+def _store(args):
+    return open_store(args.store, timeout=args.store_timeout)

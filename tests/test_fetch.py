@@ -116,9 +116,25 @@ async def test_hung_store_times_out(clock):
     tier = FakeTier()
     tier.gate.clear()  # never answers (until the test ends)
     f = ChunkFetcher(tier, retry=RetryPolicy(attempts=2, base=0.1, attempt_timeout=3.0))
-    with pytest.raises(StoreUnavailable, match="did not answer in 3.0s"):
+    with pytest.raises(StoreUnavailable, match="did not answer within"):
         await f.get(ref(5))
     tier.gate.set()
+
+
+async def test_a_hung_store_fails_a_read_within_the_budget_not_attempts_times_timeout(clock):
+    tier = FakeTier()
+    tier.gate.clear()
+    f = ChunkFetcher(tier, retry=RetryPolicy(attempts=6, attempt_timeout=30.0, budget=7.0))
+    start = trio.current_time()
+    with pytest.raises(StoreUnavailable, match="did not answer within 7s"):
+        await f.get(ref(5))
+    assert trio.current_time() - start <= 7.0 + 1e-6
+    tier.gate.set()
+
+
+def test_retry_policy_within_a_budget_leaves_room_for_several_attempts():
+    policy = RetryPolicy.within(20.0)
+    assert policy.budget == 20.0 and 2 * policy.attempt_timeout < policy.budget
 
 
 async def test_prefetch_does_not_starve_demand(nursery):
@@ -144,3 +160,18 @@ async def test_prefetch_does_not_starve_demand(nursery):
     while f.statistics()["prefetches"] < 10:
         await trio.sleep(0.01)
     assert len(set(tier.calls)) == 11
+
+
+async def test_a_chunk_that_just_failed_gets_one_short_attempt_not_a_second_budget(clock):
+    """The kernel re-asks a failed read-ahead page at once: against a hung store that must
+    not cost a second budget."""
+    tier = FakeTier()
+    tier.gate.clear()
+    f = ChunkFetcher(tier, retry=RetryPolicy(attempts=3, attempt_timeout=4.0, budget=10.0))
+    with pytest.raises(StoreUnavailable):
+        await f.get(ref(3))
+    start = trio.current_time()
+    with pytest.raises(StoreUnavailable):
+        await f.get(ref(3))
+    assert trio.current_time() - start <= 1.0 + 1e-6
+    tier.gate.set()

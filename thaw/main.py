@@ -17,6 +17,7 @@ import traceback
 
 from blobstore import cli as blobstore_cli
 from blobstore.errors import ThawError
+from blobstore.retrying import DEFAULT_BUDGET
 from fusefs import cli as fusefs_cli
 from indexer import cli as indexer_cli
 from placement import cli as placement_cli
@@ -52,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "else ~/.local/share/thaw/store)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print results as JSON")
+    common.add_argument("--store-timeout", metavar="SECONDS", type=float,
+                        default=argparse.SUPPRESS,
+                        help="how long one store call may take, retries included, before the "
+                             "command gives up with exit 3 (a mount's read: EIO) (default 20)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log what happens")
     parser = argparse.ArgumentParser(
@@ -66,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name, default in (("store", None), ("json", False), ("verbose", False)):
+    for name, default in (("store", None), ("json", False), ("verbose", False),
+                          ("store_timeout", DEFAULT_BUDGET)):
         if not hasattr(args, name):
             setattr(args, name, default)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
