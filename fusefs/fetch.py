@@ -10,8 +10,8 @@ all of them together by ``budget`` (``--store-timeout``); then the error goes up
 read gets EIO, while the mount stays up. A chunk that has failed so in the last
 ``FAILED_TTL`` seconds (and the store has not answered since) gets one short attempt, not a
 whole budget: the kernel re-asks a failed read-ahead page synchronously, and that second ask
-must not double the time a reader waits on a hung store. Bytes that fail verification are never cached or
-served: the tier below raises ``BlobCorrupt`` and it is not retried.
+must not double the time a reader waits on a hung store. Bytes that fail verification are
+never cached or served: the tier below raises ``BlobCorrupt`` and it is not retried.
 """
 
 from __future__ import annotations
