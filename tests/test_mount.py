@@ -84,6 +84,55 @@ def test_killed_daemon_leaves_a_stale_mount_that_the_next_mount_clears(thaw, pus
         assert (mnt / "etc" / "hostname").read_text() == "thaw\n"
 
 
+@pytest.mark.allow_log_warnings
+@pytest.mark.parametrize("command", ["mount", "daemon"])
+def test_a_mount_killed_after_reads_is_cleared_by_the_next_mount_or_daemon(
+        thaw, pushed, tmp_path, command):
+    """Reads before the kill leave the root's attributes in the kernel's cache, so a stat of
+    the mount point still succeeds: only statfs shows the daemon is gone."""
+    mnt = tmp_path / "mnt"
+    args = ["mount", "rich:1", str(mnt)] if command == "mount" else [
+        "daemon", "--mountpoint", str(mnt), "--no-hints"]
+    with Mounted(thaw, mnt, *args, *cache_args(tmp_path)):
+        first = mnt / "etc" / "hostname" if command == "mount" else mnt / pushed / "etc"
+        os.listdir(mnt)
+        assert first.exists()
+        os.kill(mount_pid(mnt), signal.SIGKILL)
+        for _ in range(200):
+            try:
+                os.statvfs(mnt)
+            except OSError:
+                break  # the connection is gone
+            threading.Event().wait(0.05)
+        os.stat(mnt)  # answered from the attribute cache: looks alive
+        thaw(*args, "--background", *cache_args(tmp_path))
+        path = mnt / "etc" / "hostname" if command == "mount" else mnt / pushed / "etc" / \
+            "hostname"
+        assert path.read_text() == "thaw\n"
+
+
+def test_a_live_mount_is_not_mounted_over(thaw, pushed, tmp_path):
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "rich:1", str(mnt), *cache_args(tmp_path)):
+        proc = thaw("mount", "rich:1", str(mnt), *cache_args(tmp_path), check=False)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and "already a mount point" in err, err
+        assert (mnt / "etc" / "hostname").read_text() == "thaw\n"
+
+
+def test_a_stopped_daemon_is_named_not_waited_on(thaw, pushed, tmp_path):
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "rich:1", str(mnt), *cache_args(tmp_path)):
+        pid = mount_pid(mnt)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            proc = thaw("mount", "rich:1", str(mnt), *cache_args(tmp_path), check=False)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        err = proc.stderr.decode()
+        assert proc.returncode == 2 and "does not answer" in err, err
+
+
 @pytest.mark.parametrize("setup, fragment", [
     (lambda p: None, "does not exist"),
     (lambda p: (p.mkdir(), (p / "x").write_text("x")), "not empty"),
