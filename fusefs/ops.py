@@ -135,9 +135,11 @@ class ImageOps(pyfuse3.Operations):
 
     @fuse_errors
     async def readdir(self, fh, start_id, token):
-        for i, (name, ino) in enumerate(await self.ns.children(fh)):
-            if i < start_id:
-                continue
+        """From ``start_id`` on (the index after the last name the kernel took), so a big
+        directory listed in many calls costs each entry once."""
+        children = await self.ns.children(fh)
+        for i in range(start_id, len(children)):
+            name, ino = children[i]
             if not pyfuse3.readdir_reply(token, name, entry_attributes(self.ns.attrs(ino)),
                                          i + 1):
                 return
@@ -193,9 +195,13 @@ class ImageOps(pyfuse3.Operations):
         return b"".join(pieces)
 
     def _read_ahead(self, h: _Handle, off: int, size: int) -> None:
-        """Sequential reads double the window ahead of them; a jump resets it."""
-        h.window = min(h.window * 2, READ_AHEAD_MAX) if off == h.next_offset else READ_AHEAD_MIN
+        """Sequential reads double the window ahead of them; a jump resets it and fetches
+        nothing ahead (random reads must not pull in the chunks after each of them)."""
+        sequential = off == h.next_offset
+        h.window = min(h.window * 2, READ_AHEAD_MAX) if sequential else READ_AHEAD_MIN
         h.next_offset = off + size
+        if not sequential:
+            return
         ahead = h.tree.spans(h.ino, off + size, h.window)
         chunks = h.tree.manifest.chunks
         self.fetcher.prefetch([chunks[s.chunk] for s in ahead])

@@ -3,8 +3,9 @@
 Inodes are fixed when the tree is built and never recycled: inode = ``base`` + entry index
 + 1, so a single mounted image has the root at inode 1 (FUSE's root) and the daemon gives
 each image its own range. The names of a hard-linked inode all resolve to the inode of the
-group's first entry. Immutable after construction but for a per-file span index filled on
-first read (a dict write, atomic under the GIL), so any thread may read it.
+group's first entry. Immutable after construction but for a per-file span index and a
+per-directory sorted listing, each filled on first use (a dict write, atomic under the GIL),
+so any thread may read it.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ class FsTree:
         self._canonical = list(range(len(entries)))  # entry index -> index of its inode
         self._nlink = [1] * len(entries)
         self._children: dict[int, dict[bytes, int]] = {}
+        self._listed: dict[int, list[tuple[bytes, int]]] = {}  # dir index -> sorted children
         self._spans: dict[int, FileSpans] = {}
         self._index_children(entries)
 
@@ -112,9 +114,14 @@ class FsTree:
         return self.index(ino) in self._children
 
     def children(self, ino: int) -> list[tuple[bytes, int]]:
-        """``(name, inode)`` of a directory's entries, sorted by name."""
-        kids = self._children[self.index(ino)]
-        return [(name, self.base + i + 1) for name, i in sorted(kids.items())]
+        """``(name, inode)`` of a directory's entries, sorted by name: built once per
+        directory, so a listing in many ``readdir`` calls stays linear. Do not modify it."""
+        i = self.index(ino)
+        listed = self._listed.get(i)
+        if listed is None:
+            listed = self._listed[i] = [(name, self.base + k + 1) for name, k in
+                                        sorted(self._children[i].items())]
+        return listed
 
     def attrs(self, ino: int) -> Attrs:
         i = self.index(ino)

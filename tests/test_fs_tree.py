@@ -71,3 +71,10 @@ def test_inode_ranges_of_several_images(rich_tree):
     t = tree_of(rich_tree, base=5 << 32)
     assert t.root == (5 << 32) + 1
     assert t.contains(walk(t, "etc/hostname")) and not t.contains(1)
+
+
+def test_a_directory_is_sorted_once_however_often_it_is_listed(rich_tree):
+    t = tree_of(rich_tree)
+    first = t.children(t.root)
+    assert t.children(t.root) is first
+    assert [n for n, _ in first] == sorted(n for n, _ in first)

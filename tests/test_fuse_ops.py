@@ -137,3 +137,45 @@ async def test_statfs_and_links(image):
     assert await ops.readlink(await path_ino(ops, "bin/abs-link"), None) == b"/etc/hostname"
     dot = await ops.lookup(pyfuse3.ROOT_INODE, b".", None)
     assert dot.st_ino == pyfuse3.ROOT_INODE
+
+
+@pytest.fixture
+async def running(image, nursery):
+    ops, objects, manifest = image
+    await nursery.start(ops.fetcher.run)
+    return ops, manifest
+
+
+async def _settled_fetches(ops) -> int:
+    import trio.testing
+
+    await trio.testing.wait_all_tasks_blocked()
+    s = ops.fetcher.statistics()
+    return s["demand_fetches"] + s["prefetches"]
+
+
+async def test_random_reads_fetch_only_the_chunks_they_touch(running):
+    """A jump starts no read-ahead: 4 KiB reads at scattered offsets fetch their own chunks
+    and nothing after them."""
+    import random
+
+    ops, manifest = running
+    ino = await path_ino(ops, "bin/ping")
+    tree = ops.ns.tree
+    fh = (await ops.open(ino, os.O_RDONLY, None)).fh
+    rng = random.Random(7)
+    touched = set()
+    for off in sorted({rng.randrange(0, 3 << 20, 4096) for _ in range(12)}, reverse=True):
+        await ops.read(fh, off, 4096)
+        touched.update(s.chunk for s in tree.spans(ino, off, 4096))
+    assert await _settled_fetches(ops) == len({manifest.chunks[i].id for i in touched})
+
+
+async def test_sequential_reads_fetch_ahead_of_the_reader(running):
+    ops, manifest = running
+    ino = await path_ino(ops, "bin/ping")
+    fh = (await ops.open(ino, os.O_RDONLY, None)).fh
+    await ops.read(fh, 0, 131072)
+    await ops.read(fh, 131072, 131072)
+    await _settled_fetches(ops)
+    assert ops.fetcher.statistics()["prefetches"] > 0

@@ -314,3 +314,18 @@ def test_daemon_writes_a_node_report_the_placer_reads(thaw, pushed, store_url, t
     (node,) = nodes
     assert (node.id, node.gpu_model, node.gpus_free) == ("gpu-7", "H200", 8)
     assert 0 < node.cached[pushed] and node.cache_limit == 10 << 30
+
+
+def test_a_directory_of_20k_entries_lists_every_name_once_in_order(thaw, tmp_path):
+    """readdir pages through a big directory by offset: no name lost or repeated."""
+    src = tmp_path / "big"
+    (src / "d").mkdir(parents=True)
+    names = sorted(f"entry-{i:05d}-{'x' * (i % 40)}" for i in range(20_000))
+    for n in names:
+        (src / "d" / n).touch()
+    thaw("push", str(src), "big:1")
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "big:1", str(mnt), *cache_args(tmp_path)):
+        for _ in range(2):
+            assert sorted(os.listdir(mnt / "d")) == names
+            assert [e.name for e in os.scandir(mnt / "d")] == names
