@@ -161,3 +161,30 @@ class DiskCache:
 
     def __str__(self) -> str:
         return f"cache {self.root}"
+
+
+class CacheIndex:
+    """The ids in a disk cache, kept current by rescanning only the subdirectories whose
+    mtime changed since the last ``refresh`` (an entry added, renamed in or evicted changes
+    its directory's mtime; a hit, which touches the file, does not). One owner thread."""
+
+    def __init__(self, cache: DiskCache) -> None:
+        self.root = cache.root
+        self._dirs: dict[str, tuple[int, frozenset[str]]] = {}  # name -> (mtime_ns, ids)
+
+    def refresh(self) -> set[str]:
+        seen: dict[str, tuple[int, frozenset[str]]] = {}
+        for sub in os.scandir(self.root):
+            if sub.name.startswith(".") or not sub.is_dir(follow_symlinks=False):
+                continue
+            mtime = sub.stat().st_mtime_ns  # before the listing: a change during it rescans
+            old = self._dirs.get(sub.name)
+            if old is None or old[0] != mtime:
+                try:
+                    names = frozenset(n for n in os.listdir(sub.path) if not n.startswith("."))
+                except FileNotFoundError:
+                    continue
+                old = (mtime, names)
+            seen[sub.name] = old
+        self._dirs = seen
+        return set().union(*(ids for _, ids in seen.values()))

@@ -73,6 +73,7 @@ class StartLearner:
         finally:
             with trio.CancelScope(shield=True):  # an unmount still saves what it saw
                 await self._save()
+            self.manifest = None  # the daemon may drop the image's tree: hold nothing of it
 
     async def _save(self) -> None:
         recorder, self.recorder = self.recorder, None

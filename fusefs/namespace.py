@@ -3,15 +3,21 @@
 ``SingleImage`` is a thin face of one ``FsTree``. ``StoreImages`` shows a root with one
 directory per manifest id, made on first lookup (the manifest is loaded and validated in a
 worker thread), and ``refs/NAME/TAG`` symlinks to them, read from the store with a short
-cache (tags move; images never do). Each image gets its own inode range, ``k << 32``.
-Runs on the trio thread; store calls go through ``trio.to_thread``.
+cache (tags move; images never do). Each image gets its own inode range, ``k << 32``, for
+the life of the daemon. Trees are bounded: when the loaded images hold more than
+``max_entries`` entries, the least recently used ones idle for ``idle`` seconds are dropped
+(about 1 KiB an entry); a request for one of their inodes (the kernel keeps inodes longer)
+loads the tree again, in the same range, first (``ready``). Runs on the trio thread; store
+calls go through ``trio.to_thread``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import trio
@@ -25,14 +31,20 @@ from blobstore.refs import Refs
 
 from .tree import Attrs, FsTree
 
+log = logging.getLogger(__name__)
 ROOT, REFS = 1, 2
 REFS_TTL = 2.0
 _RANGE = 32  # bits of inode number per image
+MAX_ENTRIES = 1_000_000  # entries of loaded trees the daemon keeps (about 1 GiB)
+IDLE = 60.0  # seconds since its last request before a tree may be dropped
 
 
 class SingleImage:
     def __init__(self, manifest_id: str, tree: FsTree, statistics: Callable[[], dict]) -> None:
         self.manifest_id, self.tree, self._statistics = manifest_id, tree, statistics
+
+    async def ready(self, ino: int) -> None:
+        """The one tree is always loaded."""
 
     async def lookup(self, parent: int, name: bytes) -> int | None:
         return self.tree.lookup(parent, name)
@@ -66,13 +78,20 @@ class StoreImages:
     """Every image of one store under one mount point."""
 
     def __init__(self, objects: ObjectStore, statistics: Callable[[], dict],
-                 on_image: Callable[[FsTree], None] = lambda tree: None) -> None:
-        """``on_image`` is called with each image's tree as it is first loaded."""
+                 on_image: Callable[[FsTree], None] = lambda tree: None, *,
+                 max_entries: int = MAX_ENTRIES, idle: float = IDLE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """``on_image`` is called with each image's tree as it is (re)loaded."""
         self.objects = objects
         self._statistics = statistics
         self._on_image = on_image
-        self.trees: dict[str, FsTree] = {}  # manifest id -> tree, in load order
-        self._by_range: dict[int, FsTree] = {}  # ino >> _RANGE -> tree
+        self.max_entries, self.idle, self._clock = max_entries, idle, clock
+        self.trees: OrderedDict[str, FsTree] = OrderedDict()  # loaded, least recent first
+        self._used: dict[str, float] = {}  # manifest id -> last request
+        self._by_range: dict[int, FsTree] = {}  # ino >> _RANGE -> loaded tree
+        self._ranges: dict[str, int] = {}  # manifest id -> its range, for good
+        self._image_of: dict[int, str] = {}  # range -> manifest id, for good
+        self._sizes: dict[str, int] = {}  # manifest id -> data bytes, of every image served
         self._loading: dict[str, trio.Event] = {}
         self._synthetic: dict[int, tuple[str, str]] = {ROOT: ("d", ""), REFS: ("d", "refs")}
         self._by_path: dict[str, int] = {"": ROOT, "refs": REFS}
@@ -86,19 +105,52 @@ class StoreImages:
         while mid in self._loading:
             await self._loading[mid].wait()
         if mid in self.trees:
+            self._touch(mid)
             return self.trees[mid]
         self._loading[mid] = trio.Event()
         try:
             m = await trio.to_thread.run_sync(load_manifest, BlobStore(self.objects), mid)
-            tree = FsTree(m, base=(len(self.trees) + 1) << _RANGE, image_id=mid)
-            self.trees[mid] = self._by_range[tree.base >> _RANGE] = tree
+            k = self._ranges.setdefault(mid, len(self._ranges) + 1)
+            tree = FsTree(m, base=k << _RANGE, image_id=mid)
+            self.trees[mid] = self._by_range[k] = tree
+            self._image_of[k], self._sizes[mid] = mid, m.data_size
+            self._touch(mid)
             self._on_image(tree)
+            self._shrink(keep=mid)
             return tree
         finally:
             self._loading.pop(mid).set()
 
+    def _touch(self, mid: str) -> None:
+        self._used[mid] = self._clock()
+        self.trees.move_to_end(mid)
+
+    def _shrink(self, keep: str) -> None:
+        """Drop idle trees but ``keep``, least recently used first, while over
+        ``max_entries``."""
+        total = sum(t.inode_count for t in self.trees.values())
+        now = self._clock()
+        for mid in list(self.trees):
+            if total <= self.max_entries:
+                return
+            if mid == keep or now - self._used[mid] < self.idle:
+                continue
+            tree = self.trees.pop(mid)
+            del self._by_range[tree.base >> _RANGE]
+            total -= tree.inode_count
+            log.info("image %s: dropped its tree (%d entries, idle); reloaded on use",
+                     mid[:12], tree.inode_count)
+
+    async def ready(self, ino: int) -> None:
+        """Load the tree of ``ino`` again if it was dropped (before a sync call on it)."""
+        k = ino >> _RANGE
+        if k and k not in self._by_range and k in self._image_of:
+            await self._image(self._image_of[k])
+
     def _tree_for(self, ino: int) -> FsTree:
-        return self._by_range[ino >> _RANGE]  # KeyError: ENOENT
+        tree = self._by_range[ino >> _RANGE]  # KeyError: ENOENT
+        self._used[tree.image_id] = self._clock()
+        return tree
 
     # -- refs --------------------------------------------------------------------------------
 
@@ -132,6 +184,7 @@ class StoreImages:
 
     async def lookup(self, parent: int, name: bytes) -> int | None:
         if parent >> _RANGE:
+            await self.ready(parent)
             return self._tree_for(parent).lookup(parent, name)
         text = os.fsdecode(name)
         if parent == ROOT and is_blob_id(text):
@@ -146,10 +199,11 @@ class StoreImages:
 
     async def children(self, ino: int) -> list[tuple[bytes, int]]:
         if ino >> _RANGE:
+            await self.ready(ino)
             return self._tree_for(ino).children(ino)
         if ino == ROOT:
-            return [(b"refs", REFS)] + [(m.encode(), t.root) for m, t in sorted(
-                self.trees.items())]
+            return [(b"refs", REFS)] + [(m.encode(), (k << _RANGE) + 1) for m, k in sorted(
+                self._ranges.items())]
         await self._refresh_refs()
         return self._ref_children(self._synthetic[ino][1])
 
@@ -184,7 +238,8 @@ class StoreImages:
                 sum(t.inode_count for t in self.trees.values()) + len(self._synthetic))
 
     def images(self) -> dict[str, int]:
-        return {m: t.manifest.data_size for m, t in self.trees.items()}
+        """Every image served since the daemon started, loaded now or not."""
+        return dict(self._sizes)
 
     def statistics(self) -> dict:
         return self._statistics()

@@ -37,6 +37,7 @@ READ_AHEAD_MIN, READ_AHEAD_MAX = 1 << 20, 16 << 20
 class Namespace(Protocol):
     """What the mount shows: one image, or every image of a store."""
 
+    async def ready(self, ino: int) -> None: ...
     async def lookup(self, parent: int, name: bytes) -> int | None: ...
     async def children(self, ino: int) -> list[tuple[bytes, int]]: ...
     def attrs(self, ino: int) -> Attrs: ...
@@ -113,6 +114,7 @@ class ImageOps(pyfuse3.Operations):
     @fuse_errors
     async def lookup(self, parent_inode, name, ctx=None):
         if name == b".":
+            await self.ns.ready(parent_inode)
             return entry_attributes(self.ns.attrs(parent_inode))
         if name == b"..":
             raise pyfuse3.FUSEError(errno.ENOENT)  # the kernel resolves '..' itself
@@ -123,10 +125,12 @@ class ImageOps(pyfuse3.Operations):
 
     @fuse_errors
     async def getattr(self, inode, ctx=None):
+        await self.ns.ready(inode)
         return entry_attributes(self.ns.attrs(inode))
 
     @fuse_errors
     async def readlink(self, inode, ctx):
+        await self.ns.ready(inode)
         return self.ns.readlink(inode)
 
     @fuse_errors
@@ -148,6 +152,7 @@ class ImageOps(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if flags & (os.O_WRONLY | os.O_RDWR):
             raise pyfuse3.FUSEError(errno.EROFS)
+        await self.ns.ready(inode)
         tree = self.ns.tree_of(inode)
         if tree.entry(inode).type != FILE:
             raise pyfuse3.FUSEError(errno.EINVAL)
@@ -218,12 +223,14 @@ class ImageOps(pyfuse3.Operations):
     async def access(self, inode, mode, ctx):
         if mode & os.W_OK:
             raise pyfuse3.FUSEError(errno.EROFS)
+        await self.ns.ready(inode)
         self.ns.attrs(inode)  # ENOENT for an unknown inode; permissions: default_permissions
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
         if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE:
             return json.dumps(self.ns.statistics(), sort_keys=True).encode()
+        await self.ns.ready(inode)
         for key, value in self.ns.xattrs(inode):
             if key == name:
                 return value
@@ -231,6 +238,7 @@ class ImageOps(pyfuse3.Operations):
 
     @fuse_errors
     async def listxattr(self, inode, ctx):
+        await self.ns.ready(inode)
         return [key for key, _ in self.ns.xattrs(inode)]
 
     @fuse_errors

@@ -1,26 +1,50 @@
 """The daemon's node report: every few seconds, what this node offers placement.
 
-Runs as a trio task; building the report (listing the disk cache, loading manifests,
-asking NVML) and writing it go to a worker thread. Each manifest's chunk sizes are kept
-once loaded (manifests never change), so a report costs a cache listing and set lookups.
+It reports the images this node has served (those its daemon loaded, now or before a
+restart), each with the bytes of its distinct chunks in the node's disk cache. It does not
+decode every manifest of the store: a store of many big images would cost seconds of CPU at
+start and memory for ever, and an image this node never served has no bytes here beyond
+chunks it shares with one it did. Each served image's chunk table (id and size) is kept in
+``CACHE/.images/<manifest id>`` (40 bytes a chunk), written once when the image is first
+loaded, so a restarted daemon reports it without its manifest; it is removed once none of
+its chunks is cached. The cache is not listed whole each interval: ``CacheIndex`` rescans
+only the cache's subdirectories whose mtime changed (an entry added or evicted).
+
+Runs as a trio task; building the report (scanning, reading tables, asking NVML) and writing
+it go to a worker thread. ``add`` is called on the trio thread as images load.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import struct
+from pathlib import Path
 
 import trio
 
 from blobstore.base import ObjectStore
-from blobstore.blobs import BlobStore
-from blobstore.diskcache import DiskCache
+from blobstore.diskcache import CacheIndex, DiskCache
 from blobstore.errors import ThawError
-from blobstore.images import load_manifest
+from blobstore.manifest import Manifest
 from blobstore.nodereport import build_report, nvml_gpus, write_report
-from blobstore.refs import Refs
 
 log = logging.getLogger(__name__)
+_ROW = struct.Struct("<32sQ")  # chunk id (raw), size
+
+
+def chunk_table(manifest: Manifest) -> bytes:
+    """The distinct chunks of an image as ``(id, size)`` rows, sorted."""
+    sizes = {c.id: c.size for c in manifest.chunks}
+    return b"".join(_ROW.pack(bytes.fromhex(id), size) for id, size in sorted(sizes.items()))
+
+
+def read_table(data: bytes) -> dict[str, int]:
+    """A table written by ``chunk_table``; a damaged one (a torn write) reads as empty."""
+    if len(data) % _ROW.size:
+        return {}
+    return {raw.hex(): size for raw, size in _ROW.iter_unpack(data)}
 
 
 class NodeReporter:
@@ -29,20 +53,41 @@ class NodeReporter:
         self.objects, self.cache, self.interval = objects, cache, interval
         self.node_id = node_id or socket.gethostname()
         self.gpus = gpus
-        self._chunks: dict[str, dict[str, int]] = {}  # manifest id -> {chunk id: size}
+        self.tables = Path(cache.root) / ".images"
+        self.index = CacheIndex(cache)
+        self._pending: dict[str, bytes] = {}  # tables of images loaded since the last report
+        self._sizes: dict[str, dict[str, int]] = {}  # manifest id -> {chunk id: size}
+        self._served: set[str] = set()  # loaded by this daemon: reported even at 0 bytes
 
-    def _chunk_sizes(self, mid: str) -> dict[str, int]:
-        if mid not in self._chunks:
-            m = load_manifest(BlobStore(self.objects), mid)
-            self._chunks[mid] = {c.id: c.size for c in m.chunks}
-        return self._chunks[mid]
+    def add(self, mid: str, manifest: Manifest) -> None:
+        """An image this node now serves (trio thread: only queues its table)."""
+        if mid not in self._served:
+            self._served.add(mid)
+            if mid not in self._sizes:
+                self._pending[mid] = chunk_table(manifest)
+
+    def _load_tables(self) -> None:
+        pending, self._pending = self._pending, {}
+        for mid, table in pending.items():
+            self._sizes[mid] = read_table(table)
+            _write_atomic(self.tables / mid, table)
+        try:
+            names = os.listdir(self.tables)
+        except FileNotFoundError:
+            return
+        for mid in names:
+            if len(mid) == 64 and mid not in self._sizes:
+                self._sizes[mid] = read_table((self.tables / mid).read_bytes())
 
     def report(self) -> dict:
-        present = self.cache.ids()
+        self._load_tables()
+        present = self.index.refresh()
         cached = {}
-        for _, mid in Refs(self.objects).list():
-            sizes = self._chunk_sizes(mid)
+        for mid, sizes in list(self._sizes.items()):
             cached[mid] = sum(size for id, size in sizes.items() if id in present)
+            if not cached[mid] and mid not in self._served:  # nothing of it left: forget it
+                del self._sizes[mid]
+                (self.tables / mid).unlink(missing_ok=True)
         gpus = self.gpus if self.gpus is not None else (nvml_gpus() or [])
         return build_report(self.node_id, gpus, self.cache.size, self.cache.max_bytes, cached)
 
@@ -54,6 +99,13 @@ class NodeReporter:
         while True:
             try:
                 await trio.to_thread.run_sync(self.write_once)
-            except ThawError as exc:
+            except (ThawError, OSError) as exc:
                 log.warning("node report not written: %s", exc)
             await trio.sleep(self.interval)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(exist_ok=True)
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -97,6 +97,11 @@ def run_daemon(objects: ObjectStore, mountpoint: str, *, cache_dir: str, cache_b
     reporter = NodeReporter(objects, tiers.cache, node_id=node_id, gpus=gpus,
                             interval=report_interval)
     learners = _learners(objects, fetcher, hints, hints_window, cache_bytes)
-    on_image = learners.add if learners else (lambda tree: None)
+
+    def on_image(tree: FsTree) -> None:
+        reporter.add(tree.image_id, tree.manifest)
+        if learners:
+            learners.add(tree)
+
     _run(lambda stats: StoreImages(objects, stats, on_image), tiers, fetcher, mountpoint,
          metrics, on_ready, extra=(reporter.run,), learners=learners)
