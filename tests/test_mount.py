@@ -329,3 +329,25 @@ def test_a_directory_of_20k_entries_lists_every_name_once_in_order(thaw, tmp_pat
         for _ in range(2):
             assert sorted(os.listdir(mnt / "d")) == names
             assert [e.name for e in os.scandir(mnt / "d")] == names
+
+
+MEMORY_OVERHEAD = 100 << 20  # the README's figure: resident memory <= --memory + this
+
+
+def test_memory_bounds_resident_memory_within_the_documented_overhead(thaw, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(src / "big", "wb") as f:
+        for _ in range(24):
+            f.write(os.urandom(16 << 20))  # 384 MiB that does not compress
+    thaw("push", str(src), "big:1")
+    (src / "big").unlink()
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "big:1", str(mnt), "--memory", "64M", "--no-hints",
+                 *cache_args(tmp_path)):
+        with open(mnt / "big", "rb") as f:
+            while f.read(1 << 20):
+                pass
+        with open(f"/proc/{mount_pid(mnt)}/status") as f:
+            peak = next(int(line.split()[1]) << 10 for line in f if line.startswith("VmHWM"))
+    assert peak < (64 << 20) + MEMORY_OVERHEAD, f"peak resident {peak >> 20} MiB"
