@@ -1,7 +1,8 @@
 """The node's disk cache: stored blobs in a local directory, bounded in bytes, LRU.
 
 Entries are the stored (compressed) form, exactly as fetched, at ``DIR/ab/<id>``; written
-under a temporary name and renamed, so a reader or a crash never sees half an entry. A hit
+under a temporary name in ``DIR/.tmp/`` and renamed, so a reader or a crash never sees half
+an entry, and what a killed process left there is swept when a cache is opened. A hit
 bumps the file's mtime, which is the recency eviction sorts by: the order survives restarts
 and is shared by every process using the directory (the daemon, the peer server, several
 mounts). Eviction runs under an exclusive ``flock`` on ``DIR/.lock`` and removes the least
@@ -16,16 +17,17 @@ import errno
 import fcntl
 import logging
 import os
-import secrets
 import threading
 from pathlib import Path
 
 from .codec import MAX_BLOB_SIZE, decode_and_verify, read_into
 from .digest import check_blob_id
 from .errors import BlobCorrupt, BlobNotFound, StoreConfigError, StoreUnavailable
+from .tempfiles import sweep, temp_path
 
 log = logging.getLogger(__name__)
 _LOW_WATER = 0.9
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class DiskCache:
@@ -39,6 +41,8 @@ class DiskCache:
         except OSError as exc:
             raise StoreConfigError(f"cannot use {self.root} as a cache: {exc.strerror}") from None
         self._lock = threading.Lock()
+        if n := sweep(self.root):
+            log.info("%s: removed %d temporary files that killed writers left", self, n)
         self._size = sum(size for _, size, _ in self._entries())
 
     def _path(self, id: str) -> Path:
@@ -114,23 +118,42 @@ class DiskCache:
 
     def put_stored(self, id: str, stored: bytes) -> None:
         """Add an entry (already verified by the caller); evicts if over the bound."""
-        path = self._path(id)
-        tmp = path.with_name(f".tmp-{secrets.token_hex(6)}-{id}")
         try:
-            path.parent.mkdir(exist_ok=True)
-            with open(tmp, "xb") as f:
-                f.write(stored)
-            os.replace(tmp, path)
+            self._write(id, stored)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
-            raise StoreUnavailable(f"disk cache {self.root}: cannot write {id}: "
-                                   + ("no space left" if full else str(exc.strerror))) from None
+            with self._lock:
+                size = self._size
+            if exc.errno not in _FULL or not size:  # nothing of ours to make room with
+                raise self._write_error(id, exc) from None
+            log.warning("%s: the file system is full; evicting to make room", self)
+            target = size - max(size // 20, 4 * len(stored))
+            self.evict(to=max(0, target))
+            try:
+                self._write(id, stored)
+            except OSError as again:
+                raise self._write_error(id, again) from None
         with self._lock:
             self._size += len(stored)
             over = self._size > self.max_bytes
         if over:
             self.evict()
+
+    def _write(self, id: str, stored: bytes) -> None:
+        path = self._path(id)
+        tmp = temp_path(self.root, id)
+        try:
+            tmp.parent.mkdir(exist_ok=True)
+            path.parent.mkdir(exist_ok=True)
+            with open(tmp, "xb") as f:
+                f.write(stored)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    def _write_error(self, id: str, exc: OSError) -> StoreUnavailable:
+        reason = "no space left" if exc.errno in _FULL else str(exc.strerror)
+        return StoreUnavailable(f"disk cache {self.root}: cannot write {id}: {reason}")
 
     def _remove(self, path: str | Path, size: int) -> None:
         try:
@@ -140,15 +163,17 @@ class DiskCache:
         with self._lock:
             self._size -= size
 
-    def evict(self) -> int:
-        """Remove least recently used entries until under 90% of the bound; bytes freed."""
+    def evict(self, to: int | None = None) -> int:
+        """Remove least recently used entries until the cache holds at most ``to`` bytes
+        (default: 90% of the bound); bytes freed."""
+        to = int(self.max_bytes * _LOW_WATER) if to is None else to
         with open(self.root / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             entries = sorted(self._entries(), key=lambda e: e[2])
             total = sum(size for _, size, _ in entries)
             freed = 0
             for path, size, _ in entries:
-                if total - freed <= self.max_bytes * _LOW_WATER:
+                if total - freed <= to:
                     break
                 try:
                     os.unlink(path)

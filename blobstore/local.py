@@ -1,22 +1,27 @@
 """A directory as an object store (``file://DIR``): the embedded default, no server.
 
-Keys map to files under the root. A write goes to a hidden temporary name in the target's
-directory, is fsynced and renamed over the key, so a reader or a crash never sees part of an
-object and a concurrent writer of the same key is harmless. Names starting with '.' are never
-keys, so temporaries never show up in listings. Thread- and process-safe.
+Keys map to files under the root. A write goes to a temporary name in ``DIR/.tmp/``
+(``tempfiles``), is fsynced and renamed over the key, so a reader or a crash never sees part
+of an object and a concurrent writer of the same key is harmless. Names starting with '.'
+are never keys, so temporaries never show up in listings; the first write of a process
+sweeps temporaries that killed writers left more than an hour ago. Thread- and process-safe.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
-import secrets
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from .base import ObjectStore, check_key, check_prefix
 from .errors import NotFound, StoreConfigError, StoreError, StoreUnavailable
+from .tempfiles import sweep, temp_path
+
+log = logging.getLogger(__name__)
 
 _CONFIG_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}
 _FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -27,6 +32,7 @@ class LocalStore(ObjectStore):
         self.root = Path(root).absolute()
         if self.root.exists() and not self.root.is_dir():
             raise StoreConfigError(f"{self}: {self.root} exists and is not a directory")
+        self._swept = threading.Event()
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -53,8 +59,13 @@ class LocalStore(ObjectStore):
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        tmp = path.with_name(f".tmp-{secrets.token_hex(8)}-{path.name}")
+        if not self._swept.is_set():
+            self._swept.set()
+            if n := sweep(self.root):
+                log.info("%s: removed %d temporary files that killed writers left", self, n)
+        tmp = temp_path(self.root, path.name)
         try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
             self._write_new(tmp, data)
             os.replace(tmp, path)

@@ -27,6 +27,13 @@ from .errors import MountError
 READY_TIMEOUT = 120.0
 
 
+def default_log_dir() -> Path:
+    """Where a background mount logs: the state directory, not the cache, so a cache that
+    fills its disk cannot silence the log that says so."""
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "thaw" / "log"
+
+
 def default_cache_dir() -> str:
     cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return str(Path(cache_home) / "thaw" / "chunks")
@@ -101,8 +108,12 @@ def _in_background(args, console, serve_fn) -> int:
     Forking after the store is opened and the manifest loaded and checked means errors
     about them reach the person directly, and the mount does not pay for a second start.
     """
-    log_dir = Path(_options(args)["cache_dir"]) / ".logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = default_log_dir()
+    try:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MountError(f"cannot make the log directory {log_dir}: {exc.strerror}; set "
+                         "XDG_STATE_HOME to a writable directory") from None
     log_path = log_dir / f"mount-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     r, w = os.pipe()
     sys.stdout.flush()

@@ -29,7 +29,6 @@ from .reporter import NodeReporter
 from .stats import stats_doc
 from .tree import FsTree
 
-
 log = logging.getLogger(__name__)
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD = 128 << 10

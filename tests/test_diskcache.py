@@ -158,3 +158,36 @@ def test_read_through_get_into_fills_the_cache(tmp_path):
     assert tiers.upstream_stats.chunks == 1 and tiers.cache_stats.chunks == 1
     with pytest.raises(BlobCorrupt):
         tiers.get_into(id, memoryview(bytearray(10)))
+
+
+@pytest.mark.allow_log_warnings
+def test_a_cache_on_a_full_file_system_evicts_and_recovers(tmp_path):
+    """The bound is larger than the disk: a write that hits ENOSPC makes room and lands."""
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        cache = DiskCache(mnt, 1 << 30)
+        stored = {}
+        for _ in range(40):  # ~4 MB of incompressible entries into 2 MB
+            data = os.urandom(100_000)
+            id = blob_id(data)
+            stored[id] = encode_blob(data)
+            cache.put_stored(id, stored[id])
+            assert cache.get(id) == data  # every write landed
+        assert 0 < cache.size <= 2 << 20
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_opening_a_cache_sweeps_temporaries_a_killed_writer_left(tmp_path):
+    cache = DiskCache(tmp_path, 1 << 20)
+    id, data = blob(1)
+    cache.put_stored(id, encode_blob(data))
+    old, fresh = tmp_path / ".tmp" / "old-entry", tmp_path / ".tmp" / "fresh-entry"
+    for p in (old, fresh):
+        p.write_bytes(b"half an entry")
+    os.utime(old, (os.path.getmtime(old) - 7200,) * 2)
+    again = DiskCache(tmp_path, 1 << 20)
+    assert not old.exists() and fresh.exists()  # a live writer's may be in progress
+    assert again.size == len(encode_blob(data)) and again.get(id) == data

@@ -186,3 +186,20 @@ def test_missing_bucket_is_a_config_error(s3_env):
     store = open_store("s3://no-such-bucket-here/x")
     with pytest.raises(StoreConfigError, match="no-such-bucket-here"):
         store.put("refs/a/b", b"x")
+
+
+def test_a_file_store_keeps_temporaries_in_one_hidden_place_and_sweeps_old_ones(tmp_path):
+    from blobstore.local import LocalStore
+
+    store = LocalStore(tmp_path)
+    store.put("refs/a/b", b"x")
+    tmp = tmp_path / ".tmp"
+    assert tmp.is_dir() and not list(tmp.iterdir())
+    old = tmp / "1234-left-by-kill-9"
+    old.write_bytes(b"part")
+    os.utime(old, (os.path.getmtime(old) - 7200,) * 2)
+    fresh = tmp / "5678-in-progress"
+    fresh.write_bytes(b"part")
+    assert list(store.list()) == ["refs/a/b"]
+    LocalStore(tmp_path).put("refs/a/c", b"y")  # a new process's first write sweeps
+    assert not old.exists() and fresh.exists()
