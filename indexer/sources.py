@@ -65,7 +65,9 @@ def _file_or_archive(path: str, fmt: str, opts: ReadOptions) -> SourceTree:
         builder = TreeBuilder(strict_links=not opts.trust_links)
         apply_tar(tf, members, builder, path, layer=False)
         return SourceTree(builder.nodes, "tar", newest_mtime(builder.nodes), closers=closers)
-    except BaseException:
+    except BaseException as exc:
         for close in reversed(closers):
             close()
+        if isinstance(exc, OSError):  # EIO from the disk or a remote file system
+            raise SourceError(f"{path}: cannot read ({exc.strerror or exc})") from None
         raise

@@ -162,3 +162,78 @@ def test_snapshot_to_a_full_disk_is_one_line(thaw, tmp_path):
         assert not (mnt / "store" / "refs").exists()
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.mount
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_a_source_file_that_fails_with_eio_is_one_line(thaw, rich_tree, store_url, tmp_path,
+                                                       what):
+    """A real EIO: the source is a thaw mount whose chunks were deleted from its store."""
+    from .conftest import Mounted
+
+    other = f"file://{tmp_path / 'other'}"
+    thaw("push", str(rich_tree), "rich:1", store=other)
+    for blob in (tmp_path / "other" / "blobs").rglob("*"):
+        if blob.is_file() and blob.stat().st_size > 100_000:  # the 3 MiB bin/ping's chunks
+            blob.unlink()
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "rich:1", str(mnt), "--cache-dir",
+                 str(tmp_path / "cache"), "--no-hints", store=other):
+        source = mnt / "bin" / "ping" if what == "file" else mnt
+        proc = thaw("push", str(source), "x:1", check=False)
+    assert_user_error(proc, 2, "cannot read", "ping")
+    assert json.loads(thaw("ls", "--json").stdout) == []
+
+
+def test_push_seconds_cover_opening_the_source():
+    import time
+
+    from blobstore.memory import MemoryStore
+    from indexer.push import push_tree
+    from indexer.tree import Node, SourceTree
+
+    tree = SourceTree({"": Node("d", 0o755)}, "dir", 0)
+    result = push_tree(tree, MemoryStore(), started=time.monotonic() - 100)
+    assert result.seconds >= 100
+
+
+def test_a_5kb_path_in_an_error_is_cut_to_one_readable_line(thaw, tmp_path):
+    long = "/" + "/".join(["d" * 200] * 25)
+    proc = thaw("push", long, "x:1", check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and err.count("\n") == 1 and len(err) < 600, err
+    assert "..." in err and "no such file or directory" in err
+
+
+@pytest.mark.mount
+def test_export_killed_with_sigterm_leaves_no_partial_directory(thaw, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(16):
+        (src / f"f{i}").write_bytes(os.urandom(16 << 20))
+    thaw("push", str(src), "big:1")
+    proc = subprocess.Popen([sys.executable, "-m", "thaw", "--store", thaw.store, "export",
+                             "big:1", str(tmp_path / "out")], cwd=REPO,
+                            stderr=subprocess.PIPE)
+    for _ in range(2000):
+        if any(p.name.startswith(".out.thaw-partial") for p in tmp_path.iterdir()):
+            break
+        threading_wait(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert b"terminated" in err and b"Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src", "store"]
+
+
+def threading_wait(seconds: float) -> None:
+    import threading
+
+    threading.Event().wait(seconds)
