@@ -46,6 +46,10 @@ class SingleImage:
     async def ready(self, ino: int) -> None:
         """The one tree is always loaded."""
 
+    def immutable(self, ino: int) -> bool:
+        """Everything here is the image's, and images never change."""
+        return True
+
     async def lookup(self, parent: int, name: bytes) -> int | None:
         return self.tree.lookup(parent, name)
 
@@ -146,6 +150,10 @@ class StoreImages:
         k = ino >> _RANGE
         if k and k not in self._by_range and k in self._image_of:
             await self._image(self._image_of[k])
+
+    def immutable(self, ino: int) -> bool:
+        """Whether ``ino`` is an image's (the root and ``refs/`` change)."""
+        return bool(ino >> _RANGE)
 
     def _tree_for(self, ino: int) -> FsTree:
         tree = self._by_range[ino >> _RANGE]  # KeyError: ENOENT

@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,12 +33,14 @@ log = logging.getLogger(__name__)
 TIMEOUT = 24 * 3600.0  # images never change: let the kernel keep entries and attributes
 STATS_XATTR = b"user.thaw.stats"  # served on the root, never listed (rsync -X ignores it)
 READ_AHEAD_MIN, READ_AHEAD_MAX = 1 << 20, 16 << 20
+LISTED_ENTRIES = 100_000  # directory entries whose attributes readdir keeps (~30 MB)
 
 
 class Namespace(Protocol):
     """What the mount shows: one image, or every image of a store."""
 
     async def ready(self, ino: int) -> None: ...
+    def immutable(self, ino: int) -> bool: ...
     async def lookup(self, parent: int, name: bytes) -> int | None: ...
     async def children(self, ino: int) -> list[tuple[bytes, int]]: ...
     def attrs(self, ino: int) -> Attrs: ...
@@ -98,6 +101,9 @@ class ImageOps(pyfuse3.Operations):
         self.ns, self.fetcher = namespace, fetcher
         self.on_chunk_read = on_chunk_read  # (image, chunk index) of each read, for hints
         self._handles: dict[int, _Handle] = {}
+        self._listed: OrderedDict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = \
+            OrderedDict()
+        self._listed_entries = 0
         self._next_fh = 1
         self._logged: set[str] = set()
         self.initialized = trio.Event()
@@ -141,12 +147,29 @@ class ImageOps(pyfuse3.Operations):
     async def readdir(self, fh, start_id, token):
         """From ``start_id`` on (the index after the last name the kernel took), so a big
         directory listed in many calls costs each entry once."""
-        children = await self.ns.children(fh)
-        for i in range(start_id, len(children)):
-            name, ino = children[i]
-            if not pyfuse3.readdir_reply(token, name, entry_attributes(self.ns.attrs(ino)),
-                                         i + 1):
+        listing = await self._listing(fh)
+        for i in range(start_id, len(listing)):
+            name, attrs = listing[i]
+            if not pyfuse3.readdir_reply(token, name, attrs, i + 1):
                 return
+
+    async def _listing(self, ino: int) -> list[tuple[bytes, pyfuse3.EntryAttributes]]:
+        """A directory's names with their attributes, kept for the image directories listed
+        last (``LISTED_ENTRIES`` entries in all, about 300 bytes each): a big directory is
+        read in one request per page of names, and building its attributes once rather than
+        per request takes a repeated ``ls`` of 100k entries from 0.53 to 0.21 s."""
+        listing = self._listed.get(ino)
+        if listing is not None:
+            self._listed.move_to_end(ino)
+            return listing
+        children = await self.ns.children(ino)
+        listing = [(name, entry_attributes(self.ns.attrs(child))) for name, child in children]
+        if self.ns.immutable(ino) and len(listing) <= LISTED_ENTRIES:
+            self._listed[ino] = listing
+            self._listed_entries += len(listing)
+            while self._listed_entries > LISTED_ENTRIES:
+                self._listed_entries -= len(self._listed.popitem(last=False)[1])
+        return listing
 
     @fuse_errors
     async def open(self, inode, flags, ctx):

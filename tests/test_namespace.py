@@ -72,3 +72,11 @@ async def test_ready_reloads_a_dropped_tree_for_a_sync_call(three_images):
     assert mids[0] not in ns.trees
     await ns.ready(root0)
     assert ns.attrs(root0).ino == root0
+
+
+async def test_only_image_inodes_are_immutable(three_images):
+    """readdir keeps listings of immutable directories only: the root gains images."""
+    objects, mids = three_images
+    ns = StoreImages(objects, dict)
+    root = await ns.lookup(1, mids[0].encode())
+    assert ns.immutable(root) and not ns.immutable(1) and not ns.immutable(2)

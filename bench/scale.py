@@ -1,0 +1,221 @@
+"""How the mount scales with the shape of an image, against a local tree in the same run.
+
+1. Mount time and resident memory of `thaw mount` at 10k, 100k and 1M entries (synthetic
+   trees of empty files, 1,000 to a directory).
+2. `ls -f` of one directory of 10k, 30k and 100k entries: a fresh mount, the same listing
+   again, and the local tree (goals at 100k: first listing within 25x of local and growing
+   linearly; the repeat within 3x, which needs the kernel's cached readdir).
+3. 2,000 random 4 KiB reads of a 1 GiB file, cold (empty disk cache) and warm (disk cache
+   filled, fresh mount): bytes fetched against the bytes of the chunks the reads touch
+   (goal: at most 1.5x).
+4. Peak resident memory of the mount while reading a 4 GiB file at `--memory 256M`
+   (the README promises at most --memory + 100 MB).
+
+    python bench/scale.py [--quick]     # --quick: no 1M-entry image, a 1 GiB file in (4)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, human, table
+
+from blobstore.images import open_image
+from blobstore.local import LocalStore
+from blobstore.manifest import DIR, FILE
+from blobstore.refs import parse_ref
+from indexer.push import push_tree
+from indexer.tree import Node, SourceTree
+
+THAW = [sys.executable, "-m", "thaw"]
+
+
+def thaw(store: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*THAW, "--store", store, *args], cwd=REPO, check=True,
+                          capture_output=True)
+
+
+def mount(store: str, ref: str, mnt: Path, cache: Path, *extra: str) -> float:
+    mnt.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    thaw(store, "mount", ref, str(mnt), "--background", "--cache-dir", str(cache),
+         "--no-hints", *extra)
+    return time.perf_counter() - started
+
+
+def umount(mnt: Path) -> None:
+    subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+
+
+def daemon_pid(mnt: Path) -> int:
+    out = subprocess.run(["pgrep", "-f", f"thaw.*mount.* {mnt}( |$)"], capture_output=True,
+                         text=True).stdout.split()
+    return int(out[0])
+
+
+def status(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) << 10 for line in f if line.startswith(field))
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3")
+
+
+# -- 1: mount time and memory ---------------------------------------------------------------
+
+
+def synthetic(n: int) -> SourceTree:
+    nodes = {"": Node(DIR, 0o755)}
+    for d in range(max(1, n // 1000)):
+        nodes[f"d{d:04d}"] = Node(DIR, 0o755)
+        for f in range(999):
+            nodes[f"d{d:04d}/f{f:04d}"] = Node(FILE, 0o644)
+    return SourceTree(nodes, "dir", 0)
+
+
+def mount_scale(work: Path, sizes: list[int]) -> list[list[object]]:
+    store = LocalStore(work / "store")
+    rows = []
+    for n in sizes:
+        push_tree(synthetic(n), store, parse_ref(f"scale:{n}"))
+        mnt = work / f"mnt-{n}"
+        took = mount(f"file://{store.root}", f"scale:{n}", mnt, work / "cache")
+        rss = status(daemon_pid(mnt), "VmRSS")
+        umount(mnt)
+        rows.append([f"{n:,}", f"{took:.2f}", human(rss), f"{rss / n:.0f} B"])
+    return rows
+
+
+# -- 2: listing one big directory -----------------------------------------------------------
+
+
+def ls_f(path: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(["ls", "-f", str(path)], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def listing(work: Path, sizes: list[int]) -> list[list[object]]:
+    store = f"file://{work / 'store'}"
+    rows = []
+    for n in sizes:
+        local = work / f"dir-{n}"
+        (local / "d").mkdir(parents=True)
+        for i in range(n):
+            os.close(os.open(local / "d" / f"file-{i:07d}", os.O_CREAT | os.O_WRONLY, 0o644))
+        thaw(store, "push", str(local), f"dir:{n}")
+        ls_f(local / "d")
+        base = min(ls_f(local / "d") for _ in range(3))
+        mnt = work / f"mnt-dir-{n}"
+        mount(store, f"dir:{n}", mnt, work / "cache")
+        first, again = ls_f(mnt / "d"), ls_f(mnt / "d")
+        umount(mnt)
+        rows.append([f"{n:,}", f"{base * 1000:.1f}", f"{first * 1000:.1f}",
+                     f"{again * 1000:.1f}", f"{first / base:.1f}x", f"{again / base:.1f}x",
+                     f"{first / n * 1e6:.1f}"])
+    return rows
+
+
+# -- 3: random reads ------------------------------------------------------------------------
+
+
+def big_file(work: Path, name: str, size: int) -> Path:
+    src = work / f"src-{name}"
+    src.mkdir()
+    with open(src / "big", "wb") as f:
+        for _ in range(size // (64 << 20)):
+            f.write(os.urandom(64 << 20))
+    thaw(f"file://{work / 'store'}", "push", str(src), f"{name}:1")
+    shutil.rmtree(src)
+    return src
+
+
+def random_reads(work: Path) -> list[list[object]]:
+    store = f"file://{work / 'store'}"
+    big_file(work, "random", 1 << 30)
+    _, manifest = open_image(LocalStore(work / "store"), "random:1")
+    entry = manifest.entry("big")
+    rng = random.Random(1)
+    offsets = [rng.randrange(0, (1 << 30) - 4096) // 4096 * 4096 for _ in range(2000)]
+    touched_ids = {manifest.chunks[s.chunk].id: manifest.chunks[s.chunk].size
+                   for off in offsets for s in _spans(entry, off, 4096)}
+    touched = sum(touched_ids.values())
+    rows, cache = [], work / "cache-random"
+    for label in ("cold (empty disk cache)", "warm (disk cache, fresh mount)"):
+        mnt = work / "mnt-random"
+        mount(store, "random:1", mnt, cache)
+        drop_caches()
+        fd = os.open(mnt / "big", os.O_RDONLY)
+        started = time.perf_counter()
+        for off in offsets:
+            os.pread(fd, 4096, off)
+        took = time.perf_counter() - started
+        os.close(fd)
+        doc = json.loads(thaw(store, "stats", str(mnt), "--json").stdout)
+        umount(mnt)
+        fetched = doc["tiers"]["store"]["bytes"] + doc["tiers"]["disk"]["bytes"]
+        rows.append([label, f"{len(offsets) / took:,.0f}", human(fetched), human(touched),
+                     f"{fetched / touched:.2f}x"])
+    return rows
+
+
+def _spans(entry, off: int, size: int):
+    from blobstore.manifest import FileSpans
+
+    return FileSpans(entry.spans).lookup(off, size)
+
+
+# -- 4: memory while reading a big file ------------------------------------------------------
+
+
+def memory(work: Path, size: int) -> list[list[object]]:
+    store = f"file://{work / 'store'}"
+    big_file(work, "memory", size)
+    mnt = work / "mnt-memory"
+    mount(store, "memory:1", mnt, work / "cache-memory", "--memory", "256M")
+    pid = daemon_pid(mnt)
+    with open(mnt / "big", "rb") as f:
+        while f.read(8 << 20):
+            pass
+    peak = status(pid, "VmHWM")
+    umount(mnt)
+    bound = 256 << 20
+    return [[human(size), "256M", human(peak), human(peak - bound),
+             f"{peak / bound:.2f}x"]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="thaw-scale-", dir="/var/tmp") as tmp:
+        work = Path(tmp)
+        sizes = [10_000, 100_000] + ([] if args.quick else [1_000_000])
+        print("\n## 1. thaw mount: time to ready and resident memory before any read\n")
+        print(table(["entries", "mount (s)", "resident", "per entry"],
+                    mount_scale(work, sizes)))
+        print("\n## 2. ls -f of one directory (ms), against the local tree\n")
+        print(table(["entries", "local", "thaw first", "thaw again", "first / local",
+                     "again / local", "first, us/entry"], listing(work, [10_000, 30_000,
+                                                                         100_000])))
+        print("\n## 3. 2,000 random 4 KiB reads of a 1 GiB file\n")
+        print(table(["run", "reads/s", "fetched", "chunks touched", "fetched / touched"],
+                    random_reads(work)))
+        print("\n## 4. Resident memory reading a big file at --memory 256M\n")
+        print(table(["file", "--memory", "peak resident", "over the bound", "peak / bound"],
+                    memory(work, (1 if args.quick else 4) << 30)))
+
+
+if __name__ == "__main__":
+    main()
