@@ -40,6 +40,7 @@ bench: install
 	$(PY) bench/coldstart.py
 	$(PY) bench/placement.py
 	$(PY) bench/restore.py
+	$(PY) bench/scale.py
 
 lint: install
 	$(VENV)/bin/ruff check .
