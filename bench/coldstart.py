@@ -34,7 +34,7 @@ from pathlib import Path
 
 from common import REPO, debian_tar, extract, human, table
 
-from blobstore.seaweed import SeaweedServer
+from tests.seaweed import SeaweedServer
 
 WORKLOAD = ["/usr/bin/python3", "-c", "import numpy"]
 THAW = [sys.executable, "-m", "thaw"]

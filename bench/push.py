@@ -26,7 +26,7 @@ from blobstore.codec import encode_blob
 from blobstore.digest import blob_id
 from blobstore.local import LocalStore
 from blobstore.refs import parse_ref
-from blobstore.seaweed import SeaweedServer
+from tests.seaweed import SeaweedServer
 from indexer.chunker import DEFAULT, cut
 from indexer.push import push_tree
 from indexer.sources import open_source

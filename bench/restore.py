@@ -35,7 +35,7 @@ from blobstore.blobs import BlobStore
 from blobstore.diskcache import DiskCache
 from blobstore.images import open_image
 from blobstore.local import LocalStore
-from blobstore.seaweed import SeaweedServer
+from tests.seaweed import SeaweedServer
 from blobstore.tiers import ReadThroughCache
 from restorer import restore, snapshot
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from blobstore.seaweed import SeaweedServer
+from .seaweed import SeaweedServer
 
 from .support import build_rich_tree
 

@@ -116,7 +116,7 @@ def test_ls_lists_a_broken_tag_as_broken_and_exits_1(thaw, store_url, rich_tree)
     ["snapshot", "{tmp}/w.safetensors", "a:1"], ["restore", "a:1"],
 ])
 def test_dead_store_is_one_line(thaw, rich_tree, tmp_path, args):
-    from blobstore.seaweed import free_ports
+    from .seaweed import free_ports
 
     (tmp_path / "mnt").mkdir()
     (tmp_path / "w.json").write_text('[{"image": "a:1", "gpus": 1}]')

@@ -1,4 +1,5 @@
-"""Imports flow one way (DESIGN.md): a module importing across the lines fails here."""
+"""Imports flow one way (docs/architecture.md): a module importing across the lines fails
+here, and the product never imports test tooling."""
 
 from __future__ import annotations
 
@@ -36,3 +37,22 @@ def test_nothing_imports_the_command_line():
     users = [f"{f.relative_to(REPO)}" for pkg in ALLOWED if (REPO / pkg).exists()
              for f in (REPO / pkg).rglob("*.py") if "thaw" in set(imports(f))]
     assert users == []
+
+
+def test_importing_the_product_imports_no_test_tooling():
+    import subprocess
+    import sys
+
+    code = ("import sys, blobstore, indexer, fusefs, restorer, placement, thaw.main; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('pytest', '_pytest', 'tests', 'hypothesis')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_no_product_module_launches_seaweedfs():
+    launchers = [f"{f.relative_to(REPO)}" for pkg in OURS if (REPO / pkg).exists()
+                 for f in (REPO / pkg).rglob("*.py")
+                 if "weed" in f.read_text() and "mini" in f.read_text()]
+    assert launchers == []

@@ -21,7 +21,7 @@ from blobstore.errors import (
 from blobstore.local import LocalStore
 from blobstore.memory import MemoryStore
 from blobstore.s3 import S3Store
-from blobstore.testing import ObjectStoreContract
+from .contract import ObjectStoreContract
 from blobstore.url import default_store_url, open_store
 
 
@@ -171,7 +171,7 @@ def test_full_disk_is_unavailable_and_leaves_no_temporary(tiny_fs):
 
 @pytest.mark.s3
 def test_dead_s3_endpoint_is_unavailable(monkeypatch):
-    from blobstore.seaweed import free_ports
+    from .seaweed import free_ports
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_ports(1)[0]}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")

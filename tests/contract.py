@@ -12,8 +12,8 @@ from typing import Protocol
 
 import pytest
 
-from .base import ObjectStore
-from .errors import NotFound
+from blobstore.base import ObjectStore
+from blobstore.errors import NotFound
 
 
 class RawAccess(Protocol):
