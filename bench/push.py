@@ -26,11 +26,11 @@ from blobstore.codec import encode_blob
 from blobstore.digest import blob_id
 from blobstore.local import LocalStore
 from blobstore.refs import parse_ref
-from tests.seaweed import SeaweedServer
 from indexer.chunker import DEFAULT, cut
 from indexer.push import push_tree
 from indexer.sources import open_source
 from indexer.stream import DataStream
+from tests.seaweed import SeaweedServer
 
 
 def baseline(tar: Path) -> tuple[float, int]:

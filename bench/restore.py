@@ -35,9 +35,9 @@ from blobstore.blobs import BlobStore
 from blobstore.diskcache import DiskCache
 from blobstore.images import open_image
 from blobstore.local import LocalStore
-from tests.seaweed import SeaweedServer
 from blobstore.tiers import ReadThroughCache
 from restorer import restore, snapshot
+from tests.seaweed import SeaweedServer
 
 
 def make_model(gib: float) -> dict[str, torch.Tensor]:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from .seaweed import SeaweedServer
-
 from .support import build_rich_tree
 
 REPO = Path(__file__).resolve().parent.parent

@@ -20,10 +20,10 @@ from blobstore.codec import encode_blob
 from blobstore.hints import load_hints
 from blobstore.images import open_image
 from blobstore.local import LocalStore
-from .seaweed import free_ports
 from fusefs.mount import is_mounted
 
 from .conftest import REPO, Mounted, mount_pid, rsync_diff
+from .seaweed import free_ports
 
 pytestmark = pytest.mark.mount
 

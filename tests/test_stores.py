@@ -21,8 +21,9 @@ from blobstore.errors import (
 from blobstore.local import LocalStore
 from blobstore.memory import MemoryStore
 from blobstore.s3 import S3Store
-from .contract import ObjectStoreContract
 from blobstore.url import default_store_url, open_store
+
+from .contract import ObjectStoreContract
 
 
 class TestMemoryStore(ObjectStoreContract):
