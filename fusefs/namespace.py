@@ -29,6 +29,7 @@ from blobstore.errors import BlobNotFound
 from blobstore.images import load_manifest
 from blobstore.refs import Refs
 
+from .errors import NoSuchInode, NotASymlink
 from .tree import Attrs, FsTree
 
 log = logging.getLogger(__name__)
@@ -156,7 +157,9 @@ class StoreImages:
         return bool(ino >> _RANGE)
 
     def _tree_for(self, ino: int) -> FsTree:
-        tree = self._by_range[ino >> _RANGE]  # KeyError: ENOENT
+        tree = self._by_range.get(ino >> _RANGE)
+        if tree is None:
+            raise NoSuchInode(ino)
         self._used[tree.image_id] = self._clock()
         return tree
 
@@ -176,6 +179,12 @@ class StoreImages:
                     ino = len(self._synthetic) + 1
                     self._synthetic[ino] = ("l" if depth == len(parts) else "d", path)
                     self._by_path[path] = ino
+
+    def _synthetic_of(self, ino: int) -> tuple[str, str]:
+        found = self._synthetic.get(ino)
+        if found is None:
+            raise NoSuchInode(ino)
+        return found
 
     def _ref_children(self, path: str) -> list[tuple[bytes, int]]:
         prefix = path + "/"
@@ -201,7 +210,7 @@ class StoreImages:
             except BlobNotFound:
                 return None  # no such image: ENOENT, like any missing name
         await self._refresh_refs()
-        kind, path = self._synthetic[parent]
+        kind, path = self._synthetic_of(parent)
         child = f"{path}/{text}" if path else text
         return self._by_path.get(child) if child == "refs" or self._live(child) else None
 
@@ -213,12 +222,12 @@ class StoreImages:
             return [(b"refs", REFS)] + [(m.encode(), (k << _RANGE) + 1) for m, k in sorted(
                 self._ranges.items())]
         await self._refresh_refs()
-        return self._ref_children(self._synthetic[ino][1])
+        return self._ref_children(self._synthetic_of(ino)[1])
 
     def attrs(self, ino: int) -> Attrs:
         if ino >> _RANGE:
             return self._tree_for(ino).attrs(ino)
-        kind, path = self._synthetic[ino]
+        kind, path = self._synthetic_of(ino)
         if kind == "l":
             target = self.readlink(ino)
             return Attrs(ino, stat.S_IFLNK | 0o777, 1, 0, 0, len(target), self._started_ns, 0,
@@ -229,10 +238,12 @@ class StoreImages:
     def readlink(self, ino: int) -> bytes:
         if ino >> _RANGE:
             return self._tree_for(ino).readlink(ino)
-        kind, path = self._synthetic[ino]
+        kind, path = self._synthetic_of(ino)
         if kind != "l":
-            raise ValueError("not a symlink")
-        mid = self._refs[path[len("refs/"):]]
+            raise NotASymlink(ino)
+        mid = self._refs.get(path[len("refs/"):])
+        if mid is None:  # the tag was removed since the kernel learnt the link
+            raise NoSuchInode(ino)
         return ("../" * path.count("/") + mid).encode()
 
     def xattrs(self, ino: int) -> tuple[tuple[bytes, bytes], ...]:

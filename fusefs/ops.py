@@ -1,7 +1,9 @@
 """The pyfuse3 adapter: each handler is a few lines over a namespace and the fetcher.
 
 Every handler goes through ``@fuse_errors``, the one boundary that turns our errors into
-errno values: pyfuse3 catches only ``FUSEError``, and anything else escaping a handler ends
+errno values: ``errors.FsError`` by name (ENOENT, EINVAL, EBADF); a store's ``ThawError``
+is EIO, logged once; anything else, a ``KeyError`` too, is a bug: traceback and EIO.
+pyfuse3 catches only ``FUSEError``, and anything else escaping a handler ends
 ``pyfuse3.main()`` and the mount dies. A read returns exactly the bytes asked for, up to the
 end of the file: the spans cover the range, and a read that crosses chunks joins them.
 Sequential reads of a file widen a read-ahead window that the fetcher prefetches into.
@@ -26,6 +28,7 @@ import trio
 from blobstore.errors import ThawError
 from blobstore.manifest import FILE
 
+from .errors import FsError, NoSuchHandle
 from .fetch import ChunkFetcher
 from .tree import Attrs, FsTree
 
@@ -68,8 +71,8 @@ def fuse_errors(fn):
             return await fn(self, *args)
         except pyfuse3.FUSEError:
             raise
-        except KeyError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except FsError as exc:  # NoSuchInode, NotASymlink, NoSuchHandle: by name
+            raise pyfuse3.FUSEError(exc.errno) from None
         except ThawError as exc:  # store down, corrupt or missing blob, invalid manifest
             self.log_once(str(exc))
             raise pyfuse3.FUSEError(errno.EIO) from None
@@ -185,7 +188,7 @@ class ImageOps(pyfuse3.Operations):
 
     @fuse_errors
     async def read(self, fh, off, size):
-        h = self._handles[fh]
+        h = self._handle(fh)
         try:
             return await self._read(h, off, size)
         except ThawError as exc:  # say which image and file the failed chunk belongs to
@@ -233,6 +236,12 @@ class ImageOps(pyfuse3.Operations):
         ahead = h.tree.spans(h.ino, off + size, h.window)
         chunks = h.tree.manifest.chunks
         self.fetcher.prefetch([chunks[s.chunk] for s in ahead])
+
+    def _handle(self, fh: int) -> _Handle:
+        h = self._handles.get(fh)
+        if h is None:
+            raise NoSuchHandle(fh)
+        return h
 
     @fuse_errors
     async def release(self, fh):

@@ -28,6 +28,8 @@ from blobstore.manifest import (
     Span,
 )
 
+from .errors import NoSuchInode, NotASymlink
+
 _IFMT = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, CHAR: stat.S_IFCHR,
          BLOCK: stat.S_IFBLK, FIFO: stat.S_IFIFO, SOCKET: stat.S_IFSOCK}
 BLOCK_SIZE = 4096
@@ -94,7 +96,7 @@ class FsTree:
     def index(self, ino: int) -> int:
         i = ino - self.base - 1
         if not 0 <= i < len(self.manifest.entries):
-            raise KeyError(ino)
+            raise NoSuchInode(ino)
         return i
 
     def entry(self, ino: int) -> Entry:
@@ -133,7 +135,7 @@ class FsTree:
     def readlink(self, ino: int) -> bytes:
         e = self.entry(ino)
         if e.type != SYMLINK:
-            raise ValueError("not a symlink")
+            raise NotASymlink(ino)
         return os.fsencode(e.target)
 
     def xattrs(self, ino: int) -> tuple[tuple[bytes, bytes], ...]:

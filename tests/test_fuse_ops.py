@@ -179,3 +179,29 @@ async def test_sequential_reads_fetch_ahead_of_the_reader(running):
     await ops.read(fh, 131072, 131072)
     await _settled_fetches(ops)
     assert ops.fetcher.statistics()["prefetches"] > 0
+
+
+async def test_named_lookup_errors_map_to_their_errno(image):
+    """readlink of a file is EINVAL, an unknown handle EBADF, an unknown inode ENOENT."""
+    ops, _, _ = image
+    cases = [(ops.readlink(await path_ino(ops, "etc/hostname"), None), errno.EINVAL),
+             (ops.read(12345, 0, 10), errno.EBADF),
+             (ops.getattr(1 << 40), errno.ENOENT)]
+    for call, expected in cases:
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await call
+        assert e.value.errno == expected
+
+
+@pytest.mark.allow_log_warnings
+async def test_an_unexpected_key_error_is_a_logged_bug_and_eio(image, caplog):
+    ops, _, _ = image
+
+    def broken(ino):
+        raise KeyError("a dictionary bug")
+
+    ops.ns.attrs = broken
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.getattr(pyfuse3.ROOT_INODE)
+    assert e.value.errno == errno.EIO
+    assert any("bug in getattr" in r.getMessage() and r.exc_info for r in caplog.records)
