@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from .errors import NotFound
 
@@ -38,6 +39,17 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One listed object: its key, size, and last-modified time by the store's own clock
+    (seconds since the epoch), which is what a collector's grace period must be measured
+    against, never the local clock."""
+
+    key: str
+    size: int
+    mtime: float
+
+
 class ObjectStore(ABC):
     """A key/value store of immutable-once-written objects (refs are simply overwritten).
 
@@ -52,6 +64,14 @@ class ObjectStore(ABC):
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
         """Write the object atomically: readers see the old bytes or the new, never a part."""
+
+    @abstractmethod
+    def create(self, key: str, data: bytes) -> bool:
+        """Write the object only if no object has the key (S3's ``If-None-Match: *``, an
+        exclusive link in a directory): True if this call wrote it, False if it existed.
+        Of any number of racing creates of one key, exactly one returns True. A retried
+        create may find its own first attempt and return False: a caller that must know
+        compares the bytes (a lock names its holder)."""
 
     @abstractmethod
     def size(self, key: str) -> int:
@@ -70,8 +90,12 @@ class ObjectStore(ABC):
         """Remove the object; a missing one is not an error."""
 
     @abstractmethod
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` (empty or ending with '/'), in no particular order."""
+
     def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
-        """``(key, size)`` under ``prefix`` (empty or ending with '/'), in no particular order."""
+        """``(key, size)`` under ``prefix``."""
+        return ((o.key, o.size) for o in self.list_info(prefix))
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix``."""

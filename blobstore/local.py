@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from .base import ObjectStore, check_key, check_prefix
+from .base import ObjectInfo, ObjectStore, check_key, check_prefix
 from .errors import NotFound, StoreConfigError, StoreError, StoreUnavailable
 from .tempfiles import sweep, temp_path
 
@@ -73,6 +73,24 @@ class LocalStore(ObjectStore):
             tmp.unlink(missing_ok=True)
             raise self._error(exc, f"write {key}") from None
 
+    def create(self, key: str, data: bytes) -> bool:
+        """The bytes go to a temporary file, which is then hard-linked to the key: ``link``
+        fails if the key exists, atomically, on every local file system and NFS."""
+        path = self._path(key)
+        tmp = temp_path(self.root, path.name)
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_new(tmp, data)
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise self._error(exc, f"create {key}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
+
     @staticmethod
     def _write_new(tmp: Path, data: bytes) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
@@ -101,7 +119,7 @@ class LocalStore(ObjectStore):
         except OSError as exc:
             raise self._error(exc, f"delete {key}") from None
 
-    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
         top = self.root / check_prefix(prefix)
         stack = [top] if top.is_dir() else []
         try:
@@ -113,7 +131,9 @@ class LocalStore(ObjectStore):
                         if e.is_dir(follow_symlinks=False):
                             stack.append(e.path)
                         elif e.is_file(follow_symlinks=False):
-                            yield os.path.relpath(e.path, self.root), e.stat().st_size
+                            st = e.stat(follow_symlinks=False)
+                            yield ObjectInfo(os.path.relpath(e.path, self.root), st.st_size,
+                                             st.st_mtime)
         except FileNotFoundError:
             return  # a directory removed while listing
         except OSError as exc:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from .base import ObjectStore
+from .base import ObjectInfo, ObjectStore
 from .errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -64,15 +64,18 @@ class Retrying(ObjectStore):
     def put(self, key: str, data: bytes) -> None:
         self._call(key, lambda: self.inner.put(key, data))
 
+    def create(self, key: str, data: bytes) -> bool:
+        return self._call(key, lambda: self.inner.create(key, data))
+
     def size(self, key: str) -> int:
         return self._call(key, lambda: self.inner.size(key))
 
     def delete(self, key: str) -> None:
         self._call(key, lambda: self.inner.delete(key))
 
-    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
-        def first() -> tuple[Iterator[tuple[str, int]], list]:
-            it = self.inner.list_sizes(prefix)
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        def first() -> tuple[Iterator[ObjectInfo], list]:
+            it = self.inner.list_info(prefix)
             return it, [next(it, None)]
 
         it, head = self._call(f"listing {prefix or '/'}", first)

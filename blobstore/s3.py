@@ -15,7 +15,7 @@ import boto3
 import botocore.config
 import botocore.exceptions as bexc
 
-from .base import ObjectStore, check_key, check_prefix
+from .base import ObjectInfo, ObjectStore, check_key, check_prefix
 from .errors import NotFound, StoreConfigError, StoreError, StoreUnavailable
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -76,6 +76,22 @@ class S3Store(ObjectStore):
         except (bexc.BotoCoreError, bexc.ClientError, OSError) as exc:
             raise self._error(exc, f"write {key}") from None
 
+    def create(self, key: str, data: bytes) -> bool:
+        """``If-None-Match: *``: the server refuses the write (412) if the key exists; a
+        409 (a racing conditional write in progress) is transient, for the caller to retry."""
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=self.prefix + check_key(key),
+                                    Body=bytes(data), IfNoneMatch="*")
+            return True
+        except bexc.ClientError as exc:
+            if _code(exc) in ("PreconditionFailed", "412"):
+                return False
+            if _code(exc) in ("ConditionalRequestConflict", "409"):
+                raise StoreUnavailable(f"{self}: a racing write of {key}; try again") from None
+            raise self._error(exc, f"create {key}") from None
+        except (bexc.BotoCoreError, OSError) as exc:
+            raise self._error(exc, f"create {key}") from None
+
     def size(self, key: str) -> int:
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=self.prefix + check_key(key))
@@ -93,14 +109,15 @@ class S3Store(ObjectStore):
         except (bexc.BotoCoreError, bexc.ClientError, OSError) as exc:
             raise self._error(exc, f"delete {key}") from None
 
-    def list_sizes(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+    def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full = self.prefix + check_prefix(prefix)
         try:
             pages = self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=full)
             for page in pages:
                 for obj in page.get("Contents", ()):
-                    yield obj["Key"][len(self.prefix):], int(obj["Size"])
+                    yield ObjectInfo(obj["Key"][len(self.prefix):], int(obj["Size"]),
+                                     obj["LastModified"].timestamp())
         except (bexc.BotoCoreError, bexc.ClientError, OSError) as exc:
             raise self._error(exc, f"list {prefix or '/'}") from None
 

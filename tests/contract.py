@@ -8,6 +8,7 @@ through the store), so the read path and the write path are tested separately.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Protocol
 
 import pytest
@@ -97,3 +98,46 @@ class ObjectStoreContract:
 
     def test_str_names_the_store(self, store: ObjectStore) -> None:
         assert "://" in str(store)
+
+    def test_listing_gives_sizes_and_the_stores_modification_times(
+            self, store: ObjectStore) -> None:
+        before = time.time()
+        store.put("blobs/aa/one", b"12345")
+        store.put("blobs/aa/two", b"")
+        infos = {o.key: o for o in store.list_info("blobs/")}
+        assert sorted(infos) == ["blobs/aa/one", "blobs/aa/two"]
+        assert infos["blobs/aa/one"].size == 5 and infos["blobs/aa/two"].size == 0
+        for o in infos.values():  # the store's clock; this machine's, within a minute
+            assert before - 60 < o.mtime < time.time() + 60
+        assert dict(store.list_sizes("blobs/")) == {"blobs/aa/one": 5, "blobs/aa/two": 0}
+
+    def test_create_writes_only_if_absent(self, store: ObjectStore) -> None:
+        assert store.create("gc/lock", b"first") is True
+        assert store.create("gc/lock", b"second") is False
+        assert store.get("gc/lock") == b"first"
+        store.delete("gc/lock")
+        assert store.create("gc/lock", b"third") is True
+        assert store.get("gc/lock") == b"third"
+        assert [o.key for o in store.list_info("gc/")] == ["gc/lock"]
+
+    def test_of_racing_creates_exactly_one_wins(self, store: ObjectStore) -> None:
+        start = threading.Barrier(8)
+        won: list[int] = []
+        errors: list[BaseException] = []
+
+        def create(i: int) -> None:
+            try:
+                start.wait()
+                if store.create("gc/race", f"holder {i}".encode()):
+                    won.append(i)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=create, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        assert len(won) == 1
+        assert store.get("gc/race") == f"holder {won[0]}".encode()
