@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from blobstore.manifest import (
     BLOCK,
@@ -35,8 +35,10 @@ _IFMT = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK, CHAR: sta
 BLOCK_SIZE = 4096
 
 
-@dataclass(frozen=True, slots=True)
-class Attrs:
+class Attrs(NamedTuple):
+    """An inode's attributes (a named tuple: built for every entry a listing returns, and
+    a tuple is five times cheaper to make than a frozen dataclass)."""
+
     ino: int
     mode: int  # with the file-type bits
     nlink: int
