@@ -35,7 +35,7 @@ from blobstore.blobs import BlobStore
 from blobstore.diskcache import DiskCache
 from blobstore.images import open_image
 from blobstore.local import LocalStore
-from blobstore.tiers import ReadThroughCache
+from blobstore.tiers import node_tiers
 from restorer import restore, snapshot
 from tests.seaweed import SeaweedServer
 
@@ -50,8 +50,8 @@ def make_model(gib: float) -> dict[str, torch.Tensor]:
 def raw_read(objects, ref: str, cache_dir: str | None) -> float:
     """Fetch, decompress and verify every chunk with 8 threads; nothing copied."""
     _, m = open_image(objects, ref)
-    tiers = ReadThroughCache(BlobStore(objects),
-                             DiskCache(cache_dir, 50 << 30) if cache_dir else None)
+    tiers = node_tiers(BlobStore(objects),
+                       DiskCache(cache_dir, 50 << 30) if cache_dir else None).stack
     start = time.perf_counter()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda c: len(tiers.get(c.id, max_size=c.size)), m.chunks))

@@ -9,9 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .base import ObjectStore
-from .codec import DEFAULT_LEVEL, MAX_BLOB_SIZE, decode_and_verify, encode_blob
+from .codec import DEFAULT_LEVEL, encode_blob
 from .digest import blob_id, check_blob_id, is_blob_id
 from .errors import BlobNotFound, NotFound
+from .tiers import BlobTier
 
 PREFIX = "blobs/"
 
@@ -20,16 +21,11 @@ def blob_key(id: str) -> str:
     return f"{PREFIX}{id[:2]}/{check_blob_id(id)}"
 
 
-class BlobStore:
-    """Content-addressed blobs in an object store."""
+class BlobStore(BlobTier):
+    """Content-addressed blobs in an object store: the backend tier of every stack."""
 
     def __init__(self, objects: ObjectStore) -> None:
         self.objects = objects
-
-    def get(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> bytes:
-        """The blob's bytes, verified. BlobNotFound, BlobCorrupt, StoreUnavailable."""
-        return decode_and_verify(self.get_stored(id), id, max_size=max_size,
-                                 where=str(self.objects))
 
     def get_stored(self, id: str) -> bytes:
         """The blob's stored (encoded) bytes, unverified."""

@@ -24,13 +24,14 @@ from .codec import MAX_BLOB_SIZE, decode_and_verify, read_into
 from .digest import check_blob_id
 from .errors import BlobCorrupt, BlobNotFound, StoreConfigError, StoreUnavailable
 from .tempfiles import sweep, temp_path
+from .tiers import BlobTier, Fetched
 
 log = logging.getLogger(__name__)
 _LOW_WATER = 0.9
 _FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
-class DiskCache:
+class DiskCache(BlobTier):
     def __init__(self, root: str | os.PathLike[str], max_bytes: int) -> None:
         if max_bytes <= 0:
             raise StoreConfigError(f"cache size must be positive, not {max_bytes}")
@@ -70,48 +71,63 @@ class DiskCache:
     def size(self) -> int:
         return self._size
 
-    def get(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> bytes:
-        """The blob's bytes, verified; BlobNotFound on a miss or a dropped corrupt entry."""
+    def get_stored(self, id: str) -> bytes:
+        """The entry's stored bytes, unverified; BlobNotFound on a miss. A hit counts as a
+        use for eviction."""
         path = self._path(id)
         try:
             with open(path, "rb") as f:
                 stored = f.read()
             os.utime(path)  # recency for eviction
+            return stored
         except FileNotFoundError:
             raise BlobNotFound(f"blob {id} not in the disk cache") from None
         except OSError as exc:
             raise StoreUnavailable(f"disk cache {self.root}: cannot read {id}: "
                                    f"{exc.strerror}") from None
-        try:
-            return decode_and_verify(stored, id, max_size=max_size, where=f"cache {self.root}")
-        except BlobCorrupt as exc:
-            log.warning("dropping corrupt cache entry: %s", exc)
-            self._remove(path, len(stored))
-            raise BlobNotFound(f"blob {id} was corrupt in the disk cache") from None
 
-    def get_into(self, id: str, dest: memoryview) -> bool:
+    def fetch(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> Fetched:
+        """The entry verified; BlobNotFound on a miss or a dropped corrupt entry."""
+        stored = self.get_stored(id)
+        where = f"cache {self.root}"
+        try:
+            data = decode_and_verify(stored, id, max_size=max_size, where=where)
+        except BlobCorrupt as exc:
+            try:  # bigger than the caller's manifest says, or damaged?
+                data = decode_and_verify(stored, id, where=where)
+            except BlobCorrupt:
+                log.warning("dropping corrupt cache entry: %s", exc)
+                self._remove(self._path(id), len(stored))
+                raise BlobNotFound(f"blob {id} was corrupt in the disk cache") from None
+            raise BlobCorrupt(f"blob {id} is {len(data)} bytes, more than the {max_size} "
+                              "its manifest says") from None
+        return Fetched(data, stored)
+
+    def read_into(self, id: str, dest: memoryview) -> None:
         """Decode the entry straight into ``dest`` (its exact size) and verify it there;
-        False on a miss or a dropped corrupt entry (``dest`` then holds garbage)."""
+        BlobNotFound on a miss or a dropped damaged entry (``dest`` then holds garbage)."""
         path = self._path(id)
         try:
             with open(path, "rb") as f:
                 read_into(f, dest, id, what=f"blob {id} in cache {self.root}")
             os.utime(path)
-            return True
         except FileNotFoundError:
-            return False
+            raise BlobNotFound(f"blob {id} not in the disk cache") from None
         except BlobCorrupt:
             # Either the entry is damaged or ``dest`` is the wrong size (the caller's
             # manifest disagrees with the blob): check the entry on its own before dropping.
-            try:
-                data = self.get(id)  # drops a damaged entry, logging it
-            except BlobNotFound:
-                return False
+            data = self.get(id)  # drops a damaged entry, logging it: BlobNotFound
             raise BlobCorrupt(f"blob {id} is {len(data)} bytes, not the {len(dest)} its "
                               "manifest says") from None
         except OSError as exc:
             raise StoreUnavailable(f"disk cache {self.root}: cannot read {id}: "
                                    f"{exc.strerror}") from None
+
+    def stored_size(self, id: str) -> int:
+        try:
+            return self._path(id).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {id} not in the disk cache") from None
 
     def has(self, id: str) -> bool:
         return self._path(id).exists()

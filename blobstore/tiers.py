@@ -1,10 +1,22 @@
-"""Composing tiers: a read-through disk cache in front of a store, with counters.
+"""Tiers: one stored-blob protocol, and small wrappers that are themselves tiers.
 
-``ReadThroughCache(upstream, cache)``: a hit in the cache is served (the cache verified it);
-a miss is fetched from the upstream store, verified, served, and written to the cache. A
-failed cache read or fill is a warning, never a failed read. Each tier counts what it served
-in a ``TierStats``. Synchronous and thread-safe: the FUSE fetcher calls it from worker
-threads.
+``BlobTier`` is what every tier and every stack of tiers answers: the stored bytes of a blob
+by id (``get_stored``, unverified), the blob decoded and verified (``fetch``, ``get``, or
+``read_into`` a caller's buffer), ``put_stored``, ``stored_size`` and ``has``. A miss is
+``BlobNotFound`` everywhere, wrong bytes ``BlobCorrupt``, a tier that cannot answer
+``StoreUnavailable``. The backends are ``blobs.BlobStore`` (an object store's blobs) and
+``diskcache.DiskCache``; the wrappers compose them, each overriding a method or two:
+
+- ``ReadThrough(upstream, cache)``: a hit in the cache is served (the cache verified it); a
+  miss is fetched from upstream, verified, served, and written to the cache. A failed cache
+  read or fill is a warning (once), never a failed read.
+- ``Counting(tier, name)``: what the tier served and failed, for ``thaw stats`` and metrics.
+- ``Verifying(tier)``: ``get_stored`` re-hashes before it returns (for raw bytes served on
+  from an untrusted tier; everything decoded is verified anyway).
+
+``node_tiers`` builds the stack a node reads through (the mount, the daemon, the restorer),
+in one visible place. Synchronous and thread-safe: the FUSE fetcher calls tiers from worker
+threads; the statistics take a lock.
 """
 
 from __future__ import annotations
@@ -14,23 +26,111 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from .blobs import BlobStore
 from .codec import MAX_BLOB_SIZE, decode_and_verify
-from .diskcache import DiskCache
 from .errors import BlobCorrupt, BlobNotFound, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TierStats:
-    """What one tier served; thread-safe through its lock."""
+class Fetched(NamedTuple):
+    data: bytes  # decoded and verified
+    stored: bytes  # as the tier holds it (what a cache above stores)
+
+
+class BlobTier:
+    """The stored-blob protocol. Subclasses provide ``get_stored``, ``put_stored`` and
+    ``stored_size``; decoding and verification are here, once."""
+
+    def get_stored(self, id: str) -> bytes:
+        raise NotImplementedError
+
+    def put_stored(self, id: str, stored: bytes) -> None:
+        raise NotImplementedError
+
+    def stored_size(self, id: str) -> int:
+        raise NotImplementedError
+
+    def has(self, id: str) -> bool:
+        try:
+            self.stored_size(id)
+            return True
+        except BlobNotFound:
+            return False
+
+    def fetch(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> Fetched:
+        """The blob decoded and verified, with its stored form."""
+        stored = self.get_stored(id)
+        return Fetched(decode_and_verify(stored, id, max_size=max_size, where=str(self)),
+                       stored)
+
+    def get(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> bytes:
+        return self.fetch(id, max_size=max_size).data
+
+    def read_into(self, id: str, dest: memoryview) -> None:
+        """Decode the blob into ``dest``, which must be exactly its size, verified."""
+        data = self.fetch(id, max_size=len(dest)).data
+        if len(data) != len(dest):
+            raise BlobCorrupt(f"blob {id} in {self}: {len(data)} bytes, expected {len(dest)}")
+        dest[:] = data
+
+
+class WrapperTier(BlobTier):
+    """Delegates everything to ``inner``; a wrapper overrides what it changes."""
+
+    def __init__(self, inner: BlobTier) -> None:
+        self.inner = inner
+
+    def get_stored(self, id: str) -> bytes:
+        return self.inner.get_stored(id)
+
+    def put_stored(self, id: str, stored: bytes) -> None:
+        self.inner.put_stored(id, stored)
+
+    def stored_size(self, id: str) -> int:
+        return self.inner.stored_size(id)
+
+    def has(self, id: str) -> bool:
+        return self.inner.has(id)
+
+    def fetch(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> Fetched:
+        return self.inner.fetch(id, max_size=max_size)
+
+    def read_into(self, id: str, dest: memoryview) -> None:
+        self.inner.read_into(id, dest)
+
+    def __str__(self) -> str:
+        return str(self.inner)
+
+
+# -- statistics ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TierSnapshot:
+    """What one tier served, at one moment: a frozen record."""
 
     name: str
     chunks: int = 0
     bytes: int = 0  # uncompressed
     stored_bytes: int = 0  # as moved over the wire or read from disk
+    errors: int = 0
+    latency_ms: dict = field(default_factory=dict)  # p50, p90, p99 of served reads
+
+    def as_dict(self) -> dict:
+        return {"chunks": self.chunks, "bytes": self.bytes, "stored_bytes": self.stored_bytes,
+                "errors": self.errors, "latency_ms": dict(self.latency_ms)}
+
+
+@dataclass
+class TierStats:
+    """Counters of one tier; thread-safe through its lock."""
+
+    name: str
+    chunks: int = 0
+    bytes: int = 0
+    stored_bytes: int = 0
     errors: int = 0
     latencies: deque = field(default_factory=lambda: deque(maxlen=10_000))
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -46,13 +146,11 @@ class TierStats:
         with self._lock:
             self.errors += 1
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> TierSnapshot:
         with self._lock:
             lat = sorted(self.latencies)
-            doc = {"chunks": self.chunks, "bytes": self.bytes,
-                   "stored_bytes": self.stored_bytes, "errors": self.errors}
-        doc["latency_ms"] = percentiles(lat)
-        return doc
+            counts = (self.chunks, self.bytes, self.stored_bytes, self.errors)
+        return TierSnapshot(self.name, *counts, percentiles(lat))
 
 
 def percentiles(sorted_seconds: list[float]) -> dict:
@@ -63,12 +161,46 @@ def percentiles(sorted_seconds: list[float]) -> dict:
             for p in (50, 90, 99)}
 
 
-class ReadThroughCache:
-    def __init__(self, upstream: BlobStore, cache: DiskCache | None) -> None:
-        self.upstream = upstream
-        self.cache = cache
-        self.cache_stats = TierStats("disk")
-        self.upstream_stats = TierStats("store")
+class Counting(WrapperTier):
+    """Counts the blobs a tier serves (a miss is not an error; anything else that fails is)."""
+
+    def __init__(self, inner: BlobTier, name: str) -> None:
+        super().__init__(inner)
+        self.stats = TierStats(name)
+
+    def fetch(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> Fetched:
+        started = time.monotonic()
+        got = self._counted(lambda: self.inner.fetch(id, max_size=max_size))
+        self.stats.record(len(got.data), len(got.stored), time.monotonic() - started)
+        return got
+
+    def read_into(self, id: str, dest: memoryview) -> None:
+        started = time.monotonic()
+        self._counted(lambda: self.inner.read_into(id, dest))
+        self.stats.record(len(dest), len(dest), time.monotonic() - started)
+
+    def _counted(self, call):
+        try:
+            return call()
+        except BlobNotFound:
+            raise
+        except Exception:
+            self.stats.error()
+            raise
+
+
+class Verifying(WrapperTier):
+    """Stored bytes from ``inner`` are re-hashed before they are handed on."""
+
+    def get_stored(self, id: str) -> bytes:
+        return self.inner.fetch(id).stored
+
+
+class ReadThrough(BlobTier):
+    """``cache`` in front of ``upstream``: a miss is fetched, verified and cached."""
+
+    def __init__(self, upstream: BlobTier, cache: BlobTier) -> None:
+        self.upstream, self.cache = upstream, cache
         self._warned: set[str] = set()
 
     def _warn_once(self, what: str, exc: Exception) -> None:
@@ -76,53 +208,73 @@ class ReadThroughCache:
             self._warned.add(what)
             log.warning("%s (further such warnings suppressed)", exc)
 
-    def _from_cache(self, read, size: int | None = None):
-        """``read(cache)`` counted as a disk hit; None on a miss or a broken cache."""
-        if self.cache is None:
-            return None
-        started = time.monotonic()
+    def fetch(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> Fetched:
         try:
-            result = read(self.cache)
+            return self.cache.fetch(id, max_size=max_size)
         except BlobNotFound:
-            return None
+            pass
         except StoreUnavailable as exc:
-            self.cache_stats.error()
             self._warn_once("cache-read", exc)
-            return None
-        if result is not None and result is not False:
-            n = size if size is not None else len(result)
-            self.cache_stats.record(n, n, time.monotonic() - started)
-        return result
+        got = self.upstream.fetch(id, max_size=max_size)
+        self._fill(id, got.stored)
+        return got
 
-    def get(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> bytes:
-        """The blob, verified, from the nearest tier that has it."""
-        data = self._from_cache(lambda cache: cache.get(id, max_size=max_size))
-        return data if data is not None else self._fetch(id, max_size)
-
-    def get_into(self, id: str, dest: memoryview) -> None:
-        """The blob decoded straight into ``dest`` (its exact size), verified there. A disk
-        cache hit costs one read into ``dest`` and one hash; a miss is fetched, verified,
-        cached and copied once."""
-        if self._from_cache(lambda cache: cache.get_into(id, dest), len(dest)):
-            return
-        data = self._fetch(id, len(dest))
-        if len(data) != len(dest):
-            raise BlobCorrupt(f"blob {id} in {self.upstream}: {len(data)} bytes, expected "
-                              f"{len(dest)}")
-        dest[:] = data
-
-    def _fetch(self, id: str, max_size: int) -> bytes:
-        started = time.monotonic()
+    def read_into(self, id: str, dest: memoryview) -> None:
+        """A cache hit costs one read into ``dest`` and one hash; a miss is fetched,
+        verified, cached and copied once."""
         try:
-            stored = self.upstream.get_stored(id)
-            data = decode_and_verify(stored, id, max_size=max_size, where=str(self.upstream))
-        except Exception:
-            self.upstream_stats.error()
-            raise
-        self.upstream_stats.record(len(data), len(stored), time.monotonic() - started)
-        if self.cache is not None:
-            try:
-                self.cache.put_stored(id, stored)
-            except StoreUnavailable as exc:
-                self._warn_once("cache-fill", exc)
-        return data
+            return self.cache.read_into(id, dest)
+        except BlobNotFound:
+            pass
+        except StoreUnavailable as exc:
+            self._warn_once("cache-read", exc)
+        got = self.upstream.fetch(id, max_size=len(dest))
+        if len(got.data) != len(dest):
+            raise BlobCorrupt(f"blob {id} in {self.upstream}: {len(got.data)} bytes, "
+                              f"expected {len(dest)}")
+        self._fill(id, got.stored)
+        dest[:] = got.data
+
+    def _fill(self, id: str, stored: bytes) -> None:
+        try:
+            self.cache.put_stored(id, stored)
+        except StoreUnavailable as exc:
+            self._warn_once("cache-fill", exc)
+
+    def get_stored(self, id: str) -> bytes:
+        try:
+            return self.cache.get_stored(id)
+        except BlobNotFound:
+            return self.fetch(id).stored
+
+    def put_stored(self, id: str, stored: bytes) -> None:
+        self.upstream.put_stored(id, stored)
+        self._fill(id, stored)
+
+    def stored_size(self, id: str) -> int:
+        try:
+            return self.cache.stored_size(id)
+        except BlobNotFound:
+            return self.upstream.stored_size(id)
+
+    def __str__(self) -> str:
+        return f"{self.cache} over {self.upstream}"
+
+
+# -- the stack a node reads through ----------------------------------------------------------
+
+
+class NodeTiers(NamedTuple):
+    stack: BlobTier  # what readers call
+    disk: Counting | None  # the node's disk cache, counted (None: no cache)
+    store: Counting  # the store, counted
+
+
+def node_tiers(store: BlobTier, cache: BlobTier | None) -> NodeTiers:
+    """Memory (the caller's) -> disk cache -> store. The next tier goes between the disk
+    cache and the store: ``ReadThrough(FirstHit([peers, store]), disk)`` (cache peers)."""
+    counted_store = Counting(store, "store")
+    if cache is None:
+        return NodeTiers(counted_store, None, counted_store)
+    disk = Counting(cache, "disk")
+    return NodeTiers(ReadThrough(counted_store, disk), disk, counted_store)

@@ -18,7 +18,7 @@ from blobstore.blobs import BlobStore
 from blobstore.diskcache import DiskCache
 from blobstore.manifest import Manifest
 from blobstore.retrying import DEFAULT_BUDGET, without_retries
-from blobstore.tiers import ReadThroughCache
+from blobstore.tiers import node_tiers
 
 from .fetch import ChunkFetcher, RetryPolicy
 from .learn import Learners
@@ -52,9 +52,8 @@ def _parts(objects: ObjectStore, cache_dir: str, cache_bytes: int, memory_bytes:
     """The read path: memory (the fetcher) over the disk cache over the store. The fetcher
     retries within ``store_timeout`` itself, so it reads the store without ``Retrying``."""
     fix_mmap_threshold()
-    tiers = ReadThroughCache(BlobStore(without_retries(objects)),
-                             DiskCache(cache_dir, cache_bytes))
-    fetcher = ChunkFetcher(lambda id, size: tiers.get(id, max_size=size),
+    tiers = node_tiers(BlobStore(without_retries(objects)), DiskCache(cache_dir, cache_bytes))
+    fetcher = ChunkFetcher(lambda id, size: tiers.stack.get(id, max_size=size),
                            memory_bytes=memory_bytes, retry=RetryPolicy.within(store_timeout))
     return tiers, fetcher
 
@@ -115,7 +114,7 @@ def run_daemon(objects: ObjectStore, mountpoint: str, *, cache_dir: str, cache_b
     this node's report to ``nodes/<node id>.json`` every ``report_interval`` seconds; learn
     each image's start from its first lookup (``_learners``)."""
     tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes, store_timeout)
-    reporter = NodeReporter(objects, tiers.cache, node_id=node_id, gpus=gpus,
+    reporter = NodeReporter(objects, tiers.disk.inner, node_id=node_id, gpus=gpus,
                             interval=report_interval)
     learners = _learners(objects, fetcher, hints, hints_window, cache_bytes)
 

@@ -6,16 +6,18 @@ exporter reads a snapshot published once a second, never the live counters.
 
 from __future__ import annotations
 
-from blobstore.tiers import ReadThroughCache
+from blobstore.tiers import NodeTiers, TierSnapshot
 
 from .fetch import ChunkFetcher
 
 
-def stats_doc(images: dict[str, int], tiers: ReadThroughCache, fetcher: ChunkFetcher,
+def stats_doc(images: dict[str, int], tiers: NodeTiers, fetcher: ChunkFetcher,
               hinted: int = 0) -> dict:
     """``hinted``: chunks queued for prefetch from hints of earlier starts."""
     f = fetcher.statistics()
-    disk, store = tiers.cache_stats.snapshot(), tiers.upstream_stats.snapshot()
+    store = tiers.store.stats.snapshot().as_dict()
+    disk = tiers.disk.stats.snapshot().as_dict() if tiers.disk else \
+        TierSnapshot("disk").as_dict()
     return {
         "manifest": next(iter(images)) if len(images) == 1 else None,
         "images": sorted(images),

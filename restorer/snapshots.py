@@ -31,7 +31,7 @@ from blobstore.hints import HintRecorder, load_hints, save_hints
 from blobstore.images import fetch_chunk, open_image
 from blobstore.manifest import FileSpans, Manifest
 from blobstore.refs import parse_ref
-from blobstore.tiers import ReadThroughCache
+from blobstore.tiers import node_tiers
 from blobstore.url import open_store
 
 from . import compilecache
@@ -214,7 +214,7 @@ def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | N
     order = fetch_order(plan, load_hints(objects, mid, HINTS_WORKLOAD, len(manifest.chunks)))
     dev = pick_device(device, layout.nbytes)
     storages = [torch.empty(s.nbytes, dtype=torch.uint8, device=dev) for s in layout.storages]
-    tiers = ReadThroughCache(blobs, DiskCache(cache_dir, cache_bytes) if cache_dir else None)
+    tiers = node_tiers(blobs, DiskCache(cache_dir, cache_bytes) if cache_dir else None).stack
     recorder = HintRecorder()
     biggest = max((manifest.chunks[i].size for i in plan), default=1)
     copier = _Copier(storages, dev, window + 2, biggest)
@@ -224,7 +224,7 @@ def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | N
         whole = plan[i][0] if len(plan[i]) == 1 else None
         if not copier.cuda and whole is not None and whole.length == chunk.size:
             # the chunk fills one region of one storage: decode and verify it in place
-            tiers.get_into(chunk.id, copier.region(whole))
+            tiers.read_into(chunk.id, copier.region(whole))
             recorder.read(i)
             return None
         data = tiers.get(chunk.id, max_size=chunk.size)

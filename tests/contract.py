@@ -141,3 +141,73 @@ class ObjectStoreContract:
         assert not errors
         assert len(won) == 1
         assert store.get("gc/race") == f"holder {won[0]}".encode()
+
+
+class BlobTierContract:
+    """What every tier and every stack of tiers answers (``blobstore.tiers.BlobTier``).
+
+    A test subclasses it and provides ``tier`` (the tier or stack under test, empty) and
+    ``below`` (a function ``(id, stored)`` that writes a stored blob into the lowest layer,
+    bypassing the tier, so that reading and writing are tested apart)."""
+
+    def test_reads_a_blob_written_below(self, tier, below) -> None:
+        from blobstore.codec import encode_blob
+        from blobstore.digest import blob_id
+
+        for data in (b"compressible " * 3000, bytes(range(256)) * 40):
+            id, stored = blob_id(data), encode_blob(data)
+            below(id, stored)
+            assert tier.get(id) == data
+            got = tier.fetch(id)
+            assert got.data == data
+            dest = bytearray(len(data))
+            tier.read_into(id, memoryview(dest))
+            assert bytes(dest) == data
+            assert tier.has(id) and tier.stored_size(id) == len(stored)
+            assert tier.get_stored(id) == stored
+
+    def test_a_missing_blob_is_not_found_everywhere(self, tier) -> None:
+        from blobstore.errors import BlobNotFound
+
+        missing = "ab" * 32
+        assert not tier.has(missing)
+        for call in (lambda: tier.get(missing), lambda: tier.get_stored(missing),
+                     lambda: tier.stored_size(missing),
+                     lambda: tier.read_into(missing, memoryview(bytearray(3)))):
+            with pytest.raises(BlobNotFound):
+                call()
+
+    def test_wrong_bytes_are_never_served(self, tier, below) -> None:
+        from blobstore.codec import encode_blob
+        from blobstore.digest import blob_id
+        from blobstore.errors import BlobCorrupt, BlobNotFound
+
+        id = blob_id(b"the real bytes")
+        below(id, encode_blob(b"other bytes!!!"))
+        with pytest.raises((BlobCorrupt, BlobNotFound)):
+            tier.get(id)
+        with pytest.raises((BlobCorrupt, BlobNotFound)):
+            tier.read_into(id, memoryview(bytearray(14)))
+
+    def test_sizes_are_bounded(self, tier, below) -> None:
+        from blobstore.codec import encode_blob
+        from blobstore.digest import blob_id
+        from blobstore.errors import BlobCorrupt
+
+        data = b"x" * 10_000
+        id = blob_id(data)
+        below(id, encode_blob(data))
+        with pytest.raises(BlobCorrupt):
+            tier.get(id, max_size=100)
+        with pytest.raises(BlobCorrupt):
+            tier.read_into(id, memoryview(bytearray(100)))
+        assert tier.get(id) == data  # a lying size does not cost a good copy
+
+    def test_put_stored_then_read(self, tier) -> None:
+        from blobstore.codec import encode_blob
+        from blobstore.digest import blob_id
+
+        data = b"written through the tier" * 100
+        id = blob_id(data)
+        tier.put_stored(id, encode_blob(data))
+        assert tier.get(id) == data

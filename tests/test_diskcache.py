@@ -14,7 +14,7 @@ from blobstore.digest import blob_id
 from blobstore.diskcache import DiskCache
 from blobstore.errors import BlobCorrupt, BlobNotFound, StoreUnavailable
 from blobstore.memory import MemoryStore
-from blobstore.tiers import ReadThroughCache
+from blobstore.tiers import node_tiers
 
 
 def blob(n: int, size: int = 10_000) -> tuple[str, bytes]:
@@ -54,13 +54,13 @@ def test_evicts_least_recently_used(tmp_path):
 def test_corrupt_entry_is_dropped_and_refetched(tmp_path, caplog):
     upstream = BlobStore(MemoryStore())
     id, _ = upstream.put(b"real bytes" * 1000)
-    tiers = ReadThroughCache(upstream, DiskCache(tmp_path, 1 << 20))
-    assert tiers.get(id) == b"real bytes" * 1000
-    tiers.cache._path(id).write_bytes(encode_blob(b"rotten"))
-    assert tiers.get(id) == b"real bytes" * 1000
-    assert tiers.upstream_stats.chunks == 2 and tiers.cache_stats.chunks == 0
-    assert tiers.get(id) == b"real bytes" * 1000
-    assert tiers.cache_stats.chunks == 1
+    tiers = node_tiers(upstream, DiskCache(tmp_path, 1 << 20))
+    assert tiers.stack.get(id) == b"real bytes" * 1000
+    tiers.disk.inner._path(id).write_bytes(encode_blob(b"rotten"))
+    assert tiers.stack.get(id) == b"real bytes" * 1000
+    assert tiers.store.stats.chunks == 2 and tiers.disk.stats.chunks == 0
+    assert tiers.stack.get(id) == b"real bytes" * 1000
+    assert tiers.disk.stats.chunks == 1
     assert "dropping corrupt cache entry" in caplog.text
 
 
@@ -68,10 +68,10 @@ def test_corrupt_upstream_is_never_cached(tmp_path):
     objects = MemoryStore()
     id = blob_id(b"good")
     objects.put(blob_key(id), encode_blob(b"evil"))
-    tiers = ReadThroughCache(BlobStore(objects), DiskCache(tmp_path, 1 << 20))
+    tiers = node_tiers(BlobStore(objects), DiskCache(tmp_path, 1 << 20))
     with pytest.raises(BlobCorrupt):
-        tiers.get(id)
-    assert not tiers.cache.has(id)
+        tiers.stack.get(id)
+    assert not tiers.disk.has(id)
 
 
 @pytest.mark.allow_log_warnings
@@ -83,7 +83,7 @@ def test_a_full_cache_disk_is_a_warning_not_a_failed_read(tmp_path):
         upstream = BlobStore(MemoryStore())
         data = os.urandom(200_000)
         id, _ = upstream.put(data)
-        tiers = ReadThroughCache(upstream, DiskCache(mnt, 1 << 30))
+        tiers = node_tiers(upstream, DiskCache(mnt, 1 << 30)).stack
         assert tiers.get(id) == data
         assert [p for p in mnt.rglob("*") if p.is_file()] == []
     finally:
@@ -95,10 +95,10 @@ def test_store_down_propagates(tmp_path):
         def get(self, key):
             raise StoreUnavailable("s3://x: connection refused")
 
-    tiers = ReadThroughCache(BlobStore(Down()), DiskCache(tmp_path, 1 << 20))
+    tiers = node_tiers(BlobStore(Down()), DiskCache(tmp_path, 1 << 20))
     with pytest.raises(StoreUnavailable):
-        tiers.get("a" * 64)
-    assert tiers.upstream_stats.errors == 1
+        tiers.stack.get("a" * 64)
+    assert tiers.store.stats.errors == 1
 
 
 WRITER = """
@@ -121,43 +121,46 @@ def test_several_processes_share_one_bound(tmp_path):
     assert [p.wait() for p in procs] == [0, 0, 0, 0]
     cache = DiskCache(tmp_path, 300_000)
     assert cache.size <= 300_000 + 4 * 10_001  # each writer may overshoot by its last entry
-    assert not [p for p in tmp_path.rglob(".tmp-*")]
+    assert not list((tmp_path / ".tmp").iterdir())
 
 
 @pytest.mark.parametrize("data", [os.urandom(50_000), b"compressible " * 5000])
-def test_get_into_decodes_in_place(tmp_path, data):
+def test_read_into_decodes_in_place(tmp_path, data):
     cache = DiskCache(tmp_path, 1 << 20)
     id = blob_id(data)
     cache.put_stored(id, encode_blob(data))
     dest = bytearray(len(data))
-    assert cache.get_into(id, memoryview(dest)) and bytes(dest) == data
-    assert not cache.get_into(blob_id(b"other"), memoryview(bytearray(5)))
+    cache.read_into(id, memoryview(dest))
+    assert bytes(dest) == data
+    with pytest.raises(BlobNotFound):
+        cache.read_into(blob_id(b"other"), memoryview(bytearray(5)))
 
 
 @pytest.mark.allow_log_warnings
 @pytest.mark.parametrize("damage", [lambda s: s[:-10], lambda s: s[:1] + bytes(len(s) - 1),
                                     lambda s: b"\x09" + s])
-def test_get_into_drops_damaged_entries(tmp_path, damage):
+def test_read_into_drops_damaged_entries(tmp_path, damage):
     cache = DiskCache(tmp_path, 1 << 20)
     data = b"compressible " * 5000
     id = blob_id(data)
     cache.put_stored(id, damage(encode_blob(data)))
-    assert not cache.get_into(id, memoryview(bytearray(len(data))))
+    with pytest.raises(BlobNotFound):
+        cache.read_into(id, memoryview(bytearray(len(data))))
     assert not cache.has(id)
 
 
-def test_read_through_get_into_fills_the_cache(tmp_path):
+def test_read_through_read_into_fills_the_cache(tmp_path):
     upstream = BlobStore(MemoryStore())
     data = os.urandom(30_000)
     id, _ = upstream.put(data)
-    tiers = ReadThroughCache(upstream, DiskCache(tmp_path, 1 << 20))
+    tiers = node_tiers(upstream, DiskCache(tmp_path, 1 << 20))
     for _tier in ("store", "disk"):  # the first read fills the cache, the second hits it
         dest = bytearray(len(data))
-        tiers.get_into(id, memoryview(dest))
+        tiers.stack.read_into(id, memoryview(dest))
         assert bytes(dest) == data
-    assert tiers.upstream_stats.chunks == 1 and tiers.cache_stats.chunks == 1
+    assert tiers.store.stats.chunks == 1 and tiers.disk.stats.chunks == 1
     with pytest.raises(BlobCorrupt):
-        tiers.get_into(id, memoryview(bytearray(10)))
+        tiers.stack.read_into(id, memoryview(bytearray(10)))
 
 
 @pytest.mark.allow_log_warnings

@@ -14,7 +14,7 @@ from blobstore.codec import encode_blob
 from blobstore.images import open_image
 from blobstore.memory import MemoryStore
 from blobstore.refs import parse_ref
-from blobstore.tiers import ReadThroughCache
+from blobstore.tiers import node_tiers
 from fusefs.fetch import ChunkFetcher, RetryPolicy
 from fusefs.namespace import SingleImage
 from fusefs.ops import STATS_XATTR, ImageOps
@@ -31,8 +31,8 @@ def image(rich_tree):
     with open_source(str(rich_tree)) as src:
         push_tree(src, objects, parse_ref("t:1"), params=ChunkerParams("fastcdc", 64 << 10))
     mid, manifest = open_image(objects, "t:1")
-    tiers = ReadThroughCache(BlobStore(objects), None)
-    fetcher = ChunkFetcher(lambda id, size: tiers.get(id, max_size=size),
+    tiers = node_tiers(BlobStore(objects), None)
+    fetcher = ChunkFetcher(lambda id, size: tiers.stack.get(id, max_size=size),
                            retry=RetryPolicy(attempts=1))
     box = {}
     ns = box["ns"] = SingleImage(mid, FsTree(manifest, image_id=mid),

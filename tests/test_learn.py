@@ -13,7 +13,7 @@ from blobstore.hints import hints_key, load_hints
 from blobstore.images import open_image
 from blobstore.memory import MemoryStore
 from blobstore.refs import parse_ref
-from blobstore.tiers import ReadThroughCache
+from blobstore.tiers import node_tiers
 from fusefs.fetch import ChunkFetcher, RetryPolicy
 from fusefs.learn import StartLearner
 from fusefs.namespace import SingleImage
@@ -45,12 +45,12 @@ class Node:
 
     def __init__(self, objects, mid, manifest, window: float = 30.0,
                  max_bytes: int = 1 << 62) -> None:
-        tiers = ReadThroughCache(BlobStore(objects), None)
+        tiers = node_tiers(BlobStore(objects), None)
         self.fetched: list[str] = []
 
         def fetch(id: str, size: int) -> bytes:
             self.fetched.append(id)
-            return tiers.get(id, max_size=size)
+            return tiers.stack.get(id, max_size=size)
 
         self.fetcher = ChunkFetcher(fetch, retry=RetryPolicy(attempts=1))
         self.learner = StartLearner(objects, mid, manifest, self.fetcher, window=window,
