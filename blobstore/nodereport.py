@@ -35,27 +35,6 @@ def parse_gpus(spec: str) -> list[dict]:
             for _ in range(int(count))]
 
 
-def nvml_gpus() -> list[dict] | None:
-    """The GPUs NVML sees, or None when there is no NVML (no driver, no pynvml)."""
-    try:
-        import pynvml  # optional: only on GPU nodes
-
-        pynvml.nvmlInit()
-    except Exception:  # noqa: BLE001 - any failure means no NVML here
-        return None
-    try:
-        gpus = []
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            name = pynvml.nvmlDeviceGetName(h)
-            gpus.append({"model": name.decode() if isinstance(name, bytes) else str(name),
-                         "memory_total": int(mem.total), "memory_free": int(mem.free)})
-        return gpus
-    finally:
-        pynvml.nvmlShutdown()
-
-
 def cached_bytes(manifest: Manifest, present: set[str]) -> int:
     """Bytes of the manifest's distinct chunks that are in ``present``."""
     sizes = {c.id: c.size for c in manifest.chunks}

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-import select
 import subprocess
-import sys
-import time
-import traceback
 from pathlib import Path
 
-from blobstore.errors import ThawError, UsageError
+from blobstore.errors import UsageError
 from blobstore.hints import START, hints_key
 from blobstore.images import open_image
 from blobstore.nodereport import parse_gpus
@@ -24,14 +19,6 @@ from .errors import MountError
 # trio, pyfuse3 and the rest of fusefs are imported by the commands that use them, so the
 # other commands of thaw start without them.
 
-READY_TIMEOUT = 120.0
-
-
-def default_log_dir() -> Path:
-    """Where a background mount logs: the state directory, not the cache, so a cache that
-    fills its disk cannot silence the log that says so."""
-    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state_home) / "thaw" / "log"
 
 
 def default_cache_dir() -> str:
@@ -86,8 +73,10 @@ def register(sub, common) -> None:
     p.set_defaults(func=cmd_stats)
 
 
-def _options(args) -> dict:
+def _options(args):
     """The options ``mount`` and ``daemon`` share, checked."""
+    from .service import MountOptions
+
     if args.hints is not None:
         try:
             hints_key("0" * 64, args.hints)
@@ -96,80 +85,18 @@ def _options(args) -> dict:
                              "'.', '_' and '-', up to 64") from None
     if args.hints_window <= 0:
         raise UsageError("--hints-window must be a number of seconds > 0")
-    return {"cache_dir": args.cache_dir or default_cache_dir(),
-            "cache_bytes": parse_size(args.cache_size), "memory_bytes": parse_size(args.memory),
-            "metrics": args.metrics, "hints": args.hints, "hints_window": args.hints_window,
-            "store_timeout": args.store_timeout}
-
-
-def _in_background(args, console, serve_fn) -> int:
-    """Fork; the child serves the mount, the parent returns once it answers.
-
-    Forking after the store is opened and the manifest loaded and checked means errors
-    about them reach the person directly, and the mount does not pay for a second start.
-    """
-    log_dir = default_log_dir()
-    try:
-        log_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MountError(f"cannot make the log directory {log_dir}: {exc.strerror}; set "
-                         "XDG_STATE_HOME to a writable directory") from None
-    log_path = log_dir / f"mount-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    r, w = os.pipe()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        _serve_detached(serve_fn, w, log_path)
-    os.close(w)
-    ready, _, _ = select.select([r], [], [], READY_TIMEOUT)
-    said = os.read(r, 64) if ready else b""
-    os.close(r)
-    if said.startswith(b"ready"):
-        console.note(f"mounted at {args.mountpoint} (pid {pid}, log {log_path})")
-        return 0
-    try:
-        os.kill(pid, 15)
-    except ProcessLookupError:
-        pass
-    lines = log_path.read_text(errors="replace").strip().splitlines()
-    detail = lines[-1].removeprefix("thaw: error: ") if lines else "no output"
-    raise MountError(f"the mount did not come up: {detail} (log: {log_path})")
-
-
-def _serve_detached(serve_fn, ready_fd: int, log_path: Path) -> None:
-    """In the forked child: detach, log to a file, serve, and never return."""
-    os.setsid()
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.dup2(log, 1)
-    os.dup2(log, 2)
-    for handler in logging.getLogger().handlers:  # a log file wants times; a terminal not
-        handler.setFormatter(logging.Formatter("%(asctime)s thaw: %(levelname)s: %(message)s"))
-
-    def ready() -> None:
-        os.write(ready_fd, b"ready\n")
-        os.close(ready_fd)
-
-    code = 0
-    try:
-        serve_fn(ready)
-    except ThawError as exc:
-        print(f"thaw: error: {exc}", file=sys.stderr)
-        code = exc.exit_code
-    except BaseException:  # noqa: BLE001 - the child must not return into the parent's code
-        traceback.print_exc()
-        code = 70
-    finally:
-        sys.stderr.flush()
-        os._exit(code)
+    return MountOptions(args.cache_dir or default_cache_dir(), parse_size(args.cache_size),
+                        parse_size(args.memory), args.metrics, args.hints, args.hints_window,
+                        args.store_timeout)
 
 
 def _run(args, console, serve_fn) -> int:
     if args.background:
-        return _in_background(args, console, serve_fn)
+        from .background import serve_in_background
+
+        pid, log_path = serve_in_background(serve_fn)
+        console.note(f"mounted at {args.mountpoint} (pid {pid}, log {log_path})")
+        return 0
     serve_fn(lambda: None)
     return 0
 
@@ -183,20 +110,24 @@ def cmd_mount(args, console) -> int:
     prepare_mountpoint(args.mountpoint)
     mid, manifest = open_image(objects, args.ref)
     return _run(args, console, lambda ready: mount_image(
-        objects, mid, manifest, args.mountpoint, on_ready=ready, **options))
+        objects, mid, manifest, args.mountpoint, options, on_ready=ready))
 
 
 def cmd_daemon(args, console) -> int:
     from .mount import prepare_mountpoint
-    from .service import run_daemon
+    from .service import NodeOptions, run_daemon
 
     options = _options(args)
     objects = open_store(args.store, timeout=args.store_timeout)
     prepare_mountpoint(args.mountpoint)
-    gpus = parse_gpus(args.gpus) if args.gpus else None
+    if args.gpus:
+        given = parse_gpus(args.gpus)
+        gpus = lambda: given  # noqa: E731
+    else:
+        from restorer.gpus import nvml_gpus as gpus  # the GPUs' one home; no torch import
+    node = NodeOptions(args.node_id, gpus, args.report_interval)
     return _run(args, console, lambda ready: run_daemon(
-        objects, args.mountpoint, on_ready=ready, node_id=args.node_id, gpus=gpus,
-        report_interval=args.report_interval, **options))
+        objects, args.mountpoint, options, node, on_ready=ready))
 
 
 def cmd_umount(args, console) -> int:

@@ -31,6 +31,8 @@ from blobstore.errors import StoreUnavailable
 from blobstore.manifest import ChunkRef
 from blobstore.tiers import percentiles
 
+from .stats import FetcherStats
+
 log = logging.getLogger(__name__)
 FAILED_TTL = 2.0
 QUICK_ATTEMPT = 1.0  # seconds: the one attempt a chunk that just failed gets
@@ -209,6 +211,6 @@ class ChunkFetcher:
             except Exception as exc:  # noqa: BLE001 - a demand read will report it
                 log.debug("prefetch of %s failed: %s", chunk.id, exc)
 
-    def statistics(self) -> dict:
-        return {**self.counts, "memory_cached_bytes": self._memory_bytes,
-                "fetch_latency_ms": percentiles(sorted(self._latencies))}
+    def statistics(self) -> FetcherStats:
+        return FetcherStats(**self.counts, memory_cached_bytes=self._memory_bytes,
+                            fetch_latency_ms=percentiles(sorted(self._latencies)))

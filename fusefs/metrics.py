@@ -1,7 +1,8 @@
 """Prometheus metrics of a mount, served from a thread by prometheus_client.
 
-The collector reads the last snapshot the trio thread published (a dict swapped in whole),
-never the live counters, so the exporter's thread shares nothing mutable with trio.
+The collector reads the last record the trio thread published (a frozen ``MountStats``
+swapped in whole), never the live counters, so the exporter's thread shares nothing
+mutable with trio. The metric names and labels are kept as they were.
 """
 
 from __future__ import annotations
@@ -10,16 +11,17 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from .errors import MountError
+from .stats import MountStats
 
 
 class SnapshotCollector:
     def __init__(self) -> None:
-        self.snapshot: dict = {}
+        self.snapshot: MountStats | None = None
 
     def collect(self):
-        s = self.snapshot
-        if not s:
+        if self.snapshot is None:
             return
+        s = self.snapshot.as_json()  # one mapping of the record's names, shared with stats
         yield GaugeMetricFamily("thaw_image_bytes", "Bytes of the mounted images",
                                 value=s["image_bytes"])
         fetched = CounterMetricFamily("thaw_fetched_bytes", "Bytes fetched from the store",

@@ -25,6 +25,7 @@ import trio
 from .errors import MountError
 from .fetch import ChunkFetcher
 from .ops import ImageOps, Namespace
+from .stats import MountStats
 from .tree import FsTree
 
 log = logging.getLogger(__name__)
@@ -181,15 +182,16 @@ async def _publish(snapshot: Callable[[], None]) -> None:
 async def serve(namespace: Namespace, fetcher: ChunkFetcher, mountpoint: str, *,
                 on_ready: Callable[[], None] = lambda: None,
                 publish: Callable[[], None] = lambda: None, extra=(),
-                on_chunk_read: Callable[[FsTree, int], None] | None = None) -> None:
-    """Mount ``namespace`` at ``mountpoint`` and serve it until a signal or an unmount.
+                on_chunk_read: Callable[[FsTree, int], None] | None = None,
+                statistics: Callable[[], MountStats] | None = None) -> None:
+    """Mount ``namespace`` at ``mountpoint`` (checked by the caller with
+    ``prepare_mountpoint``) and serve it until a signal or an unmount.
 
     Nothing on this thread may touch the mount point once it is mounted: the requests it
     makes would wait for this very loop.
     """
-    prepare_mountpoint(mountpoint)
     mountpoint = os.path.realpath(mountpoint)
-    ops = ImageOps(namespace, fetcher, on_chunk_read)
+    ops = ImageOps(namespace, fetcher, on_chunk_read, statistics)
     try:
         pyfuse3.init(ops, mountpoint, set(OPTIONS))
     except RuntimeError as exc:

@@ -41,8 +41,8 @@ IDLE = 60.0  # seconds since its last request before a tree may be dropped
 
 
 class SingleImage:
-    def __init__(self, manifest_id: str, tree: FsTree, statistics: Callable[[], dict]) -> None:
-        self.manifest_id, self.tree, self._statistics = manifest_id, tree, statistics
+    def __init__(self, manifest_id: str, tree: FsTree) -> None:
+        self.manifest_id, self.tree = manifest_id, tree
 
     async def ready(self, ino: int) -> None:
         """The one tree is always loaded."""
@@ -75,20 +75,16 @@ class SingleImage:
     def images(self) -> dict[str, int]:
         return {self.manifest_id: self.tree.manifest.data_size}
 
-    def statistics(self) -> dict:
-        return self._statistics()
-
 
 class StoreImages:
     """Every image of one store under one mount point."""
 
-    def __init__(self, objects: ObjectStore, statistics: Callable[[], dict],
+    def __init__(self, objects: ObjectStore,
                  on_image: Callable[[FsTree], None] = lambda tree: None, *,
                  max_entries: int = MAX_ENTRIES, idle: float = IDLE,
                  clock: Callable[[], float] = time.monotonic) -> None:
         """``on_image`` is called with each image's tree as it is (re)loaded."""
         self.objects = objects
-        self._statistics = statistics
         self._on_image = on_image
         self.max_entries, self.idle, self._clock = max_entries, idle, clock
         self.trees: OrderedDict[str, FsTree] = OrderedDict()  # loaded, least recent first
@@ -260,5 +256,3 @@ class StoreImages:
         """Every image served since the daemon started, loaded now or not."""
         return dict(self._sizes)
 
-    def statistics(self) -> dict:
-        return self._statistics()

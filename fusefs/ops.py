@@ -30,6 +30,7 @@ from blobstore.manifest import FILE
 
 from .errors import FsError, NoSuchHandle
 from .fetch import ChunkFetcher
+from .stats import MountStats
 from .tree import Attrs, FsTree
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,6 @@ class Namespace(Protocol):
     def xattrs(self, ino: int) -> tuple[tuple[bytes, bytes], ...]: ...
     def tree_of(self, ino: int) -> FsTree: ...
     def totals(self) -> tuple[int, int]: ...
-    def statistics(self) -> dict: ...
 
 
 @dataclass
@@ -99,9 +99,11 @@ class ImageOps(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, namespace: Namespace, fetcher: ChunkFetcher,
-                 on_chunk_read: Callable[[FsTree, int], None] | None = None) -> None:
+                 on_chunk_read: Callable[[FsTree, int], None] | None = None,
+                 statistics: Callable[[], MountStats] | None = None) -> None:
+        """``statistics``: the mount's record, served as the root's ``user.thaw.stats``."""
         super().__init__()
-        self.ns, self.fetcher = namespace, fetcher
+        self.ns, self.fetcher, self.statistics = namespace, fetcher, statistics
         self.on_chunk_read = on_chunk_read  # (image, chunk index) of each read, for hints
         self._handles: dict[int, _Handle] = {}
         self._listed: OrderedDict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = \
@@ -260,8 +262,8 @@ class ImageOps(pyfuse3.Operations):
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
-        if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE:
-            return json.dumps(self.ns.statistics(), sort_keys=True).encode()
+        if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE and self.statistics:
+            return json.dumps(self.statistics().as_json(), sort_keys=True).encode()
         await self.ns.ready(inode)
         for key, value in self.ns.xattrs(inode):
             if key == name:

@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -28,7 +29,7 @@ from blobstore.base import ObjectStore
 from blobstore.diskcache import CacheIndex, DiskCache
 from blobstore.errors import ThawError
 from blobstore.manifest import Manifest
-from blobstore.nodereport import build_report, nvml_gpus, write_report
+from blobstore.nodereport import build_report, write_report
 
 log = logging.getLogger(__name__)
 _ROW = struct.Struct("<32sQ")  # chunk id (raw), size
@@ -49,7 +50,9 @@ def read_table(data: bytes) -> dict[str, int]:
 
 class NodeReporter:
     def __init__(self, objects: ObjectStore, cache: DiskCache, *, node_id: str | None,
-                 gpus: list[dict] | None, interval: float = 5.0) -> None:
+                 gpus: Callable[[], list[dict] | None], interval: float = 5.0) -> None:
+        """``gpus``: asked each report (the command line gives NVML's probe, or a fixed
+        list from ``--gpus``); None means no GPUs."""
         self.objects, self.cache, self.interval = objects, cache, interval
         self.node_id = node_id or socket.gethostname()
         self.gpus = gpus
@@ -88,7 +91,7 @@ class NodeReporter:
             if not cached[mid] and mid not in self._served:  # nothing of it left: forget it
                 del self._sizes[mid]
                 (self.tables / mid).unlink(missing_ok=True)
-        gpus = self.gpus if self.gpus is not None else (nvml_gpus() or [])
+        gpus = self.gpus() or []
         return build_report(self.node_id, gpus, self.cache.size, self.cache.max_bytes, cached)
 
     def write_once(self) -> None:

@@ -1,7 +1,11 @@
-"""Putting a mount together: store, disk cache, fetcher, namespace, metrics, serve.
+"""Putting a mount together, in one place: the read path (tiers and fetcher), what learns
+hints, the namespace, the node reporter, metrics, and serving.
 
-Called from the command line on the main thread; everything after ``trio.run`` is on the
-trio thread, with store calls in worker threads.
+``mount_image`` (one image) and ``run_daemon`` (every image of a store) take a
+``MountOptions`` record, the daemon a ``NodeOptions`` too; each builds its parts with
+``_read_path`` and hands them to ``_serve``, which runs trio. Called from the command line
+on the main thread (after the mount point was checked there, so errors reach the person);
+everything after ``trio.run`` is on the trio thread, with store calls in worker threads.
 """
 
 from __future__ import annotations
@@ -10,24 +14,50 @@ import ctypes
 import ctypes.util
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import trio
 
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.diskcache import DiskCache
+from blobstore.hints import START
 from blobstore.manifest import Manifest
 from blobstore.retrying import DEFAULT_BUDGET, without_retries
-from blobstore.tiers import node_tiers
+from blobstore.tiers import NodeTiers, node_tiers
 
 from .fetch import ChunkFetcher, RetryPolicy
 from .learn import Learners
 from .metrics import SnapshotCollector, start_metrics
 from .mount import serve
 from .namespace import SingleImage, StoreImages
+from .ops import Namespace
 from .reporter import NodeReporter
-from .stats import stats_doc
+from .stats import MountStats
 from .tree import FsTree
+
+
+@dataclass(frozen=True)
+class MountOptions:
+    """What ``thaw mount`` and ``thaw daemon`` share."""
+
+    cache_dir: str
+    cache_bytes: int = 10 << 30
+    memory_bytes: int = 256 << 20
+    metrics: str | None = None  # HOST:PORT for Prometheus
+    hints: str | None = START  # the workload whose starts are learnt and replayed
+    hints_window: float = 60.0
+    store_timeout: float = DEFAULT_BUDGET
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """What only the daemon has: the node's report to placement."""
+
+    node_id: str | None = None
+    gpus: Callable[[], list[dict] | None] = lambda: None
+    report_interval: float = 5.0
+
 
 log = logging.getLogger(__name__)
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
@@ -47,81 +77,68 @@ def fix_mmap_threshold() -> None:
         log.info("could not set malloc's mmap threshold: %s", exc)
 
 
-def _parts(objects: ObjectStore, cache_dir: str, cache_bytes: int, memory_bytes: int,
-           store_timeout: float):
-    """The read path: memory (the fetcher) over the disk cache over the store. The fetcher
-    retries within ``store_timeout`` itself, so it reads the store without ``Retrying``."""
+def _read_path(objects: ObjectStore, opts: MountOptions
+               ) -> tuple[NodeTiers, ChunkFetcher, Learners | None]:
+    """Memory (the fetcher) over the node's tiers (``node_tiers``: disk cache over the
+    store). The fetcher retries within ``store_timeout`` itself, so it reads the store
+    without ``Retrying``. With ``hints`` (a workload): prefetch what that workload read at
+    its last starts of an image, and record this start (``Learners``)."""
     fix_mmap_threshold()
-    tiers = node_tiers(BlobStore(without_retries(objects)), DiskCache(cache_dir, cache_bytes))
+    tiers = node_tiers(BlobStore(without_retries(objects)),
+                       DiskCache(opts.cache_dir, opts.cache_bytes))
     fetcher = ChunkFetcher(lambda id, size: tiers.stack.get(id, max_size=size),
-                           memory_bytes=memory_bytes, retry=RetryPolicy.within(store_timeout))
-    return tiers, fetcher
+                           memory_bytes=opts.memory_bytes,
+                           retry=RetryPolicy.within(opts.store_timeout))
+    learners = None if not opts.hints else Learners(
+        objects, fetcher, workload=opts.hints, window=opts.hints_window,
+        max_bytes=opts.cache_bytes // 2)
+    return tiers, fetcher, learners
 
 
-def _run(namespace_for, tiers, fetcher, mountpoint: str, metrics: str | None,
-         on_ready: Callable[[], None], extra=(), learners: Learners | None = None) -> None:
+def _serve(namespace: Namespace, tiers: NodeTiers, fetcher: ChunkFetcher,
+           learners: Learners | None, mountpoint: str, opts: MountOptions,
+           on_ready: Callable[[], None], extra=()) -> None:
     collector = SnapshotCollector()
-    box: dict = {}
 
-    def statistics() -> dict:
-        return stats_doc(box["ns"].images(), tiers, fetcher,
-                         learners.hinted() if learners else 0)
+    def statistics() -> MountStats:
+        return MountStats.collect(namespace.images(), tiers, fetcher.statistics(),
+                                  learners.hinted() if learners else 0)
 
     def publish() -> None:
         collector.snapshot = statistics()
 
-    namespace = box["ns"] = namespace_for(statistics)
-    if metrics:
-        start_metrics(metrics, collector)
-    trio.run(lambda: serve(namespace, fetcher, mountpoint, on_ready=on_ready, publish=publish,
+    if opts.metrics:
+        start_metrics(opts.metrics, collector)
+    trio.run(lambda: serve(namespace, fetcher, mountpoint, on_ready=on_ready,
+                           publish=publish, statistics=statistics,
                            extra=(*extra, learners.run) if learners else extra,
                            on_chunk_read=learners.read if learners else None))
 
 
-def _learners(objects: ObjectStore, fetcher, hints: str | None, hints_window: float,
-              cache_bytes: int) -> Learners | None:
-    """With ``hints`` (a workload name): prefetch what that workload read at its last starts
-    of an image, and record what it reads in the first ``hints_window`` seconds of this one.
-    """
-    if not hints:
-        return None
-    return Learners(objects, fetcher, workload=hints, window=hints_window,
-                    max_bytes=cache_bytes // 2)
-
-
-def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: str, *,
-                cache_dir: str, cache_bytes: int, memory_bytes: int, metrics: str | None = None,
-                on_ready: Callable[[], None] = lambda: None, hints: str | None = None,
-                hints_window: float = 60.0, store_timeout: float = DEFAULT_BUDGET) -> None:
-    """Mount one image read-only at ``mountpoint`` until unmounted or signalled; learn its
-    start (``_learners``)."""
-    tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes, store_timeout)
+def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: str,
+                opts: MountOptions, on_ready: Callable[[], None] = lambda: None) -> None:
+    """Mount one image read-only at ``mountpoint`` until unmounted or signalled."""
+    tiers, fetcher, learners = _read_path(objects, opts)
     tree = FsTree(manifest, image_id=mid)
-    learners = _learners(objects, fetcher, hints, hints_window, cache_bytes)
     if learners:
         learners.add(tree)
-    _run(lambda stats: SingleImage(mid, tree, stats), tiers, fetcher, mountpoint,
-         metrics, on_ready, learners=learners)
+    _serve(SingleImage(mid, tree), tiers, fetcher, learners, mountpoint, opts, on_ready)
 
 
-def run_daemon(objects: ObjectStore, mountpoint: str, *, cache_dir: str, cache_bytes: int,
-               memory_bytes: int, metrics: str | None = None,
-               on_ready: Callable[[], None] = lambda: None, node_id: str | None = None,
-               gpus: list[dict] | None = None, report_interval: float = 5.0,
-               hints: str | None = None, hints_window: float = 60.0,
-               store_timeout: float = DEFAULT_BUDGET) -> None:
+def run_daemon(objects: ObjectStore, mountpoint: str, opts: MountOptions,
+               node: NodeOptions = NodeOptions(),
+               on_ready: Callable[[], None] = lambda: None) -> None:
     """Serve every image of the store under ``mountpoint``: ``<id>/`` and ``refs/``; write
-    this node's report to ``nodes/<node id>.json`` every ``report_interval`` seconds; learn
-    each image's start from its first lookup (``_learners``)."""
-    tiers, fetcher = _parts(objects, cache_dir, cache_bytes, memory_bytes, store_timeout)
-    reporter = NodeReporter(objects, tiers.disk.inner, node_id=node_id, gpus=gpus,
-                            interval=report_interval)
-    learners = _learners(objects, fetcher, hints, hints_window, cache_bytes)
+    this node's report to ``nodes/<node id>.json`` every ``report_interval`` seconds."""
+    tiers, fetcher, learners = _read_path(objects, opts)
+    assert tiers.disk is not None
+    reporter = NodeReporter(objects, tiers.disk.inner, node_id=node.node_id, gpus=node.gpus,
+                            interval=node.report_interval)
 
     def on_image(tree: FsTree) -> None:
         reporter.add(tree.image_id, tree.manifest)
         if learners:
             learners.add(tree)
 
-    _run(lambda stats: StoreImages(objects, stats, on_image), tiers, fetcher, mountpoint,
-         metrics, on_ready, extra=(reporter.run,), learners=learners)
+    _serve(StoreImages(objects, on_image), tiers, fetcher, learners, mountpoint, opts,
+           on_ready, extra=(reporter.run,))

@@ -1,37 +1,64 @@
-"""What a mount reports: bytes of its images, bytes fetched per tier, hits, latencies.
+"""What a mount reports, as frozen records: bytes of its images, what each tier served,
+hits, latencies. ``MountStats.as_json`` is the one place the record becomes the `thaw stats
+--json` document (whose keys scripts read: they do not change), and ``metrics.py`` the one
+place it becomes Prometheus metrics.
 
-Built on the trio thread from the fetcher's and the tiers' counters; the Prometheus
-exporter reads a snapshot published once a second, never the live counters.
+Collected on the trio thread from the fetcher's and the tiers' counters; the Prometheus
+exporter reads the record published once a second, never the live counters.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from blobstore.tiers import NodeTiers, TierSnapshot
 
-from .fetch import ChunkFetcher
+
+@dataclass(frozen=True, slots=True)
+class FetcherStats:
+    """The memory tier and the fetcher's own counters."""
+
+    memory_hits: int = 0
+    memory_bytes: int = 0  # served from memory
+    waited: int = 0  # reads that waited for a fetch already in flight
+    demand_fetches: int = 0
+    prefetches: int = 0
+    errors: int = 0
+    retries: int = 0
+    memory_cached_bytes: int = 0  # held now
+    fetch_latency_ms: dict = field(default_factory=dict)
 
 
-def stats_doc(images: dict[str, int], tiers: NodeTiers, fetcher: ChunkFetcher,
-              hinted: int = 0) -> dict:
-    """``hinted``: chunks queued for prefetch from hints of earlier starts."""
-    f = fetcher.statistics()
-    store = tiers.store.stats.snapshot().as_dict()
-    disk = tiers.disk.stats.snapshot().as_dict() if tiers.disk else \
-        TierSnapshot("disk").as_dict()
-    return {
-        "manifest": next(iter(images)) if len(images) == 1 else None,
-        "images": sorted(images),
-        "image_bytes": sum(images.values()),
-        "fetched_bytes": store["bytes"],
-        "fetched_stored_bytes": store["stored_bytes"],
-        "tiers": {"memory": {"chunks": f["memory_hits"], "bytes": f["memory_bytes"]},
-                  "disk": disk, "store": store},
-        "cache_hits": f["memory_hits"] + disk["chunks"],
-        "coalesced_waits": f["waited"],
-        "fetch_latency_ms": f["fetch_latency_ms"],
-        "demand_fetches": f["demand_fetches"],
-        "prefetches": f["prefetches"],
-        "hinted_chunks": hinted,
-        "retries": f["retries"],
-        "errors": f["errors"],
-    }
+@dataclass(frozen=True, slots=True)
+class MountStats:
+    images: dict  # manifest id -> bytes of its files
+    fetcher: FetcherStats
+    disk: TierSnapshot
+    store: TierSnapshot
+    hinted_chunks: int = 0  # queued for prefetch from earlier starts' hints
+
+    @classmethod
+    def collect(cls, images: dict[str, int], tiers: NodeTiers, fetcher_stats: FetcherStats,
+                hinted: int = 0) -> MountStats:
+        disk = tiers.disk.stats.snapshot() if tiers.disk else TierSnapshot("disk")
+        return cls(dict(images), fetcher_stats, disk, tiers.store.stats.snapshot(), hinted)
+
+    def as_json(self) -> dict:
+        f, store, disk = self.fetcher, self.store.as_dict(), self.disk.as_dict()
+        return {
+            "manifest": next(iter(self.images)) if len(self.images) == 1 else None,
+            "images": sorted(self.images),
+            "image_bytes": sum(self.images.values()),
+            "fetched_bytes": store["bytes"],
+            "fetched_stored_bytes": store["stored_bytes"],
+            "tiers": {"memory": {"chunks": f.memory_hits, "bytes": f.memory_bytes},
+                      "disk": disk, "store": store},
+            "cache_hits": f.memory_hits + disk["chunks"],
+            "coalesced_waits": f.waited,
+            "fetch_latency_ms": dict(f.fetch_latency_ms),
+            "demand_fetches": f.demand_fetches,
+            "prefetches": f.prefetches,
+            "hinted_chunks": self.hinted_chunks,
+            "retries": f.retries,
+            "errors": f.errors,
+        }

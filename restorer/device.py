@@ -12,7 +12,8 @@ import logging
 import torch
 
 from blobstore.errors import ThawError
-from blobstore.nodereport import nvml_gpus
+
+from .gpus import driver_version, nvml_gpus
 
 log = logging.getLogger(__name__)
 _said_cpu = False
@@ -66,12 +67,7 @@ def environment() -> dict:
     env = {"torch": torch.__version__, "cuda": torch.version.cuda}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            env["driver"] = str(pynvml.nvmlSystemGetDriverVersion())
-            pynvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001 - the driver version is a nicety
-            pass
+        driver = driver_version()
+        if driver is not None:
+            env["driver"] = driver
     return env

@@ -67,7 +67,7 @@ async def test_many_readers_one_fetch(nursery):
         await trio.sleep(0.01)
     assert tier.calls == [ref(1).id]
     assert set(results) == {b"1" * 100}
-    assert f.statistics()["waited"] == 19
+    assert f.statistics().waited == 19
 
 
 async def test_memory_lru_is_bounded():
@@ -78,7 +78,7 @@ async def test_memory_lru_is_bounded():
     assert f.cached(ref(0).id) is None and f.cached(ref(2).id) is not None
     await f.get(ref(2))
     assert tier.calls.count(ref(2).id) == 1
-    assert f.statistics()["memory_cached_bytes"] <= 250
+    assert f.statistics().memory_cached_bytes <= 250
 
 
 async def test_store_failures_are_retried_with_back_off(clock):
@@ -89,7 +89,7 @@ async def test_store_failures_are_retried_with_back_off(clock):
     assert await f.get(ref(7)) == b"7" * 100
     assert len(tier.calls) == 4
     assert trio.current_time() - start >= 0.5 + 1 + 2  # jittered back-off happened
-    assert f.statistics()["retries"] == 3
+    assert f.statistics().retries == 3
 
 
 async def test_gives_up_after_the_last_attempt_and_recovers(clock):
@@ -157,7 +157,7 @@ async def test_prefetch_does_not_starve_demand(nursery):
     tier.gate.set()
     while not got:
         await trio.sleep(0.01)
-    while f.statistics()["prefetches"] < 10:
+    while f.statistics().prefetches < 10:
         await trio.sleep(0.01)
     assert len(set(tier.calls)) == 11
 

@@ -18,7 +18,7 @@ from blobstore.tiers import node_tiers
 from fusefs.fetch import ChunkFetcher, RetryPolicy
 from fusefs.namespace import SingleImage
 from fusefs.ops import STATS_XATTR, ImageOps
-from fusefs.stats import stats_doc
+from fusefs.stats import MountStats
 from fusefs.tree import FsTree
 from indexer.chunker import ChunkerParams
 from indexer.push import push_tree
@@ -34,10 +34,12 @@ def image(rich_tree):
     tiers = node_tiers(BlobStore(objects), None)
     fetcher = ChunkFetcher(lambda id, size: tiers.stack.get(id, max_size=size),
                            retry=RetryPolicy(attempts=1))
-    box = {}
-    ns = box["ns"] = SingleImage(mid, FsTree(manifest, image_id=mid),
-                                 lambda: stats_doc(box["ns"].images(), tiers, fetcher))
-    return ImageOps(ns, fetcher), objects, manifest
+    ns = SingleImage(mid, FsTree(manifest, image_id=mid))
+
+    def statistics() -> MountStats:
+        return MountStats.collect(ns.images(), tiers, fetcher.statistics())
+
+    return ImageOps(ns, fetcher, statistics=statistics), objects, manifest
 
 
 async def path_ino(ops: ImageOps, path: str) -> int:
@@ -151,7 +153,7 @@ async def _settled_fetches(ops) -> int:
 
     await trio.testing.wait_all_tasks_blocked()
     s = ops.fetcher.statistics()
-    return s["demand_fetches"] + s["prefetches"]
+    return s.demand_fetches + s.prefetches
 
 
 async def test_random_reads_fetch_only_the_chunks_they_touch(running):
@@ -178,7 +180,7 @@ async def test_sequential_reads_fetch_ahead_of_the_reader(running):
     await ops.read(fh, 0, 131072)
     await ops.read(fh, 131072, 131072)
     await _settled_fetches(ops)
-    assert ops.fetcher.statistics()["prefetches"] > 0
+    assert ops.fetcher.statistics().prefetches > 0
 
 
 async def test_named_lookup_errors_map_to_their_errno(image):

@@ -56,3 +56,17 @@ def test_no_product_module_launches_seaweedfs():
                  for f in (REPO / pkg).rglob("*.py")
                  if "weed" in f.read_text() and "mini" in f.read_text()]
     assert launchers == []
+
+
+def test_gpu_probing_has_one_home_that_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, restorer.gpus; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "False"
+    users = [f"{f.relative_to(REPO)}" for pkg in OURS if (REPO / pkg).exists()
+             for f in (REPO / pkg).rglob("*.py")
+             if "import pynvml" in f.read_text() and f.name != "gpus.py"]
+    assert users == []

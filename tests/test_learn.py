@@ -55,7 +55,7 @@ class Node:
         self.fetcher = ChunkFetcher(fetch, retry=RetryPolicy(attempts=1))
         self.learner = StartLearner(objects, mid, manifest, self.fetcher, window=window,
                                     max_bytes=max_bytes)
-        self.ops = ImageOps(SingleImage(mid, FsTree(manifest, image_id=mid), dict),
+        self.ops = ImageOps(SingleImage(mid, FsTree(manifest, image_id=mid)),
                             self.fetcher, lambda tree, chunk: self.learner.read(chunk))
 
 

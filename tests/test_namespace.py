@@ -38,7 +38,7 @@ async def test_idle_trees_are_dropped_past_the_bound_and_reload_with_the_same_in
         three_images):
     objects, mids = three_images
     clock = Clock()
-    ns = StoreImages(objects, dict, max_entries=120, idle=10.0, clock=clock)
+    ns = StoreImages(objects, max_entries=120, idle=10.0, clock=clock)
     roots = {}
     for mid in mids:
         roots[mid] = await ns.lookup(1, mid.encode())
@@ -56,7 +56,7 @@ async def test_idle_trees_are_dropped_past_the_bound_and_reload_with_the_same_in
 async def test_a_tree_in_use_is_kept_over_the_bound(three_images):
     objects, mids = three_images
     clock = Clock()
-    ns = StoreImages(objects, dict, max_entries=60, idle=10.0, clock=clock)
+    ns = StoreImages(objects, max_entries=60, idle=10.0, clock=clock)
     for mid in mids:
         await ns.lookup(1, mid.encode())  # all within the idle time
     assert list(ns.trees) == mids
@@ -65,7 +65,7 @@ async def test_a_tree_in_use_is_kept_over_the_bound(three_images):
 async def test_ready_reloads_a_dropped_tree_for_a_sync_call(three_images):
     objects, mids = three_images
     clock = Clock()
-    ns = StoreImages(objects, dict, max_entries=1, idle=0.0, clock=clock)
+    ns = StoreImages(objects, max_entries=1, idle=0.0, clock=clock)
     root0 = await ns.lookup(1, mids[0].encode())
     clock.now += 1
     await ns.lookup(1, mids[1].encode())
@@ -77,6 +77,6 @@ async def test_ready_reloads_a_dropped_tree_for_a_sync_call(three_images):
 async def test_only_image_inodes_are_immutable(three_images):
     """readdir keeps listings of immutable directories only: the root gains images."""
     objects, mids = three_images
-    ns = StoreImages(objects, dict)
+    ns = StoreImages(objects)
     root = await ns.lookup(1, mids[0].encode())
     assert ns.immutable(root) and not ns.immutable(1) and not ns.immutable(2)

@@ -43,7 +43,7 @@ def fill_cache(cache: DiskCache, objects, manifest) -> None:
 def test_a_report_at_start_reads_no_manifest(rich_tree, tmp_path):
     objects = pushed(rich_tree)
     reporter = NodeReporter(objects, DiskCache(tmp_path / "c", 1 << 30), node_id="n",
-                            gpus=[])
+                            gpus=list)
     assert reporter.report()["cached"] == {}
     assert not [k for k in objects.gets if k.startswith("blobs/")]
 
@@ -53,7 +53,7 @@ def test_served_images_are_reported_across_a_restart_and_forgotten_when_evicted(
     objects = pushed(rich_tree, 1)
     mid, manifest = open_image(objects, "img:0")
     cache = DiskCache(tmp_path / "c", 1 << 30)
-    reporter = NodeReporter(objects, cache, node_id="n", gpus=[])
+    reporter = NodeReporter(objects, cache, node_id="n", gpus=list)
     reporter.add(mid, manifest)
     assert reporter.report()["cached"] == {}  # served, nothing read yet
     fill_cache(cache, objects, manifest)
@@ -61,7 +61,7 @@ def test_served_images_are_reported_across_a_restart_and_forgotten_when_evicted(
     assert reporter.report()["cached"] == {mid: distinct}
     objects.gets.clear()
     restarted = NodeReporter(objects, DiskCache(tmp_path / "c", 1 << 30), node_id="n",
-                             gpus=[])
+                             gpus=list)
     assert restarted.report()["cached"] == reporter.report()["cached"]
     assert not objects.gets  # from the chunk table kept in the cache, not the manifest
     for id in {c.id for c in manifest.chunks}:
