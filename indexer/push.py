@@ -3,7 +3,8 @@ manifest, then the tag.
 
 Threading: the calling thread reads the stream, cuts and hashes (blake3 of a 1 MiB chunk is
 a millisecond); a pool of ``jobs`` threads asks the store whether each chunk exists and, if
-not, compresses and uploads it. zstd and the store release the GIL, so those overlap. At most
+not, compresses and uploads it (``blobstore.writer.ImageWriter``, shared with snapshots). zstd
+and the store release the GIL, so those overlap. At most
 ``2 * jobs`` chunks are in flight, which bounds memory. A chunk seen earlier in the same push
 is not sent twice. The tag is written last, after every chunk and the manifest are stored,
 so an interrupted push never leaves a tag that names missing blobs.
@@ -11,16 +12,14 @@ so an interrupted push never leaves a tag that names missing blobs.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.digest import blob_id
-from blobstore.errors import BlobNotFound, StoreUnavailable
 from blobstore.manifest import (
     DIR,
     FILE,
@@ -28,10 +27,10 @@ from blobstore.manifest import (
     Entry,
     Header,
     Manifest,
-    encode,
     stream_spans,
 )
-from blobstore.refs import Ref, Refs
+from blobstore.refs import Ref
+from blobstore.writer import ImageWriter, KnownBlobs
 
 from .chunker import DEFAULT, ChunkerParams, cut
 from .stream import DataStream
@@ -52,86 +51,7 @@ class PushResult:
         return asdict(self)
 
 
-class _KnownBlobs:
-    """What the store already holds, learnt from one listing in a background thread.
-
-    A listing returns a thousand keys per S3 request where asking per chunk costs a request
-    each, so when the store is small next to the image, listing is far cheaper
-    (bench/push.py). The listing gives up past ``limit`` blobs, and then each chunk is
-    looked up on its own: the cost is never much worse than per-chunk lookups.
-    """
-
-    def __init__(self, blobs: BlobStore, limit: int) -> None:
-        self.sizes: dict[str, int] = {}
-        self.complete = False
-        self._done = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._list, args=(blobs, limit), daemon=True,
-                                        name="thaw-list")
-        self._thread.start()
-
-    def _list(self, blobs: BlobStore, limit: int) -> None:
-        try:
-            for id, size in blobs.iter_stored_sizes():
-                if len(self.sizes) >= limit:
-                    return
-                self.sizes[id] = size
-            self.complete = True
-        except BaseException as exc:  # noqa: BLE001 - the uploader falls back to lookups
-            self._error = exc
-        finally:
-            self._done.set()
-
-    def stored_size(self, blobs: BlobStore, id: str) -> int | None:
-        """The stored size of ``id`` if the store has it, else None."""
-        self._done.wait()
-        if self.complete:
-            return self.sizes.get(id)
-        if isinstance(self._error, StoreUnavailable):
-            raise self._error  # the listing already waited out the store's time budget
-        try:
-            return blobs.stored_size(id)
-        except BlobNotFound:
-            return None
-
-
-class _Uploader:
-    """Uploads chunks that the store lacks, from a bounded pool of threads."""
-
-    def __init__(self, blobs: BlobStore, jobs: int, known: _KnownBlobs) -> None:
-        self.blobs = blobs
-        self.known = known
-        self.pool = ThreadPoolExecutor(jobs, thread_name_prefix="thaw-upload")
-        self.slots = threading.BoundedSemaphore(2 * jobs)
-        self.by_id: dict[str, Future] = {}
-        self.new_chunks = 0
-        self.uploaded_bytes = 0
-        self._lock = threading.Lock()
-
-    def submit(self, id: str, data: bytes) -> Future:
-        if id in self.by_id:
-            return self.by_id[id]
-        self.slots.acquire()
-        fut = self.pool.submit(self._store, id, data)
-        fut.add_done_callback(lambda _: self.slots.release())
-        self.by_id[id] = fut
-        return fut
-
-    def _store(self, id: str, data: bytes) -> int:
-        size = self.known.stored_size(self.blobs, id)
-        if size is not None:
-            return size
-        size = self.blobs.put_new(id, data)
-        with self._lock:
-            self.new_chunks += 1
-            self.uploaded_bytes += size
-        return size
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _chunk_stream(tree: SourceTree, files: list[tuple[str, Node]], uploader: _Uploader,
+def _chunk_stream(tree: SourceTree, files: list[tuple[str, Node]], writer: ImageWriter,
                   params: ChunkerParams, on_bytes: Callable[[int], None] | None
                   ) -> list[tuple[str, int, Future]]:
     chunks = []
@@ -140,10 +60,7 @@ def _chunk_stream(tree: SourceTree, files: list[tuple[str, Node]], uploader: _Up
         for view in cut(stream, params):
             data = bytes(view)
             id = blob_id(data)
-            chunks.append((id, len(data), uploader.submit(id, data)))
-            failed = next((f for _, _, f in chunks[-8:] if f.done() and f.exception()), None)
-            if failed is not None:
-                failed.result()  # a store error: stop reading at once
+            chunks.append((id, len(data), writer.submit(id, data)))
     finally:
         stream.close()
     return chunks
@@ -201,18 +118,10 @@ def push_tree(tree: SourceTree, objects: ObjectStore, ref: Ref | None = None, *,
         offsets[id(node)] = pos
         pos += node.size
     # Listing beyond a few times the image's chunk count costs more than asking per chunk.
-    known = _KnownBlobs(blobs, limit=4 * (pos // params.min_size + 1))
-    uploader = _Uploader(blobs, jobs, known)
-    try:
-        cut_chunks = _chunk_stream(tree, files, uploader, params, on_bytes)
-        table = [ChunkRef(cid, size, fut.result()) for cid, size, fut in cut_chunks]
-    finally:
-        uploader.close()
+    known = KnownBlobs(blobs, limit=4 * (pos // params.min_size + 1))
+    with ImageWriter(blobs, jobs=jobs, known=known) as writer:
+        table = writer.table(_chunk_stream(tree, files, writer, params, on_bytes))
     manifest = build_manifest(tree, table, offsets, params)
-    raw = encode(manifest)
-    mid = blob_id(raw)
-    uploaded = uploader.uploaded_bytes + blobs.ensure(mid, raw)[1]
-    if ref is not None:
-        Refs(objects).set(ref, mid)
-    return PushResult(mid, manifest.file_count(), pos, len(table), uploader.new_chunks,
-                      uploaded, round(time.monotonic() - started, 3))
+    mid = writer.finish(manifest, ref)
+    return PushResult(mid, manifest.file_count(), pos, len(table), writer.new_chunks,
+                      writer.uploaded_bytes, round(time.monotonic() - started, 3))

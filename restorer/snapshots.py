@@ -51,7 +51,7 @@ from .layout import (
     validate,
 )
 from .plan import fetch_order, file_sizes, pieces
-from .writer import ImageWriter
+from .writer import SnapshotWriter
 
 log = logging.getLogger(__name__)
 HINTS_WORKLOAD = "restore"
@@ -84,7 +84,7 @@ def snapshot(module_or_state_dict, ref: str, *, store: str | ObjectStore | None 
     ``torch.compile`` built in this process, which a restore puts back in place."""
     state = _state(module_or_state_dict)
     target = parse_ref(ref)
-    writer = ImageWriter(_objects(store), jobs=jobs)
+    writer = SnapshotWriter(_objects(store), jobs=jobs)
     storage_of: dict[tuple, int] = {}
     storages, tensors = [], []
     for name, t in state.items():

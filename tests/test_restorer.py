@@ -23,7 +23,7 @@ from blobstore.local import LocalStore  # noqa: E402
 from blobstore.refs import parse_ref  # noqa: E402
 from restorer import load_into, restore, snapshot  # noqa: E402
 from restorer.layout import LayoutError  # noqa: E402
-from restorer.writer import ImageWriter  # noqa: E402
+from restorer.writer import SnapshotWriter  # noqa: E402
 
 from .conftest import Mounted  # noqa: E402
 
@@ -167,7 +167,7 @@ def test_malicious_tables_are_refused_before_allocating(objects, change, message
              "tensors": [{"name": "w", "dtype": "float32", "shape": [4, 4], "stride": [4, 1],
                           "offset": 0, "storage": 0}]}
     change(table)
-    w = ImageWriter(objects)
+    w = SnapshotWriter(objects)
     w.add_file("storages/00000", bytes(64))
     w.add_file("snapshot.json", json.dumps(table).encode())
     w.finish(parse_ref("bad:1"), source="test")
