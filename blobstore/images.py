@@ -1,22 +1,21 @@
 """Reading images back: resolve a reference, load its manifest, stream its chunks.
 
 ``load_manifest`` verifies the blob and validates the manifest before returning it.
-``fetch_in_order`` fetches chunks through a small thread pool, ahead of the consumer but at
-most ``window`` chunks ahead, and yields them in order: bounded memory, parallel requests.
+``fetch_in_order`` fetches chunks through the ordered pipeline (``pipeline.in_order``), ahead
+of the consumer but at most ``window`` chunks ahead: bounded memory, parallel requests.
 Thread-safe as the store is; the generator itself belongs to one consumer thread.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 
 from .base import ObjectStore
 from .blobs import BlobStore
 from .codec import MAX_BLOB_SIZE
 from .errors import BlobCorrupt, BlobNotFound, ManifestInvalid
 from .manifest import FILE, Entry, Manifest, decode
+from .pipeline import in_order
 from .refs import Refs
 
 
@@ -49,20 +48,8 @@ def fetch_chunk(blobs: BlobStore, manifest: Manifest, index: int) -> bytes:
 def fetch_in_order(blobs: BlobStore, manifest: Manifest, order: Iterable[int], *,
                    jobs: int = 8, window: int = 16) -> Iterator[tuple[int, bytes]]:
     """``(index, bytes)`` for each chunk index in ``order``, fetched ahead in parallel."""
-    pending: deque[tuple[int, Future]] = deque()
-    with ThreadPoolExecutor(jobs, thread_name_prefix="thaw-fetch") as pool:
-        try:
-            for index in order:
-                pending.append((index, pool.submit(fetch_chunk, blobs, manifest, index)))
-                if len(pending) >= window:
-                    i, fut = pending.popleft()
-                    yield i, fut.result()
-            while pending:
-                i, fut = pending.popleft()
-                yield i, fut.result()
-        finally:
-            for _, fut in pending:
-                fut.cancel()
+    return in_order(order, lambda i: fetch_chunk(blobs, manifest, i), jobs=jobs,
+                    window=window)
 
 
 def chunk_order(entries: Iterable[Entry]) -> list[int]:

@@ -3,9 +3,9 @@ manifest, then the tag.
 
 Threading: the calling thread reads the stream, cuts and hashes (blake3 of a 1 MiB chunk is
 a millisecond); a pool of ``jobs`` threads asks the store whether each chunk exists and, if
-not, compresses and uploads it (``blobstore.writer.ImageWriter``, shared with snapshots). zstd
-and the store release the GIL, so those overlap. At most
-``2 * jobs`` chunks are in flight, which bounds memory. A chunk seen earlier in the same push
+not, compresses and uploads it (``blobstore.writer.ImageWriter``, shared with snapshots).
+zstd and the store release the GIL, so those overlap. At most ``2 * jobs`` chunks are in
+flight, which bounds memory. A chunk seen earlier in the same push
 is not sent twice. The tag is written last, after every chunk and the manifest are stored,
 so an interrupted push never leaves a tag that names missing blobs.
 """

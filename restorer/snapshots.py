@@ -11,16 +11,16 @@ verifying and copying overlap, and host memory stays bounded. Nothing is returne
 every byte has arrived and verified: an error leaves no half-loaded tensors behind. The
 order chunks were first read in is saved as hints for the next restore. Compiled kernels
 a snapshot carries (``compilecache``) go back into torch's caches after the tensors.
+``restore`` is ``plan_restore`` (what goes where, in which order, on which device) then
+``execute`` (the pipeline, ``blobstore.pipeline.in_order``, into a ``copiers`` piece).
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from blobstore.base import ObjectStore
@@ -30,11 +30,13 @@ from blobstore.errors import ThawError
 from blobstore.hints import HintRecorder, load_hints, save_hints
 from blobstore.images import fetch_chunk, open_image
 from blobstore.manifest import FileSpans, Manifest
+from blobstore.pipeline import in_order
 from blobstore.refs import parse_ref
-from blobstore.tiers import node_tiers
+from blobstore.tiers import BlobTier, node_tiers
 from blobstore.url import open_store
 
 from . import compilecache
+from .copiers import copier_for
 from .device import RestoreError, environment, pick_device
 from .layout import (
     SNAPSHOT_TABLE,
@@ -50,7 +52,7 @@ from .layout import (
     to_table,
     validate,
 )
-from .plan import fetch_order, file_sizes, pieces
+from .plan import Piece, fetch_order, file_sizes, pieces
 from .writer import SnapshotWriter
 
 log = logging.getLogger(__name__)
@@ -146,46 +148,6 @@ def _check_env(layout: Layout) -> None:
                                f"({torch.__version__}) lacks; restore with a newer torch")
 
 
-class _Copier:
-    """Copies chunk pieces into the storages: directly on CPU, through pinned staging
-    buffers and a side stream on CUDA."""
-
-    def __init__(self, storages: list[torch.Tensor], device: torch.device, depth: int,
-                 chunk_bytes: int) -> None:
-        self.storages, self.cuda = storages, device.type == "cuda"
-        if self.cuda:
-            self.stream = torch.cuda.Stream(device)
-            self.ring = deque((torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=True),
-                               torch.cuda.Event()) for _ in range(depth))
-        else:
-            self.views = [s.numpy() for s in storages]
-
-    def region(self, p) -> memoryview:
-        """The bytes of a storage that piece ``p`` fills (CPU)."""
-        return memoryview(self.views[p.storage][p.storage_offset:p.storage_offset + p.length])
-
-    def copy(self, data: bytes, plan) -> None:
-        src = np.frombuffer(data, dtype=np.uint8)
-        if not self.cuda:
-            for p in plan:
-                self.views[p.storage][p.storage_offset:p.storage_offset + p.length] = \
-                    src[p.chunk_offset:p.chunk_offset + p.length]
-            return
-        buf, done = self.ring.popleft()
-        done.synchronize()  # the copy that last used this buffer has finished
-        buf[:len(src)].numpy()[:] = src
-        with torch.cuda.stream(self.stream):
-            for p in plan:
-                self.storages[p.storage][p.storage_offset:p.storage_offset + p.length].copy_(
-                    buf[p.chunk_offset:p.chunk_offset + p.length], non_blocking=True)
-            done.record(self.stream)
-        self.ring.append((buf, done))
-
-    def finish(self) -> None:
-        if self.cuda:
-            self.stream.synchronize()
-
-
 def _tensors(layout: Layout, storages: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for t in layout.tensors:
@@ -197,6 +159,63 @@ def _tensors(layout: Layout, storages: list[torch.Tensor]) -> dict[str, torch.Te
     return out
 
 
+@dataclass(frozen=True)
+class RestorePlan:
+    """What a restore will do, decided before a byte of tensor data is fetched."""
+
+    objects: ObjectStore
+    mid: str
+    manifest: Manifest
+    layout: Layout
+    pieces: dict[int, list[Piece]]  # chunk index -> where its bytes go
+    order: list[int]  # chunk indexes, hinted ones first
+    device: torch.device
+
+
+def plan_restore(objects: ObjectStore, ref: str, device: str | None) -> RestorePlan:
+    """Resolve ``ref``, read and validate its layout, order the chunks, pick the device."""
+    mid, manifest = open_image(objects, ref)
+    layout = read_layout(BlobStore(objects), manifest)
+    _check_env(layout)
+    plan = pieces(manifest, layout)
+    order = fetch_order(plan, load_hints(objects, mid, HINTS_WORKLOAD, len(manifest.chunks)))
+    return RestorePlan(objects, mid, manifest, layout, plan, order,
+                       pick_device(device, layout.nbytes))
+
+
+def execute(plan: RestorePlan, tiers: BlobTier, *, jobs: int, window: int,
+            on_bytes: Callable[[int], None], recorder: HintRecorder) -> list[torch.Tensor]:
+    """Fetch every planned chunk through ``tiers`` in the pipeline, verified, into fresh
+    storages on the plan's device; the storages."""
+    manifest, layout = plan.manifest, plan.layout
+    storages = [torch.empty(s.nbytes, dtype=torch.uint8, device=plan.device)
+                for s in layout.storages]
+    biggest = max((manifest.chunks[i].size for i in plan.pieces), default=1)
+    copier = copier_for(storages, plan.device, window + 2, biggest)
+
+    def fetch(i: int) -> bytes | None:
+        chunk, where = manifest.chunks[i], plan.pieces[i]
+        if copier.in_place and len(where) == 1 and where[0].length == chunk.size:
+            # the chunk fills one region of one storage: decode and verify it in place
+            tiers.read_into(chunk.id, copier.region(where[0]))
+            recorder.read(i)
+            return None
+        data = tiers.get(chunk.id, max_size=chunk.size)
+        recorder.read(i)
+        if not copier.in_place:
+            return data  # copied by the consuming thread, which owns the staging ring
+        copier.copy(data, where)
+        return None
+
+    for i, data in in_order(plan.order, fetch, jobs=jobs, window=window,
+                            thread_name="thaw-restore"):
+        if data is not None:  # an error was raised at its turn: nothing half-loaded returns
+            copier.copy(data, plan.pieces[i])
+        on_bytes(manifest.chunks[i].size)
+    copier.finish()
+    return storages
+
+
 def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | None = None,
             cache_dir: str | None = None, cache_bytes: int = 50 << 30, jobs: int = 8,
             window: int = 16, record_hints: bool = True, compile_cache: bool = True,
@@ -206,67 +225,23 @@ def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | N
     ``compile_cache``, compiled kernels the snapshot carries go into torch's caches.
     ``on_bytes`` is told, in the calling thread, the bytes of each chunk restored."""
     objects = _objects(store)
-    mid, manifest = open_image(objects, ref)
+    plan = plan_restore(objects, ref, device)
     blobs = BlobStore(objects)
-    layout = read_layout(blobs, manifest)
-    _check_env(layout)
-    plan = pieces(manifest, layout)
-    order = fetch_order(plan, load_hints(objects, mid, HINTS_WORKLOAD, len(manifest.chunks)))
-    dev = pick_device(device, layout.nbytes)
-    storages = [torch.empty(s.nbytes, dtype=torch.uint8, device=dev) for s in layout.storages]
     tiers = node_tiers(blobs, DiskCache(cache_dir, cache_bytes) if cache_dir else None).stack
     recorder = HintRecorder()
-    biggest = max((manifest.chunks[i].size for i in plan), default=1)
-    copier = _Copier(storages, dev, window + 2, biggest)
-
-    def fetch(i: int) -> bytes | None:
-        chunk = manifest.chunks[i]
-        whole = plan[i][0] if len(plan[i]) == 1 else None
-        if not copier.cuda and whole is not None and whole.length == chunk.size:
-            # the chunk fills one region of one storage: decode and verify it in place
-            tiers.read_into(chunk.id, copier.region(whole))
-            recorder.read(i)
-            return None
-        data = tiers.get(chunk.id, max_size=chunk.size)
-        recorder.read(i)
-        if copier.cuda:
-            return data  # the staging ring belongs to the calling thread
-        copier.copy(data, plan[i])
-        return None
-
-    pending: deque[tuple[int, Future]] = deque()
-    with ThreadPoolExecutor(max(1, jobs), thread_name_prefix="thaw-restore") as pool:
-        try:
-            for i in order:
-                pending.append((i, pool.submit(fetch, i)))
-                if len(pending) >= window:
-                    on_bytes(_drain_one(pending, copier, plan, manifest))
-            while pending:
-                on_bytes(_drain_one(pending, copier, plan, manifest))
-        finally:
-            for _, fut in pending:
-                fut.cancel()
-    copier.finish()
-    sizes = file_sizes(manifest)
+    storages = execute(plan, tiers, jobs=jobs, window=window, on_bytes=on_bytes,
+                       recorder=recorder)
+    sizes = file_sizes(plan.manifest)
     if compile_cache and compilecache.ARTIFACTS in sizes:
-        compilecache.install(_file_bytes(blobs, manifest, compilecache.ARTIFACTS, 0,
+        compilecache.install(_file_bytes(blobs, plan.manifest, compilecache.ARTIFACTS, 0,
                                          sizes[compilecache.ARTIFACTS]),
-                             layout.env.get("torch"))
+                             plan.layout.env.get("torch"))
     if record_hints:
         try:
-            save_hints(objects, mid, HINTS_WORKLOAD, recorder.recording())
+            save_hints(objects, plan.mid, HINTS_WORKLOAD, recorder.recording())
         except ThawError as exc:
             log.warning("restore hints not saved: %s", exc)
-    return _tensors(layout, storages)
-
-
-def _drain_one(pending, copier: _Copier, plan, manifest: Manifest) -> int:
-    """Wait for the oldest chunk and finish it; its size."""
-    i, fut = pending.popleft()
-    data = fut.result()  # raises the fetch's error: nothing half-loaded is returned
-    if data is not None:
-        copier.copy(data, plan[i])
-    return manifest.chunks[i].size
+    return _tensors(plan.layout, storages)
 
 
 def load_into(module: torch.nn.Module, ref: str, **kwargs) -> torch.nn.Module:
