@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
@@ -11,20 +10,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-CACHE = Path(os.environ.get("THAW_TEST_CACHE", Path.home() / ".cache" / "thaw-test"))
 
-
-def debian_tar() -> Path:
-    """Debian 12 minbase + python3 + numpy (~260 MB of files), built once with mmdebstrap."""
-    path = CACHE / "rootfs-py.tar"
-    if not path.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        subprocess.run(["mmdebstrap", "--variant=minbase", "--include=python3,python3-numpy",
-                        "--format=tar", "--quiet", "bookworm", str(tmp),
-                        "http://deb.debian.org/debian"], check=True)
-        tmp.rename(path)
-    return path
+from tests.rootfs import debian_tar  # noqa: E402, F401 - the one root-fs builder
 
 
 def extract(tar: Path, dest: Path) -> Path:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import uuid
@@ -12,12 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from . import rootfs
 from .seaweed import SeaweedServer
 from .support import build_rich_tree
 
 REPO = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("THAW_TEST_CACHE", Path.home() / ".cache" / "thaw-test"))
-DEBIAN_INCLUDE = "python3,python3-numpy"
 
 
 @pytest.fixture(autouse=True)
@@ -64,17 +62,10 @@ def rich_tree(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def debian_tar() -> Path:
     """A Debian 12 minbase root file system with python3 and numpy, as a tar (cached)."""
-    path = CACHE / "rootfs-py.tar"
-    if not path.exists():
-        if not shutil.which("mmdebstrap"):
-            pytest.fail("mmdebstrap is not installed; run `make install`")
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        subprocess.run(["mmdebstrap", "--variant=minbase", f"--include={DEBIAN_INCLUDE}",
-                        "--format=tar", "--quiet", "bookworm", str(tmp),
-                        "http://deb.debian.org/debian"], check=True)
-        tmp.rename(path)
-    return path
+    try:
+        return rootfs.debian_tar()
+    except rootfs.RootfsUnavailable as exc:
+        pytest.fail(str(exc))
 
 
 class Thaw:
