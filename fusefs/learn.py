@@ -1,4 +1,4 @@
-"""Learn what a workload reads as it starts, and prefetch it the next time (DESIGN "learn").
+"""Learn what a workload reads as it starts, and prefetch it the next time.
 
 A mount records, for the first ``window`` seconds, the chunks of its image in the order they
 were first read (``blobstore.hints.HintRecorder``), and saves them as

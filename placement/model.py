@@ -2,7 +2,7 @@
 
 Workloads and nodes arrive as JSON (a workload file, node reports); ``parse_workloads`` and
 ``Node.from_report`` check every field and say which one is wrong. Imports nothing of ours
-(DESIGN.md: placement reads node reports as JSON). Immutable once built; thread-safe.
+(docs/architecture.md: placement reads node reports as JSON). Immutable once built; thread-safe.
 """
 
 from __future__ import annotations

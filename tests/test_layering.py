@@ -70,3 +70,12 @@ def test_gpu_probing_has_one_home_that_imports_no_torch():
              for f in (REPO / pkg).rglob("*.py")
              if "import pynvml" in f.read_text() and f.name != "gpus.py"]
     assert users == []
+
+
+def test_readme_and_docs_name_no_path_outside_the_repository():
+    import re
+
+    texts = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    outside = [f"{p.name}: {m.group(0)}" for p in texts
+               for m in re.finditer(r"\.\./[\w./-]*|\bshared/\w+", p.read_text())]
+    assert outside == []
