@@ -9,6 +9,7 @@ sweeps temporaries that killed writers left more than an hour ago. Thread- and p
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -58,6 +59,28 @@ class LocalStore(ObjectStore):
             raise self._error(exc, f"read {key}") from None
 
     def put(self, key: str, data: bytes) -> None:
+        try:
+            with self._staged(key, data) as (path, tmp):
+                os.replace(tmp, path)
+        except OSError as exc:
+            raise self._error(exc, f"write {key}") from None
+
+    def create(self, key: str, data: bytes) -> bool:
+        """The bytes go to a temporary file, which is then hard-linked to the key: ``link``
+        fails if the key exists, atomically, on every local file system and NFS."""
+        try:
+            with self._staged(key, data) as (path, tmp):
+                os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise self._error(exc, f"create {key}") from None
+
+    @contextlib.contextmanager
+    def _staged(self, key: str, data: bytes) -> Iterator[tuple[Path, Path]]:
+        """``(the key's path, a temporary file holding data)``; the temporary is gone after.
+        The first write of a process sweeps what killed writers left."""
         path = self._path(key)
         if not self._swept.is_set():
             self._swept.set()
@@ -68,26 +91,7 @@ class LocalStore(ObjectStore):
             tmp.parent.mkdir(parents=True, exist_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
             self._write_new(tmp, data)
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise self._error(exc, f"write {key}") from None
-
-    def create(self, key: str, data: bytes) -> bool:
-        """The bytes go to a temporary file, which is then hard-linked to the key: ``link``
-        fails if the key exists, atomically, on every local file system and NFS."""
-        path = self._path(key)
-        tmp = temp_path(self.root, path.name)
-        try:
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._write_new(tmp, data)
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError as exc:
-            raise self._error(exc, f"create {key}") from None
+            yield path, tmp
         finally:
             tmp.unlink(missing_ok=True)
 

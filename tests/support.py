@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import struct
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -134,3 +136,16 @@ def docker_archive(dest: Path, layers: list[Path]) -> Path:
         for name, layer in zip(names, layers, strict=True):
             tf.add(layer, arcname=name)
     return dest
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A tmpfs of ``size`` ("1m") mounted at ``path`` (made if missing): a full disk on
+    demand. Unmounted on exit."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], check=True)

@@ -21,7 +21,7 @@ import pytest
 import zstandard
 
 from .conftest import REPO
-from .support import docker_archive, oci_layout
+from .support import docker_archive, oci_layout, tmpfs
 
 BOMB_BYTES = 512 << 20
 LIMIT = 256 << 20  # well under the bomb, well over what a streaming push needs
@@ -99,21 +99,16 @@ def test_the_limit_stops_a_push_that_holds_the_bomb_in_memory(tmp_path):
 @pytest.mark.mount
 def test_no_room_to_unpack_is_one_line(tmp_path):
     """Temporary space that runs out is named, with what to do, and exits 3."""
-    small = tmp_path / "small"
-    small.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(small)], check=True)
-    try:
-        data = io.BytesIO()
-        with tarfile.open(fileobj=data, mode="w") as tf:
-            info = tarfile.TarInfo("noise")
-            payload = os.urandom(4 << 20)
-            info.size = len(payload)
-            tf.addfile(info, io.BytesIO(payload))
-        source = tmp_path / "noise.tar.zst"
-        source.write_bytes(zstandard.ZstdCompressor().compress(data.getvalue()))
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tf:
+        info = tarfile.TarInfo("noise")
+        payload = os.urandom(4 << 20)
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    source = tmp_path / "noise.tar.zst"
+    source.write_bytes(zstandard.ZstdCompressor().compress(data.getvalue()))
+    with tmpfs(tmp_path / "small", "1m") as small:
         proc = limited_push(source, tmp_path / "store", env={"TMPDIR": str(small)})
-    finally:
-        subprocess.run(["umount", str(small)], check=True)
     err = proc.stderr.decode()
     assert proc.returncode == 3, err
     assert err.count("\n") == 1 and "no space left in" in err and "TMPDIR" in err

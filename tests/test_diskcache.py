@@ -16,6 +16,8 @@ from blobstore.errors import BlobCorrupt, BlobNotFound, StoreUnavailable
 from blobstore.memory import MemoryStore
 from blobstore.tiers import node_tiers
 
+from .support import tmpfs
+
 
 def blob(n: int, size: int = 10_000) -> tuple[str, bytes]:
     data = os.urandom(8) + bytes([n]) * size
@@ -166,21 +168,14 @@ def test_read_through_read_into_fills_the_cache(tmp_path):
 @pytest.mark.allow_log_warnings
 def test_a_cache_on_a_full_file_system_evicts_and_recovers(tmp_path):
     """The bound is larger than the disk: a write that hits ENOSPC makes room and lands."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    try:
+    with tmpfs(tmp_path / "tiny", "2m") as mnt:
         cache = DiskCache(mnt, 1 << 30)
-        stored = {}
         for _ in range(40):  # ~4 MB of incompressible entries into 2 MB
             data = os.urandom(100_000)
             id = blob_id(data)
-            stored[id] = encode_blob(data)
-            cache.put_stored(id, stored[id])
+            cache.put_stored(id, encode_blob(data))
             assert cache.get(id) == data  # every write landed
         assert 0 < cache.size <= 2 << 20
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_opening_a_cache_sweeps_temporaries_a_killed_writer_left(tmp_path):
