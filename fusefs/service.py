@@ -67,11 +67,11 @@ def one_malloc_arena() -> None:
     """Make glibc serve every thread from one malloc arena. By default each of the fetch
     threads gets its own, and chunks freed in one arena are not reused by the others, so
     resident memory grows well past ``--memory``: reading a 1 GiB file at ``--memory 256M``
-    peaked at 450 MB. With one arena it peaks at 340 MB at the same speed (640 MiB/s from
-    the disk cache); fixing the mmap threshold instead kept it at 305 MB but halved the
-    speed, since every chunk then costs a fresh mapping (bench/scale.py, this machine).
-    The threads hold the GIL little while they allocate, so one arena is not contended.
-    Not glibc: nothing to do."""
+    peaked at 450 MB. With one arena it peaks at 340 MB at the same speed (about 600 MiB/s
+    from the disk cache); fixing the mmap threshold instead kept it at 305 MB but halved
+    the speed, since every chunk then costs a fresh mapping (measured side by side on a
+    2-core machine). The threads allocate under the GIL anyway, so one arena adds little
+    contention. Not glibc: nothing to do."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(_M_ARENA_MAX, 1)
