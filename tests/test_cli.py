@@ -237,3 +237,9 @@ def threading_wait(seconds: float) -> None:
     import threading
 
     threading.Event().wait(seconds)
+
+
+def test_a_store_timeout_that_is_not_a_positive_number_is_one_line(thaw):
+    assert_user_error(thaw("--store-timeout", "0", "ls", check=False), 2, "store timeout")
+    proc = thaw("--store-timeout", "soon", "ls", check=False)
+    assert proc.returncode == 2 and b"Traceback" not in proc.stderr
