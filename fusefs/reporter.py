@@ -30,6 +30,7 @@ from blobstore.diskcache import CacheIndex, DiskCache
 from blobstore.errors import ThawError
 from blobstore.manifest import Manifest
 from blobstore.nodereport import build_report, write_report
+from blobstore.tempfiles import temp_path
 
 log = logging.getLogger(__name__)
 _ROW = struct.Struct("<32sQ")  # chunk id (raw), size
@@ -108,7 +109,11 @@ class NodeReporter:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Under a unique temporary name, then renamed: daemons sharing a cache may race."""
+    tmp = temp_path(path.parent, path.name)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
