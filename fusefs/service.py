@@ -11,7 +11,6 @@ everything after ``trio.run`` is on the trio thread, with store calls in worker 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,8 +72,7 @@ def one_malloc_arena() -> None:
     2-core machine). The threads allocate under the GIL anyway, so one arena adds little
     contention. Not glibc: nothing to do."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(_M_ARENA_MAX, 1)
+        ctypes.CDLL(None).mallopt(_M_ARENA_MAX, 1)  # this process's symbols: libc's
     except (OSError, AttributeError) as exc:
         log.info("could not limit malloc's arenas: %s", exc)
 
