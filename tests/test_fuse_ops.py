@@ -103,6 +103,25 @@ async def test_a_corrupt_chunk_is_eio_never_wrong_bytes(image, caplog):
 
 
 @pytest.mark.allow_log_warnings
+async def test_a_read_across_chunks_that_fails_is_one_logged_line_not_a_bug(image, caplog):
+    """The chunks of a multi-chunk read are fetched in a nursery: its failure must reach the
+    boundary as the one store error (image, file, chunk), never as an ExceptionGroup."""
+    ops, objects, manifest = image
+    ino = await path_ino(ops, "bin/ping")
+    spans = ops.ns.tree.spans(ino, 0, 1 << 20)
+    assert len(spans) > 2
+    for s in spans[1:3]:  # two of the chunks fail at once
+        objects.delete(blob_key(manifest.chunks[s.chunk].id))
+    fh = (await ops.open(ino, os.O_RDONLY, None)).fh
+    with pytest.raises(pyfuse3.FUSEError) as e:
+        await ops.read(fh, 0, 1 << 20)
+    assert e.value.errno == errno.EIO
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "/bin/ping: blob" in errors[0] and "not found" in errors[0]
+    assert "bug in" not in caplog.text and not any(r.exc_info for r in caplog.records)
+
+
+@pytest.mark.allow_log_warnings
 @pytest.mark.parametrize("bug", [RuntimeError("boom"), KeyError("a dictionary bug")])
 async def test_a_bug_in_a_handler_is_eio_not_a_dead_mount(image, caplog, bug):
     """A KeyError too: lookups use named errors, so a KeyError is a bug, not ENOENT."""
