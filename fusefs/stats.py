@@ -36,6 +36,7 @@ class MountStats:
     disk: TierSnapshot
     store: TierSnapshot
     hinted_chunks: int = 0  # queued for prefetch from earlier starts' hints
+    readdir_requests: int = 0  # pages of names the kernel asked for (not from its cache)
 
     @classmethod
     def collect(cls, images: dict[str, int], tiers: NodeTiers, fetcher_stats: FetcherStats,
@@ -59,6 +60,7 @@ class MountStats:
             "demand_fetches": f.demand_fetches,
             "prefetches": f.prefetches,
             "hinted_chunks": self.hinted_chunks,
+            "readdir_requests": self.readdir_requests,
             "retries": f.retries,
             "errors": f.errors,
         }

@@ -351,3 +351,27 @@ def test_memory_bounds_resident_memory_within_the_documented_overhead(thaw, tmp_
         with open(f"/proc/{mount_pid(mnt)}/status") as f:
             peak = next(int(line.split()[1]) << 10 for line in f if line.startswith("VmHWM"))
     assert peak < (64 << 20) + MEMORY_OVERHEAD, f"peak resident {peak >> 20} MiB"
+
+
+def test_a_repeated_listing_of_an_image_directory_is_answered_by_the_kernel(thaw, tmp_path):
+    """With pyfuse3 rebuilt by scripts/pyfuse3-cache-readdir.sh (make install does it), an
+    image directory's listing is cached by the kernel: listing it again asks the daemon
+    for no page of names."""
+    import pyfuse3
+
+    if not getattr(pyfuse3, "THAW_CACHE_READDIR", False):
+        pytest.skip("pyfuse3 is not rebuilt with cached readdir (make install does it)")
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    names = [f"f{i:05d}" for i in range(3000)]
+    for n in names:
+        (src / "d" / n).touch()
+    thaw("push", str(src), "dir:1")
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "dir:1", str(mnt), *cache_args(tmp_path)):
+        assert sorted(os.listdir(mnt / "d")) == names
+        first = json.loads(thaw("stats", str(mnt), "--json").stdout)["readdir_requests"]
+        for _ in range(3):
+            assert sorted(os.listdir(mnt / "d")) == names
+        again = json.loads(thaw("stats", str(mnt), "--json").stdout)["readdir_requests"]
+    assert first > 10 and again == first
