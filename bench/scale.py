@@ -11,7 +11,8 @@
 4. Peak resident memory of the mount while reading a 4 GiB file at `--memory 256M`
    (the README promises at most --memory + 100 MB).
 
-    python bench/scale.py [--quick]     # --quick: no 1M-entry image, a 1 GiB file in (4)
+    python bench/scale.py [--quick] [--only mount|listing|random|memory]
+    # --quick: no 1M-entry image, a 1 GiB file in (4)
 """
 
 from __future__ import annotations
@@ -198,23 +199,32 @@ def memory(work: Path, size: int) -> list[list[object]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--only", choices=["mount", "listing", "random", "memory"])
     args = parser.parse_args()
+
+    def run(part: str) -> bool:
+        return args.only in (None, part)
+
     with tempfile.TemporaryDirectory(prefix="thaw-scale-", dir="/var/tmp") as tmp:
         work = Path(tmp)
         sizes = [10_000, 100_000] + ([] if args.quick else [1_000_000])
-        print("\n## 1. thaw mount: time to ready and resident memory before any read\n")
-        print(table(["entries", "mount (s)", "resident", "per entry"],
-                    mount_scale(work, sizes)))
-        print("\n## 2. ls -f of one directory (ms), against the local tree\n")
-        print(table(["entries", "local", "thaw first", "thaw again", "first / local",
-                     "again / local", "first, us/entry"], listing(work, [10_000, 30_000,
-                                                                         100_000])))
-        print("\n## 3. 2,000 random 4 KiB reads of a 1 GiB file\n")
-        print(table(["run", "reads/s", "fetched", "chunks touched", "fetched / touched"],
-                    random_reads(work)))
-        print("\n## 4. Resident memory reading a big file at --memory 256M\n")
-        print(table(["file", "--memory", "peak resident", "over the bound", "peak / bound"],
-                    memory(work, (1 if args.quick else 4) << 30)))
+        if run("mount"):
+            print("\n## 1. thaw mount: time to ready and resident memory before any read\n")
+            print(table(["entries", "mount (s)", "resident", "per entry"],
+                        mount_scale(work, sizes)))
+        if run("listing"):
+            print("\n## 2. ls -f of one directory (ms), against the local tree\n")
+            print(table(["entries", "local", "thaw first", "thaw again", "first / local",
+                         "again / local", "first, us/entry"],
+                        listing(work, [10_000, 30_000, 100_000])))
+        if run("random"):
+            print("\n## 3. 2,000 random 4 KiB reads of a 1 GiB file\n")
+            print(table(["run", "reads/s", "fetched", "chunks touched", "fetched / touched"],
+                        random_reads(work)))
+        if run("memory"):
+            print("\n## 4. Resident memory reading a big file at --memory 256M\n")
+            print(table(["file", "--memory", "peak resident", "over the bound",
+                         "peak / bound"], memory(work, (1 if args.quick else 4) << 30)))
 
 
 if __name__ == "__main__":
