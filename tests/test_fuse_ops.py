@@ -214,3 +214,50 @@ async def test_named_lookup_errors_map_to_their_errno(image):
         with pytest.raises(pyfuse3.FUSEError) as e:
             await call
         assert e.value.errno == expected
+
+
+@pytest.mark.parametrize("kept", [100_000, 10])
+async def test_a_listing_in_many_requests_builds_each_entrys_attributes_once(
+        tmp_path, monkeypatch, kept):
+    """Whether the directory's attributes are kept (small) or not (over LISTED_ENTRIES),
+    a listing that takes many readdir requests builds each entry's attributes about once.
+    The kernel's reply buffer is played by a fake ``readdir_reply`` that takes 20 names."""
+    import fusefs.ops as ops_module
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(200):
+        (src / "d" / f"f{i:03d}").touch()
+    objects = MemoryStore()
+    with open_source(str(src)) as tree:
+        push_tree(tree, objects, parse_ref("d:1"))
+    mid, manifest = open_image(objects, "d:1")
+    ns = SingleImage(mid, FsTree(manifest, image_id=mid))
+    ops = ImageOps(ns, ChunkFetcher(lambda id, size: b""))
+    built = []
+    real_attrs = ns.attrs
+    monkeypatch.setattr(ns, "attrs", lambda ino: built.append(ino) or real_attrs(ino))
+    monkeypatch.setattr(ops_module, "LISTED_ENTRIES", kept)
+    names: list[bytes] = []
+
+    class Page:
+        def __init__(self) -> None:
+            self.taken = 0
+
+    def reply(token, name, attrs, next_id):
+        if token.taken == 20:
+            return False
+        token.taken += 1
+        names.append(name)
+        return True
+
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    d = await path_ino(ops, "d")
+    fh = await ops.opendir(d, None)
+    while True:
+        page = Page()
+        await ops.readdir(fh, len(names), page)
+        if not page.taken:
+            break
+    assert names == sorted(f"f{i:03d}".encode() for i in range(200))
+    assert len(built) <= 200 + 11  # one extra per page at most, never per request x size
