@@ -375,3 +375,14 @@ def test_a_repeated_listing_of_an_image_directory_is_answered_by_the_kernel(thaw
             assert sorted(os.listdir(mnt / "d")) == names
         again = json.loads(thaw("stats", str(mnt), "--json").stdout)["readdir_requests"]
     assert first > 10 and again == first
+
+
+def test_a_background_mount_logs_to_the_state_directory_not_the_cache(thaw, pushed,
+                                                                      tmp_path):
+    """A cache that fills its disk must not silence the log that says so."""
+    thaw.env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "rich:1", str(mnt), *cache_args(tmp_path)):
+        logs = list((tmp_path / "state" / "thaw" / "log").glob("mount-*.log"))
+        assert len(logs) == 1
+        assert not [p for p in (tmp_path / "cache").rglob("*.log")]
