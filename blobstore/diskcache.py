@@ -63,10 +63,6 @@ class DiskCache(BlobTier):
                             continue  # evicted by another process meanwhile
                         yield f.path, st.st_size, st.st_mtime_ns
 
-    def ids(self) -> set[str]:
-        """Ids of every entry now in the cache."""
-        return {path.rsplit("/", 1)[-1] for path, _, _ in self._entries()}
-
     @property
     def size(self) -> int:
         return self._size

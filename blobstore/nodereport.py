@@ -17,7 +17,6 @@ import time
 
 from .base import ObjectStore
 from .errors import UsageError
-from .manifest import Manifest
 
 FORMAT_VERSION = 1
 PREFIX = "nodes/"
@@ -33,12 +32,6 @@ def parse_gpus(spec: str) -> list[dict]:
     total = int(mem) << (30 if unit == "G" else 20)
     return [{"model": model, "memory_total": total, "memory_free": total}
             for _ in range(int(count))]
-
-
-def cached_bytes(manifest: Manifest, present: set[str]) -> int:
-    """Bytes of the manifest's distinct chunks that are in ``present``."""
-    sizes = {c.id: c.size for c in manifest.chunks}
-    return sum(size for id, size in sizes.items() if id in present)
 
 
 def build_report(node: str, gpus: list[dict], cache_used: int, cache_limit: int,

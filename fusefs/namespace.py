@@ -17,7 +17,6 @@ import logging
 import os
 import stat
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 import trio
@@ -87,7 +86,7 @@ class StoreImages:
         self.objects = objects
         self._on_image = on_image
         self.max_entries, self.idle, self._clock = max_entries, idle, clock
-        self.trees: OrderedDict[str, FsTree] = OrderedDict()  # loaded, least recent first
+        self.trees: dict[str, FsTree] = {}  # manifest id -> loaded tree
         self._used: dict[str, float] = {}  # manifest id -> last request
         self._by_range: dict[int, FsTree] = {}  # ino >> _RANGE -> loaded tree
         self._ranges: dict[str, int] = {}  # manifest id -> its range, for good
@@ -124,14 +123,13 @@ class StoreImages:
 
     def _touch(self, mid: str) -> None:
         self._used[mid] = self._clock()
-        self.trees.move_to_end(mid)
 
     def _shrink(self, keep: str) -> None:
         """Drop idle trees but ``keep``, least recently used first, while over
         ``max_entries``."""
         total = sum(t.inode_count for t in self.trees.values())
         now = self._clock()
-        for mid in list(self.trees):
+        for mid in sorted(self.trees, key=self._used.__getitem__):  # least recent first
             if total <= self.max_entries:
                 return
             if mid == keep or now - self._used[mid] < self.idle:
@@ -156,7 +154,7 @@ class StoreImages:
         tree = self._by_range.get(ino >> _RANGE)
         if tree is None:
             raise NoSuchInode(ino)
-        self._used[tree.image_id] = self._clock()
+        self._touch(tree.image_id)
         return tree
 
     # -- refs --------------------------------------------------------------------------------

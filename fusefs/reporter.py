@@ -59,20 +59,22 @@ class NodeReporter:
         self.gpus = gpus
         self.tables = Path(cache.root) / ".images"
         self.index = CacheIndex(cache)
-        self._pending: dict[str, bytes] = {}  # tables of images loaded since the last report
+        self._pending: dict[str, Manifest] = {}  # images loaded since the last report
         self._sizes: dict[str, dict[str, int]] = {}  # manifest id -> {chunk id: size}
         self._served: set[str] = set()  # loaded by this daemon: reported even at 0 bytes
 
     def add(self, mid: str, manifest: Manifest) -> None:
-        """An image this node now serves (trio thread: only queues its table)."""
+        """An image this node now serves (trio thread: only queues it; its table is built
+        in the report's worker thread)."""
         if mid not in self._served:
             self._served.add(mid)
             if mid not in self._sizes:
-                self._pending[mid] = chunk_table(manifest)
+                self._pending[mid] = manifest
 
     def _load_tables(self) -> None:
         pending, self._pending = self._pending, {}
-        for mid, table in pending.items():
+        for mid, manifest in pending.items():
+            table = chunk_table(manifest)
             self._sizes[mid] = read_table(table)
             _write_atomic(self.tables / mid, table)
         try:
