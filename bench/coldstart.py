@@ -1,26 +1,32 @@
 #!/usr/bin/env python3
-"""Cold start from a lazy mount against a full pull and a local tree, in the same run.
+"""Cold start against a store that is near (0 ms) and far (20 ms), every way thaw offers.
 
 A "cold node": empty thaw caches and an empty page cache (dropped before each run), the
-image (Debian 12 + python3 + numpy, 249 MiB of files) in SeaweedFS on loopback. Each
-variant runs ``python3 -c 'import numpy'`` in a chroot:
+image (Debian 12 + python3 + numpy, 249 MiB of files) in SeaweedFS. At 0 ms the clients talk
+to SeaweedFS on loopback; at 20 ms through ``tests.proxy.RemoteLikeProxy``, which waits
+20 ms before each request and paces each connection at 100 MB/s, as S3 behaves from a
+region's EC2. Each variant runs ``python3 -c 'import numpy'`` in a chroot:
 
-- lazy: ``thaw mount --no-hints`` (timed), then the run; bytes and requests from
-  ``thaw stats``;
-- lazy + hints: the same, after one earlier start on another node recorded what the run
-  reads (``--hints``): the mount prefetches it in that order as soon as it is up;
 - full pull: ``thaw export`` of the whole image, then the run from the exported tree;
+- thaw mount + run: ``thaw mount --no-hints`` (timed), then the run;
+- daemon, first use: a running ``thaw daemon --no-hints``; the run looks the image up;
+- daemon, first use, hints from another node: the same daemon with ``--hints numpy``,
+  which an earlier start on another node (another cache) recorded;
+- thaw mount + hints, run at once: ``thaw mount --hints numpy``, the run right after;
 - local: the run from a tree already on local disk (cold page cache).
 
-Then mount time for a ~30 MB and the ~250 MB image, and sequential read throughput of a
-512 MiB file: cold (from S3), warm (thaw's disk cache, new mount), re-read (kernel cache),
-against reading the same file from local disk through the page cache.
-Medians over rounds; needs root, /dev/fuse. Usage: python bench/coldstart.py [--rounds N]
+"store GETs" are the chunks the store served to the node; "reads that waited" are reads
+of chunks that were not in memory when asked for (a demand fetch, or a wait on a prefetch
+in flight): the GETs on the critical path. Then mount time and a daemon's first lookup
+for a ~30 MB and the ~250 MB image, and (at the first delay) sequential read throughput
+of a 512 MiB file. Medians over rounds; needs root, /dev/fuse.
+Usage: python bench/coldstart.py [--rounds N] [--delays 0,20] [--no-throughput]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -34,10 +40,13 @@ from pathlib import Path
 
 from common import REPO, debian_tar, extract, human, table
 
+from tests.proxy import RemoteLikeProxy
 from tests.seaweed import SeaweedServer
 
 WORKLOAD = ["/usr/bin/python3", "-c", "import numpy"]
 THAW = [sys.executable, "-m", "thaw"]
+STORE = "s3://thaw/bench"
+ENV = dict(os.environ)
 
 
 def drop_caches() -> None:
@@ -45,10 +54,10 @@ def drop_caches() -> None:
     Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
-def thaw(*args: str, store: str) -> str:
+def thaw(*args: str) -> str:
     # From the repository root: run from bench/, bench/placement.py would shadow the package.
-    proc = subprocess.run([*THAW, "--store", store, *args], capture_output=True, text=True,
-                          cwd=REPO)
+    proc = subprocess.run([*THAW, "--store", STORE, *args], capture_output=True, text=True,
+                          cwd=REPO, env=ENV)
     if proc.returncode:
         raise SystemExit(f"thaw {' '.join(args)} failed: {proc.stderr.strip()}")
     return proc.stdout
@@ -64,62 +73,89 @@ def run_in(root: Path) -> None:
     subprocess.run(["chroot", str(root), *WORKLOAD], check=True, capture_output=True)
 
 
-def unmount(mnt: Path) -> None:
-    subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
-
-
-def mount(store: str, work: Path, ref: str, *args: str) -> tuple[Path, float]:
-    """Mount ``ref`` with empty caches; returns the mount point and the time it took."""
-    mnt, cache = work / "mnt", work / "cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    mnt.mkdir(exist_ok=True)
-    drop_caches()
-    return mnt, timed(lambda: thaw("mount", ref, str(mnt), "--background", "--cache-dir",
-                                   str(cache), *args, store=store))
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    return path
 
 
 def unmount_and_wait(mnt: Path) -> None:
     """Unmount, and wait until the mount's process has exited (it saves hints as it goes)."""
-    pids = subprocess.run(["pgrep", "-f", f"thaw.*mount.* {mnt}( |$)"], capture_output=True,
+    pids = subprocess.run(["pgrep", "-f", f"thaw.* {mnt}( |$)"], capture_output=True,
                           text=True).stdout.split()
     fds = [os.pidfd_open(int(p)) for p in pids]
-    unmount(mnt)
+    subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
     for fd in fds:
         select.select([fd], [], [], 60)
         os.close(fd)
 
 
-def mount_time(store: str, work: Path, ref: str) -> float:
-    mnt, t = mount(store, work, ref, "--no-hints")
-    unmount(mnt)
-    return t
+def counts(mnt: Path) -> dict:
+    s = json.loads(thaw("stats", str(mnt), "--json"))
+    return {"bytes": s["fetched_stored_bytes"], "requests": s["tiers"]["store"]["chunks"],
+            "waited": s["demand_fetches"] + s["coalesced_waits"]}
 
 
-def lazy(store: str, work: Path, hints: str | None = None) -> dict:
-    mnt, t_mount = mount(store, work, "debian:12",
-                         *(("--hints", hints) if hints else ("--no-hints",)))
+def mounted_run(work: Path, hints: str | None) -> dict:
+    mnt = work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    drop_caches()
+    t_mount = timed(lambda: thaw("mount", "debian:12", str(mnt), "--background",
+                                 "--cache-dir", str(fresh(work / "cache")),
+                                 *(("--hints", hints) if hints else ("--no-hints",))))
     try:
         t_run = timed(lambda: run_in(mnt))
-        stats = json.loads(thaw("stats", str(mnt), "--json", store=store))
+        return {"time": t_mount + t_run, "mount": t_mount, **counts(mnt)}
     finally:
         unmount_and_wait(mnt)
-    return {"time": t_mount + t_run, "mount": t_mount, "bytes": stats["fetched_stored_bytes"],
-            "requests": stats["tiers"]["store"]["chunks"]}
 
 
-def full_pull(store: str, work: Path, info: dict) -> dict:
-    dest = work / "exported"
-    shutil.rmtree(dest, ignore_errors=True)
+@contextlib.contextmanager
+def daemon(work: Path, *args: str):
+    mnt = work / "node"
+    mnt.mkdir(exist_ok=True)
+    thaw("daemon", "--mountpoint", str(mnt), "--background", "--node-id", "bench",
+         "--gpus", "1xCPU:1G", "--cache-dir", str(fresh(work / "node-cache")), *args)
+    try:
+        yield mnt
+    finally:
+        unmount_and_wait(mnt)
+
+
+def daemon_run(work: Path, hints: str | None) -> dict:
+    with daemon(work, *(("--hints", hints) if hints else ("--no-hints",))) as mnt:
+        drop_caches()
+        t_run = timed(lambda: run_in(mnt / "refs" / "debian" / "12"))
+        return {"time": t_run, **counts(mnt)}
+
+
+def full_pull(work: Path, info: dict) -> dict:
+    dest = fresh(work / "exported")
     drop_caches()
-    t_pull = timed(lambda: thaw("export", "debian:12", str(dest), store=store))
+    t_pull = timed(lambda: thaw("export", "debian:12", str(dest)))
     t_run = timed(lambda: run_in(dest))
-    return {"time": t_pull + t_run, "bytes": info["stored_bytes"],
-            "requests": info["unique_chunks"]}
+    return {"time": t_pull + t_run, "mount": t_pull, "bytes": info["stored_bytes"],
+            "requests": info["unique_chunks"], "waited": info["unique_chunks"]}
 
 
 def local(tree: Path) -> dict:
     drop_caches()
-    return {"time": timed(lambda: run_in(tree)), "bytes": 0, "requests": 0}
+    return {"time": timed(lambda: run_in(tree)), "bytes": 0, "requests": 0, "waited": 0}
+
+
+def mount_time(work: Path, ref: str) -> float:
+    mnt = work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    drop_caches()
+    t = timed(lambda: thaw("mount", ref, str(mnt), "--background", "--no-hints",
+                           "--cache-dir", str(fresh(work / "cache"))))
+    unmount_and_wait(mnt)
+    return t
+
+
+def first_lookup(work: Path, mid: str) -> float:
+    with daemon(work, "--no-hints") as mnt:
+        drop_caches()
+        return timed(lambda: os.stat(mnt / mid))
 
 
 def read_file(path: Path) -> float:
@@ -130,85 +166,122 @@ def read_file(path: Path) -> float:
         return time.perf_counter() - start
 
 
-def throughput(store: str, work: Path) -> list[list[str]]:
+def throughput(work: Path) -> list[list[str]]:
     big = work / "big" / "weights.bin"
     big.parent.mkdir(exist_ok=True)
     with open(big, "wb") as f:
         for _ in range(512):
             f.write(os.urandom(1 << 20))
-    thaw("push", str(big), "big:1", store=store)
+    thaw("push", str(big), "big:1")
     size = big.stat().st_size
-    mnt, cache = work / "mnt", work / "cache-big"
-    shutil.rmtree(cache, ignore_errors=True)
+    mnt, cache = work / "mnt", fresh(work / "cache-big")
     drop_caches()
-    thaw("mount", "big:1", str(mnt), "--background", "--cache-dir", str(cache), store=store)
+    thaw("mount", "big:1", str(mnt), "--background", "--cache-dir", str(cache))
     try:
         cold = read_file(mnt / "weights.bin")
         reread = read_file(mnt / "weights.bin")
     finally:
-        unmount(mnt)
+        unmount_and_wait(mnt)
     drop_caches()
-    thaw("mount", "big:1", str(mnt), "--background", "--cache-dir", str(cache), store=store)
+    thaw("mount", "big:1", str(mnt), "--background", "--cache-dir", str(cache))
     try:
         warm = read_file(mnt / "weights.bin")
     finally:
-        unmount(mnt)
+        unmount_and_wait(mnt)
     read_file(big)
     page = read_file(big)
-    rows = []
-    for name, t in (("thaw, cold (S3)", cold), ("thaw, warm (disk cache, new mount)", warm),
-                    ("thaw, re-read (kernel cache)", reread), ("local file, page cache", page)):
-        rows.append([name, f"{size / t / 2**20:.0f} MiB/s", f"{page / t:.2f}"])
-    return rows
+    return [[name, f"{size / t / 2**20:.0f} MiB/s", f"{page / t:.2f}"]
+            for name, t in (("thaw, cold (store)", cold),
+                            ("thaw, warm (disk cache, new mount)", warm),
+                            ("thaw, re-read (kernel cache)", reread),
+                            ("local file, page cache", page))]
+
+
+VARIANTS = ["full pull", "thaw mount + run", "daemon, first use",
+            "daemon, first use, hints from another node", "thaw mount + hints, run at once",
+            "local"]
+
+
+def one_delay(work: Path, tree: Path, info: dict, mids: dict, rounds: int) -> dict:
+    thaw("mount", "--help")  # warm the interpreter's files once; each run drops caches
+    mounted_run(work, "numpy")  # an earlier start on another node records what it reads
+    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    mounts: dict[str, list[float]] = {"small": [], "large": [], "lookup small": [],
+                                      "lookup large": []}
+    for _ in range(rounds):
+        results["full pull"].append(full_pull(work, info))
+        results["thaw mount + run"].append(mounted_run(work, None))
+        results["daemon, first use"].append(daemon_run(work, None))
+        results["daemon, first use, hints from another node"].append(daemon_run(work, "numpy"))
+        results["thaw mount + hints, run at once"].append(mounted_run(work, "numpy"))
+        results["local"].append(local(tree))
+        mounts["small"].append(mount_time(work, "small:1"))
+        mounts["large"].append(results["thaw mount + run"][-1]["mount"])
+        mounts["lookup small"].append(first_lookup(work, mids["small"]))
+        mounts["lookup large"].append(first_lookup(work, mids["large"]))
+    med = {k: {f: statistics.median(r.get(f, 0) for r in v)
+               for f in ("time", "mount", "bytes", "requests", "waited")}
+           for k, v in results.items()}
+    return {"med": med, "mounts": {k: statistics.median(v) for k, v in mounts.items()}}
+
+
+def report(delay_ms: int, res: dict, info: dict, small_info: dict, rounds: int) -> None:
+    med, mounts = res["med"], res["mounts"]
+    pull, loc = med["full pull"]["time"], med["local"]["time"]
+    rows = [[k, f"{m['time']:.2f} s", f"{m['mount']:.2f} s" if m["mount"] else "",
+             human(m["bytes"]), int(m["requests"]), int(m["waited"]),
+             f"{m['time'] / pull:.2f}", f"{m['time'] / loc:.1f}"] for k, m in med.items()]
+    where = "SeaweedFS on loopback" if not delay_ms else (
+        f"SeaweedFS behind a proxy adding {delay_ms} ms per request, 100 MB/s per connection")
+    print(f"\n### store at {delay_ms} ms\n\n`python3 -c 'import numpy'` on a cold node, image "
+          f"{human(info['bytes'])} ({info['files']} files), {where}, median of {rounds} "
+          "rounds\n")
+    print(table(["variant", "time to done", "of it, mount or pull", "fetched (stored)",
+                 "store GETs", "reads that waited", "vs full pull", "vs local"], rows))
+    print()
+    print(table(["image", "files", "bytes", "`thaw mount` (median)",
+                 "daemon's first lookup (median)"], [
+        ["small: usr/lib/python3.11", small_info["files"], human(small_info["bytes"]),
+         f"{mounts['small']:.2f} s", f"{mounts['lookup small'] * 1000:.0f} ms"],
+        ["large: whole rootfs", info["files"], human(info["bytes"]),
+         f"{mounts['large']:.2f} s", f"{mounts['lookup large'] * 1000:.0f} ms"]]))
+    print(f"\nfirst lookup large / small: "
+          f"{mounts['lookup large'] / mounts['lookup small']:.2f}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--delays", default="0,20", help="store latencies to run, in ms")
+    ap.add_argument("--no-throughput", dest="throughput", action="store_false")
     args = ap.parse_args()
+    delays = [int(d) for d in args.delays.split(",")]
     work = Path(tempfile.mkdtemp(prefix="thaw-bench-coldstart-"))
     tree = extract(debian_tar(), work / "local")
     small = work / "small.tar"
     subprocess.run(["tar", "-cf", str(small), "-C", str(tree), "usr/lib/python3.11"],
                    check=True)
     with SeaweedServer(work / "seaweed") as s3:
-        os.environ.update(s3.env())
-        store = "s3://thaw/bench"
-        thaw("push", str(debian_tar()), "debian:12", store=store)
-        thaw("push", str(small), "small:1", store=store)
-        info = json.loads(thaw("inspect", "debian:12", "--json", store=store))
-        small_info = json.loads(thaw("inspect", "small:1", "--json", store=store))
-        results: dict[str, list[dict]] = {"lazy": [], "lazy + hints": [], "full pull": [],
-                                          "local": []}
-        mounts: dict[str, list[float]] = {"small": [], "large": []}
-        lazy(store, work, "numpy")  # an earlier start records what the workload reads
-        for _ in range(args.rounds):
-            results["lazy"].append(lazy(store, work))
-            results["lazy + hints"].append(lazy(store, work, "numpy"))
-            results["full pull"].append(full_pull(store, work, info))
-            results["local"].append(local(tree))
-            mounts["small"].append(mount_time(store, work, "small:1"))
-            mounts["large"].append(results["lazy"][-1]["mount"])
-        big_rows = throughput(store, work)
-    med = {k: {f: statistics.median(r.get(f, 0) for r in v)
-               for f in ("time", "mount", "bytes", "requests")} for k, v in results.items()}
-    rows = [[k, f"{m['time']:.2f} s", f"{m['time'] - m['mount']:.2f} s" if m["mount"] else "",
-             human(m["bytes"]), int(m["requests"]), f"{m['time'] / med['lazy']['time']:.2f}"]
-            for k, m in med.items()]
-    print(f"\n`python3 -c 'import numpy'` on a cold node, image {human(info['bytes'])} "
-          f"({info['files']} files), SeaweedFS on loopback, median of {args.rounds} rounds\n")
-    print(table(["variant", "time to done", "of it, after mounting", "fetched (stored)",
-                 "requests", "time / lazy"], rows))
-    print(f"\nlazy / full pull: {med['lazy']['time'] / med['full pull']['time']:.2f}   "
-          f"lazy / local: {med['lazy']['time'] / med['local']['time']:.2f}   "
-          f"lazy + hints / lazy: {med['lazy + hints']['time'] / med['lazy']['time']:.2f}\n")
-    print(table(["image", "files", "bytes", "mount time (median)"], [
-        ["small: usr/lib/python3.11", small_info["files"], human(small_info["bytes"]),
-         f"{statistics.median(mounts['small']):.2f} s"],
-        ["large: whole rootfs", info["files"], human(info["bytes"]),
-         f"{statistics.median(mounts['large']):.2f} s"]]))
-    print("\nsequential read of a 512 MiB incompressible file, 1 MiB reads\n")
-    print(table(["read", "rate", "ratio to page cache"], big_rows))
+        ENV.update(s3.env())
+        thaw("push", str(debian_tar()), "debian:12")
+        thaw("push", str(small), "small:1")
+        info = json.loads(thaw("inspect", "debian:12", "--json"))
+        small_info = json.loads(thaw("inspect", "small:1", "--json"))
+        mids = {"large": info["manifest"], "small": small_info["manifest"]}
+        host, port = s3.endpoint.removeprefix("http://").split(":")
+        for i, delay_ms in enumerate(delays):
+            with contextlib.ExitStack() as stack:
+                if delay_ms:
+                    proxy = stack.enter_context(RemoteLikeProxy(
+                        (host, int(port)), delay=delay_ms / 1000))
+                    ENV["AWS_ENDPOINT_URL"] = proxy.endpoint
+                else:
+                    ENV["AWS_ENDPOINT_URL"] = s3.endpoint
+                res = one_delay(work, tree, info, mids, args.rounds)
+                report(delay_ms, res, info, small_info, args.rounds)
+                if args.throughput and i == 0:
+                    print("\nsequential read of a 512 MiB incompressible file, 1 MiB reads\n")
+                    print(table(["read", "rate", "ratio to page cache"], throughput(work)))
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -31,7 +31,7 @@ _CONFIG = {
 
 
 class S3Store(ObjectStore):
-    def __init__(self, bucket: str, prefix: str = "", *, client=None, max_pool: int = 32,
+    def __init__(self, bucket: str, prefix: str = "", *, client=None, max_pool: int = 72,
                  timeout: float = 20.0):
         """``timeout``: seconds one request may wait to connect, or for the next bytes of
         its answer; retries belong to the caller (``Retrying``, the mount's fetcher)."""

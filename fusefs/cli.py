@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -40,6 +42,14 @@ def _cache_args(p) -> None:
     p.add_argument("--hints-window", type=float, default=60.0, metavar="SECONDS",
                    help="how long after an image is first read reads count as its start "
                         "(default 60)")
+    p.add_argument("--prefetch", choices=("hints", "all", "none"), default="hints",
+                   help="what is fetched ahead of reads: hints (default: the hinted chunks "
+                        "and read-ahead along the image), all (also the rest of the image, "
+                        "into the disk cache, up to --prefetch-budget), none (nothing, hints "
+                        "neither; they are still recorded)")
+    p.add_argument("--prefetch-budget", metavar="SIZE", default=None,
+                   help="bytes --prefetch all may fetch per image (default: a quarter of "
+                        "--cache-size; never more than the disk cache has free)")
     p.add_argument("--background", action="store_true",
                    help="return once the mount answers; the daemon goes on in the background")
 
@@ -64,6 +74,19 @@ def register(sub, common) -> None:
     _cache_args(p)
     p.set_defaults(func=cmd_daemon)
 
+    p = sub.add_parser("warm", parents=[common], help="start a daemon's prefetch of an image",
+                       description="Ask the thaw daemon at DIR to look REF up and prefetch "
+                                   "what WORKLOAD read from it last time, without reading "
+                                   "anything; returns at once. With --hints restore, what a "
+                                   "restore of a snapshot read goes into the node's disk "
+                                   "cache, for a restore on this node that follows.")
+    p.add_argument("ref", metavar="REF", help="NAME:TAG or a manifest id")
+    p.add_argument("--mountpoint", required=True, metavar="DIR",
+                   help="where `thaw daemon` serves the store")
+    p.add_argument("--hints", default=START, metavar="WORKLOAD",
+                   help=f"whose hints to prefetch (default {START!r})")
+    p.set_defaults(func=cmd_warm)
+
     p = sub.add_parser("umount", parents=[common], help="unmount a thaw mount")
     p.add_argument("mountpoint", metavar="DIR")
     p.set_defaults(func=cmd_umount)
@@ -77,17 +100,22 @@ def _options(args):
     """The options ``mount`` and ``daemon`` share, checked."""
     from .service import MountOptions
 
-    if args.hints is not None:
-        try:
-            hints_key("0" * 64, args.hints)
-        except ValueError:
-            raise UsageError(f"--hints {args.hints!r}: a workload name is letters, digits, "
-                             "'.', '_' and '-', up to 64") from None
+    _check_workload(args.hints)
     if args.hints_window <= 0:
         raise UsageError("--hints-window must be a number of seconds > 0")
+    budget = None if args.prefetch_budget is None else parse_size(args.prefetch_budget)
     return MountOptions(args.cache_dir or default_cache_dir(), parse_size(args.cache_size),
                         parse_size(args.memory), args.metrics, args.hints, args.hints_window,
-                        args.store_timeout)
+                        args.store_timeout, args.prefetch, budget)
+
+
+def _check_workload(workload: str | None) -> None:
+    if workload is not None:
+        try:
+            hints_key("0" * 64, workload)
+        except ValueError:
+            raise UsageError(f"--hints {workload!r}: a workload name is letters, digits, "
+                             "'.', '_' and '-', up to 64") from None
 
 
 def _run(args, console, serve_fn) -> int:
@@ -144,6 +172,47 @@ def cmd_umount(args, console) -> int:
     return 0
 
 
+def _image_path(mountpoint: str, ref: str) -> str:
+    """Where the daemon at ``mountpoint`` shows ``ref``: ``<id>`` or ``refs/NAME/TAG``."""
+    from blobstore.refs import parse_ref
+
+    if re.fullmatch(r"[0-9a-f]{64}", ref):
+        return os.path.join(mountpoint, ref)
+    r = parse_ref(ref)
+    return os.path.join(mountpoint, "refs", r.name, r.tag)
+
+
+def cmd_warm(args, console) -> int:
+    from .ops import WARM_XATTR
+
+    _check_workload(args.hints)
+    read_stats(args.mountpoint)  # a thaw mount, answering
+    path = _image_path(args.mountpoint, args.ref)
+    try:
+        doc = json.loads(os.getxattr(path, WARM_XATTR + args.hints.encode()))
+    except FileNotFoundError:
+        raise UsageError(f"{args.ref}: no such image in the store the daemon at "
+                         f"{args.mountpoint} serves (see `thaw ls`)") from None
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            raise UsageError(f"{args.mountpoint} is a single-image mount or an older daemon; "
+                             "`thaw warm` needs `thaw daemon`") from None
+        raise MountError(f"the daemon at {args.mountpoint} could not warm {args.ref}: "
+                         f"{exc.strerror} (its log says why)") from None
+    if console.json_output:
+        console.json(doc)
+    elif not doc["prefetch"]:
+        console.line(f"{args.ref}: the daemon runs with --prefetch none; nothing fetched")
+    elif not doc["hinted_chunks"]:
+        console.line(f"{args.ref}: no hints recorded for {args.hints!r} yet; nothing to "
+                     "prefetch")
+    else:
+        console.line(f"{args.ref}: queued {doc['queued']} of the {doc['hinted_chunks']} "
+                     f"chunks that {args.hints!r} read ({doc['hinted_bytes']} bytes stored) "
+                     "for prefetch; those the node has already are not fetched again")
+    return 0
+
+
 def read_stats(mountpoint: str) -> dict:
     from .ops import STATS_XATTR
 
@@ -167,6 +236,7 @@ def cmd_stats(args, console) -> int:
         console.line(f"  {tier:<7} {t['chunks']:>8} chunks {t['bytes']:>14} bytes")
     console.line(f"cache hits:    {doc['cache_hits']}; fetch latency (ms): "
                  f"{doc['fetch_latency_ms']}")
-    console.line(f"prefetched:    {doc['prefetches']} chunks; {doc['hinted_chunks']} queued "
-                 "from earlier starts' hints")
+    console.line(f"prefetched:    {doc['prefetches']} chunks, {doc['prefetched_bytes']} bytes "
+                 f"({doc['prefetched_unread_bytes']} never read since); "
+                 f"{doc['hinted_chunks']} queued from earlier starts' hints")
     return 0

@@ -38,3 +38,9 @@ class NoSuchHandle(FsError):
     """A file handle that was never opened here, or is already released."""
 
     errno = errno.EBADF
+
+
+class BadWorkload(FsError):
+    """A ``thaw warm`` request naming a workload that is not a valid hints name."""
+
+    errno = errno.EINVAL

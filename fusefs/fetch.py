@@ -3,7 +3,12 @@
 Threading model: every method runs on the trio thread. Store calls (disk cache, S3, which
 block and decompress) go to worker threads through ``trio.to_thread.run_sync`` with one
 ``CapacityLimiter`` for demand reads and another for prefetch, so prefetch never starves a
-reader. A chunk asked for while it is in flight is waited for, never fetched twice. A store
+reader. Prefetch is a priority queue drained by a fixed set of workers: hinted chunks in
+their order first, then read-ahead, then the rest of an image (``Priority``); a chunk queued
+again at a higher priority moves up. The limits are sized for a store 20 ms away, not for
+the cores: with 32 fetches in flight a remote store's latency overlaps (see
+``bench/fetch_concurrency.py`` for the ceiling). A chunk asked for while it is in flight
+is waited for, never fetched twice. A store
 that fails or hangs is retried with capped exponential back-off and jitter (``trio.sleep``,
 so tests run it on trio's autojump clock), each attempt bounded by ``attempt_timeout`` and
 all of them together by ``budget`` (``--store-timeout``); then the error goes up and that
@@ -17,6 +22,8 @@ never cached or served: the tier below raises ``BlobCorrupt`` and it is not retr
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import logging
 import math
 import random
@@ -38,9 +45,22 @@ FAILED_TTL = 2.0
 QUICK_ATTEMPT = 1.0  # seconds: the one attempt a chunk that just failed gets
 
 
+DEMAND_THREADS = 32  # reads in flight against the store at once
+PREFETCH_THREADS = 32  # prefetches in flight; the store client's pool holds both
+
+
 class Source(enum.Enum):
     DEMAND = "demand"
     PREFETCH = "prefetch"
+
+
+class Priority(enum.IntEnum):
+    """Which prefetched chunks go first (lower first)."""
+
+    HINTS = 0  # what the workload read at its last start, in that order
+    READ_AHEAD = 1  # ahead of sequential reads, in a file or along the data stream
+    WARM = 2  # `thaw warm` of another workload's hints (a restore), into the disk cache only
+    IMAGE = 3  # the rest of an image (--prefetch all), into the disk cache only
 
 
 @dataclass(frozen=True)
@@ -72,8 +92,14 @@ class _Flight:
 
 class ChunkFetcher:
     def __init__(self, fetch_sync: Callable[[str, int], bytes], *,
-                 memory_bytes: int = 256 << 20, demand_threads: int = 16,
-                 prefetch_threads: int = 4, retry: RetryPolicy = RetryPolicy()) -> None:
+                 memory_bytes: int = 256 << 20, demand_threads: int = DEMAND_THREADS,
+                 prefetch_threads: int = PREFETCH_THREADS,
+                 retry: RetryPolicy = RetryPolicy(), enabled: bool = True,
+                 on_disk: Callable[[str], bool] = lambda id: False) -> None:
+        """``enabled``: False for ``--prefetch none``: ``prefetch`` then queues nothing.
+        ``on_disk(id)`` (blocking): whether the disk cache holds a chunk, so that what is
+        prefetched for the disk only is not fetched again (``thaw warm`` twice)."""
+        self._on_disk = on_disk
         self._fetch_sync = fetch_sync  # (id, size) -> verified bytes; blocking
         self._memory: OrderedDict[str, bytes] = OrderedDict()
         self._memory_bytes = 0
@@ -83,14 +109,19 @@ class ChunkFetcher:
         self._limiters = {Source.DEMAND: trio.CapacityLimiter(demand_threads),
                           Source.PREFETCH: trio.CapacityLimiter(prefetch_threads)}
         self._prefetchers = prefetch_threads
+        self.enabled = enabled
         # One queue and a fixed set of workers: a task per prefetched chunk cost more than
         # the reads it sped up (bench/coldstart.py, py-spy).
-        self._queued: set[str] = set()
-        self._send, self._recv = trio.open_memory_channel[ChunkRef](math.inf)
+        self._queue: list[tuple[int, int, ChunkRef]] = []  # heap of (priority, seq, chunk)
+        self._queued: dict[str, int] = {}  # id -> best priority it is queued at
+        self._seq = itertools.count()
+        self._pending = trio.Semaphore(0)  # one token per heap item
+        self._unread: dict[str, int] = {}  # prefetched, never read since: id -> bytes
+        self._unread_bytes = 0
         self.retry = retry
         self._running = False
         self.counts = {"memory_hits": 0, "memory_bytes": 0, "waited": 0, "demand_fetches": 0,
-                       "prefetches": 0, "errors": 0, "retries": 0}
+                       "prefetches": 0, "prefetched_bytes": 0, "errors": 0, "retries": 0}
         self._latencies: deque = deque(maxlen=10_000)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -122,6 +153,8 @@ class ChunkFetcher:
 
     async def get(self, chunk: ChunkRef, source: Source = Source.DEMAND) -> bytes:
         """The chunk's verified bytes; raises the store's error after the last retry."""
+        if source is Source.DEMAND and chunk.id in self._unread:
+            self._unread_bytes -= self._unread.pop(chunk.id)
         data = self.cached(chunk.id)
         if data is not None:
             self.counts["memory_hits"] += 1
@@ -136,17 +169,23 @@ class ChunkFetcher:
             return flight.data  # type: ignore[return-value]
         return await self._fly(chunk, source)
 
-    async def _fly(self, chunk: ChunkRef, source: Source) -> bytes:
+    async def _fly(self, chunk: ChunkRef, source: Source, remember: bool = True) -> bytes:
         flight = self._inflight[chunk.id] = _Flight()
         started = time.monotonic()
         try:
             flight.data = await self._fetch_with_retries(chunk, source, self._policy(chunk.id))
             self._failed.clear()  # the store answers again
-            self._remember(chunk.id, flight.data)
-            key = "demand_fetches" if source is Source.DEMAND else "prefetches"
-            self.counts[key] += 1
+            if remember or flight.event.statistics().tasks_waiting:
+                self._remember(chunk.id, flight.data)
             if source is Source.DEMAND:
+                self.counts["demand_fetches"] += 1
                 self._latencies.append(time.monotonic() - started)
+            else:
+                self.counts["prefetches"] += 1
+                self.counts["prefetched_bytes"] += chunk.size
+                if not flight.event.statistics().tasks_waiting:  # a reader wanted it
+                    self._unread[chunk.id] = chunk.size
+                    self._unread_bytes += chunk.size
             return flight.data
         except BaseException as exc:
             flight.error = exc
@@ -190,27 +229,53 @@ class ChunkFetcher:
 
     # -- prefetch ----------------------------------------------------------------------------
 
-    def prefetch(self, chunks: list[ChunkRef]) -> None:
-        """Fetch these chunks in the background, in order, unless cached, queued or in
-        flight already."""
-        if not self._running:
-            return
+    def prefetch(self, chunks: list[ChunkRef], priority: Priority = Priority.READ_AHEAD
+                 ) -> int:
+        """Fetch these chunks in the background, in this order after every chunk queued at
+        a higher priority, unless cached, in flight or queued at that priority or higher
+        already. Returns how many were queued."""
+        if not self._running or not self.enabled:
+            return 0
+        queued = 0
         for c in chunks:
-            if c.id not in self._memory and c.id not in self._inflight and (
-                    c.id not in self._queued):
-                self._queued.add(c.id)
-                self._send.send_nowait(c)
+            if c.id in self._memory or c.id in self._inflight or (
+                    self._queued.get(c.id, math.inf) <= priority):
+                continue
+            self._queued[c.id] = priority
+            heapq.heappush(self._queue, (priority, next(self._seq), c))
+            self._pending.release()
+            queued += 1
+        return queued
+
+    def queued(self) -> int:
+        return len(self._queued)
+
+    def requested(self, id: str) -> bool:
+        """Whether this chunk is in memory, in flight or queued."""
+        return id in self._memory or id in self._inflight or id in self._queued
 
     async def _prefetch_worker(self) -> None:
-        async for chunk in self._recv:
-            self._queued.discard(chunk.id)
+        while True:
+            await self._pending.acquire()
+            priority, _, chunk = heapq.heappop(self._queue)
+            if self._queued.get(chunk.id) != priority:
+                continue  # moved up: this is the stale copy
+            del self._queued[chunk.id]
             if chunk.id in self._memory or chunk.id in self._inflight:
                 continue
             try:
-                await self._fly(chunk, Source.PREFETCH)
+                if priority < Priority.WARM:
+                    await self._fly(chunk, Source.PREFETCH)
+                # These go to the disk cache only: keeping them in memory would push out
+                # what the workload reads now.
+                elif not await trio.to_thread.run_sync(
+                        self._on_disk, chunk.id, limiter=self._limiters[Source.PREFETCH]):
+                    await self._fly(chunk, Source.PREFETCH, remember=False)
             except Exception as exc:  # noqa: BLE001 - a demand read will report it
                 log.debug("prefetch of %s failed: %s", chunk.id, exc)
 
     def statistics(self) -> FetcherStats:
         return FetcherStats(**self.counts, memory_cached_bytes=self._memory_bytes,
+                            prefetched_unread_bytes=self._unread_bytes,
+                            prefetch_queued=len(self._queued),
                             fetch_latency_ms=percentiles(sorted(self._latencies)))

@@ -24,7 +24,7 @@ from blobstore.errors import ThawError
 from blobstore.hints import START, HintRecorder, load_hints, save_hints
 from blobstore.manifest import Manifest
 
-from .fetch import ChunkFetcher
+from .fetch import ChunkFetcher, Priority
 from .tree import FsTree
 
 log = logging.getLogger(__name__)
@@ -62,11 +62,10 @@ class StartLearner:
             if total > self.max_bytes:
                 break
             queued.append(chunks[i])
-        self.fetcher.prefetch(queued)
-        self.hinted = len(queued)
-        if queued:
+        self.hinted = self.fetcher.prefetch(queued, Priority.HINTS)
+        if self.hinted:
             log.info("image %s: prefetching %d chunks that %r read last time", self.mid[:12],
-                     len(queued), self.workload)
+                     self.hinted, self.workload)
         task_status.started()
         try:
             await trio.sleep(self.window)

@@ -38,6 +38,10 @@ class SnapshotCollector:
         yield data
         for name in ("demand_fetches", "prefetches", "retries", "errors", "coalesced_waits"):
             yield CounterMetricFamily(f"thaw_{name}", name.replace("_", " "), value=s[name])
+        yield CounterMetricFamily("thaw_prefetched_bytes", "Bytes of chunks prefetched",
+                                  value=s["prefetched_bytes"])
+        yield GaugeMetricFamily("thaw_prefetched_unread_bytes", "Bytes prefetched and not "
+                                "read since (the waste)", value=s["prefetched_unread_bytes"])
         yield GaugeMetricFamily("thaw_hinted_chunks", "Chunks queued from earlier starts' hints",
                                 value=s["hinted_chunks"])
         lat = GaugeMetricFamily("thaw_fetch_latency_seconds", "Demand fetch latency",

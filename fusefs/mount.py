@@ -183,7 +183,8 @@ async def serve(namespace: Namespace, fetcher: ChunkFetcher, mountpoint: str, *,
                 on_ready: Callable[[], None] = lambda: None,
                 publish: Callable[[], None] = lambda: None, extra=(),
                 on_chunk_read: Callable[[FsTree, int], None] | None = None,
-                statistics: Callable[[], MountStats] | None = None) -> None:
+                statistics: Callable[[], MountStats] | None = None,
+                on_warm=None) -> None:
     """Mount ``namespace`` at ``mountpoint`` (checked by the caller with
     ``prepare_mountpoint``) and serve it until a signal or an unmount.
 
@@ -191,7 +192,7 @@ async def serve(namespace: Namespace, fetcher: ChunkFetcher, mountpoint: str, *,
     makes would wait for this very loop.
     """
     mountpoint = os.path.realpath(mountpoint)
-    ops = ImageOps(namespace, fetcher, on_chunk_read, statistics)
+    ops = ImageOps(namespace, fetcher, on_chunk_read, statistics, on_warm)
     try:
         pyfuse3.init(ops, mountpoint, set(OPTIONS))
     except RuntimeError as exc:

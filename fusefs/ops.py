@@ -6,8 +6,9 @@ is EIO, logged once; anything else, a ``KeyError`` too, is a bug: traceback and 
 pyfuse3 catches only ``FUSEError``, and anything else escaping a handler ends
 ``pyfuse3.main()`` and the mount dies. A read returns exactly the bytes asked for, up to the
 end of the file: the spans cover the range, and a read that crosses chunks joins them.
-Sequential reads of a file widen a read-ahead window that the fetcher prefetches into.
-Runs on the trio thread only.
+Sequential reads of a file widen a read-ahead window that the fetcher prefetches into, and
+reads that move forward through an image's data stream, across files, widen another
+(``readahead.StreamReadAhead``). Runs on the trio thread only.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import functools
 import json
 import logging
 import os
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -29,13 +31,15 @@ from blobstore.errors import ThawError
 from blobstore.manifest import FILE
 
 from .errors import FsError, NoSuchHandle
-from .fetch import ChunkFetcher
+from .fetch import ChunkFetcher, Priority
+from .readahead import StreamReadAhead
 from .stats import MountStats
 from .tree import Attrs, FsTree
 
 log = logging.getLogger(__name__)
 TIMEOUT = 24 * 3600.0  # images never change: let the kernel keep entries and attributes
 STATS_XATTR = b"user.thaw.stats"  # served on the root, never listed (rsync -X ignores it)
+WARM_XATTR = b"user.thaw.warm."  # + a workload, on an image: queue its hints (`thaw warm`)
 READ_AHEAD_MIN, READ_AHEAD_MAX = 1 << 20, 16 << 20
 CACHE_DIR = 1 << 63  # in an opendir handle: the kernel may cache the listing
 LISTED_ENTRIES = 100_000  # directory entries whose attributes readdir keeps (~30 MB)
@@ -101,16 +105,21 @@ class ImageOps(pyfuse3.Operations):
 
     def __init__(self, namespace: Namespace, fetcher: ChunkFetcher,
                  on_chunk_read: Callable[[FsTree, int], None] | None = None,
-                 statistics: Callable[[], MountStats] | None = None) -> None:
-        """``statistics``: the mount's record, served as the root's ``user.thaw.stats``."""
+                 statistics: Callable[[], MountStats] | None = None,
+                 on_warm: Callable[[FsTree, str], Awaitable[dict]] | None = None) -> None:
+        """``statistics``: the mount's record, served as the root's ``user.thaw.stats``;
+        ``on_warm``: what ``user.thaw.warm.WORKLOAD`` on an image's inode starts."""
         super().__init__()
         self.ns, self.fetcher, self.statistics = namespace, fetcher, statistics
+        self.on_warm = on_warm
         self.readdir_requests = 0
         self.on_chunk_read = on_chunk_read  # (image, chunk index) of each read, for hints
         self._handles: dict[int, _Handle] = {}
         self._listed: OrderedDict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = \
             OrderedDict()
         self._listed_entries = 0
+        self._streams: weakref.WeakKeyDictionary[FsTree, StreamReadAhead] = \
+            weakref.WeakKeyDictionary()  # dropped with the image's tree
         self._next_fh = 1
         self._logged: set[str] = set()
         self.initialized = trio.Event()
@@ -220,6 +229,8 @@ class ImageOps(pyfuse3.Operations):
         if self.on_chunk_read is not None:
             for s in spans:
                 self.on_chunk_read(h.tree, s.chunk)
+        if spans:
+            self._stream_ahead(h.tree, spans[-1].chunk)
         self._read_ahead(h, off, size)
         if len(spans) == 1:
             s = spans[0]
@@ -256,6 +267,18 @@ class ImageOps(pyfuse3.Operations):
         chunks = h.tree.manifest.chunks
         self.fetcher.prefetch([chunks[s.chunk] for s in ahead])
 
+    def _stream_ahead(self, tree: FsTree, index: int) -> None:
+        """Before the read: whether anybody had asked for its chunk is the news."""
+        if not self.fetcher.enabled:
+            return
+        stream = self._streams.get(tree)
+        chunks = tree.manifest.chunks
+        if stream is None:
+            stream = self._streams[tree] = StreamReadAhead([c.stored_size for c in chunks])
+        ahead = stream.read(index, missed=not self.fetcher.requested(chunks[index].id))
+        if ahead:
+            self.fetcher.prefetch([chunks[i] for i in ahead], Priority.READ_AHEAD)
+
     def _handle(self, fh: int) -> _Handle:
         h = self._handles.get(fh)
         if h is None:
@@ -283,6 +306,10 @@ class ImageOps(pyfuse3.Operations):
             stats = replace(self.statistics(), readdir_requests=self.readdir_requests)
             return json.dumps(stats.as_json(), sort_keys=True).encode()
         await self.ns.ready(inode)
+        if name.startswith(WARM_XATTR) and self.on_warm and self.ns.immutable(inode):
+            workload = name[len(WARM_XATTR):].decode("ascii", "replace")
+            doc = await self.on_warm(self.ns.tree_of(inode), workload)
+            return json.dumps(doc, sort_keys=True).encode()
         for key, value in self.ns.xattrs(inode):
             if key == name:
                 return value

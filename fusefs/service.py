@@ -1,5 +1,5 @@
 """Putting a mount together, in one place: the read path (tiers and fetcher), what learns
-hints, the namespace, the node reporter, metrics, and serving.
+hints and what else is prefetched, the namespace, the node reporter, metrics, and serving.
 
 ``mount_image`` (one image) and ``run_daemon`` (every image of a store) take a
 ``MountOptions`` record, the daemon a ``NodeOptions`` too; each builds its parts with
@@ -31,6 +31,7 @@ from .metrics import SnapshotCollector, start_metrics
 from .mount import serve
 from .namespace import SingleImage, StoreImages
 from .ops import Namespace
+from .prefetch import Warmer, queue_image
 from .reporter import NodeReporter
 from .stats import MountStats
 from .tree import FsTree
@@ -47,6 +48,14 @@ class MountOptions:
     hints: str | None = START  # the workload whose starts are learnt and replayed
     hints_window: float = 60.0
     store_timeout: float = DEFAULT_BUDGET
+    prefetch: str = "hints"  # what else is fetched ahead: hints, all (the image), none
+    prefetch_budget: int | None = None  # bytes of --prefetch all; None: a quarter of the cache
+
+    def image_budget(self, disk: DiskCache) -> int:
+        """Bytes ``--prefetch all`` may fetch now: within the budget and the disk cache's
+        free room, so that it never evicts what mounted images use."""
+        budget = self.cache_bytes // 4 if self.prefetch_budget is None else self.prefetch_budget
+        return max(0, min(budget, disk.max_bytes - disk.size))
 
 
 @dataclass(frozen=True)
@@ -78,7 +87,7 @@ def one_malloc_arena() -> None:
 
 
 def _read_path(objects: ObjectStore, opts: MountOptions
-               ) -> tuple[NodeTiers, ChunkFetcher, Learners | None]:
+               ) -> tuple[NodeTiers, ChunkFetcher, Learners | None, Warmer]:
     """Memory (the fetcher) over the node's tiers (``node_tiers``: disk cache over the
     store). The fetcher retries within ``store_timeout`` itself, so it reads the store
     without ``Retrying``. With ``hints`` (a workload): prefetch what that workload read at
@@ -88,15 +97,17 @@ def _read_path(objects: ObjectStore, opts: MountOptions
                        DiskCache(opts.cache_dir, opts.cache_bytes))
     fetcher = ChunkFetcher(lambda id, size: tiers.stack.get(id, max_size=size),
                            memory_bytes=opts.memory_bytes,
-                           retry=RetryPolicy.within(opts.store_timeout))
+                           retry=RetryPolicy.within(opts.store_timeout),
+                           enabled=opts.prefetch != "none", on_disk=tiers.disk.has)
     learners = None if not opts.hints else Learners(
         objects, fetcher, workload=opts.hints, window=opts.hints_window,
         max_bytes=opts.cache_bytes // 2)
-    return tiers, fetcher, learners
+    warmer = Warmer(objects, fetcher, workload=opts.hints, max_bytes=opts.cache_bytes // 2)
+    return tiers, fetcher, learners, warmer
 
 
 def _serve(namespace: Namespace, tiers: NodeTiers, fetcher: ChunkFetcher,
-           learners: Learners | None, mountpoint: str, opts: MountOptions,
+           learners: Learners | None, warmer: Warmer, mountpoint: str, opts: MountOptions,
            on_ready: Callable[[], None], extra=()) -> None:
     collector = SnapshotCollector()
 
@@ -112,17 +123,26 @@ def _serve(namespace: Namespace, tiers: NodeTiers, fetcher: ChunkFetcher,
     trio.run(lambda: serve(namespace, fetcher, mountpoint, on_ready=on_ready,
                            publish=publish, statistics=statistics,
                            extra=(*extra, learners.run) if learners else extra,
-                           on_chunk_read=learners.read if learners else None))
+                           on_chunk_read=learners.read if learners else None,
+                           on_warm=warmer.warm))
 
 
 def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: str,
                 opts: MountOptions, on_ready: Callable[[], None] = lambda: None) -> None:
     """Mount one image read-only at ``mountpoint`` until unmounted or signalled."""
-    tiers, fetcher, learners = _read_path(objects, opts)
+    tiers, fetcher, learners, warmer = _read_path(objects, opts)
     tree = FsTree(manifest, image_id=mid)
     if learners:
         learners.add(tree)
-    _serve(SingleImage(mid, tree), tiers, fetcher, learners, mountpoint, opts, on_ready)
+    extra = ()
+    if opts.prefetch == "all":
+        async def prefetch_image(task_status=trio.TASK_STATUS_IGNORED) -> None:
+            queue_image(fetcher, tree, opts.image_budget(tiers.disk.inner))
+            task_status.started()
+
+        extra = (prefetch_image,)
+    _serve(SingleImage(mid, tree), tiers, fetcher, learners, warmer, mountpoint, opts,
+           on_ready, extra)
 
 
 def run_daemon(objects: ObjectStore, mountpoint: str, opts: MountOptions,
@@ -130,7 +150,7 @@ def run_daemon(objects: ObjectStore, mountpoint: str, opts: MountOptions,
                on_ready: Callable[[], None] = lambda: None) -> None:
     """Serve every image of the store under ``mountpoint``: ``<id>/`` and ``refs/``; write
     this node's report to ``nodes/<node id>.json`` every ``report_interval`` seconds."""
-    tiers, fetcher, learners = _read_path(objects, opts)
+    tiers, fetcher, learners, warmer = _read_path(objects, opts)
     assert tiers.disk is not None
     reporter = NodeReporter(objects, tiers.disk.inner, node_id=node.node_id, gpus=node.gpus,
                             interval=node.report_interval)
@@ -139,6 +159,8 @@ def run_daemon(objects: ObjectStore, mountpoint: str, opts: MountOptions,
         reporter.add(tree.image_id, tree.manifest)
         if learners:
             learners.add(tree)
+        if opts.prefetch == "all":
+            queue_image(fetcher, tree, opts.image_budget(tiers.disk.inner))
 
-    _serve(StoreImages(objects, on_image), tiers, fetcher, learners, mountpoint, opts,
+    _serve(StoreImages(objects, on_image), tiers, fetcher, learners, warmer, mountpoint, opts,
            on_ready, extra=(reporter.run,))

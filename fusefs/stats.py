@@ -23,9 +23,12 @@ class FetcherStats:
     waited: int = 0  # reads that waited for a fetch already in flight
     demand_fetches: int = 0
     prefetches: int = 0
+    prefetched_bytes: int = 0  # of the chunks prefetched (their size, not stored size)
     errors: int = 0
     retries: int = 0
     memory_cached_bytes: int = 0  # held now
+    prefetched_unread_bytes: int = 0  # prefetched and not read since: the waste
+    prefetch_queued: int = 0  # chunks waiting for a prefetch worker
     fetch_latency_ms: dict = field(default_factory=dict)
 
 
@@ -59,6 +62,9 @@ class MountStats:
             "fetch_latency_ms": dict(f.fetch_latency_ms),
             "demand_fetches": f.demand_fetches,
             "prefetches": f.prefetches,
+            "prefetched_bytes": f.prefetched_bytes,
+            "prefetched_unread_bytes": f.prefetched_unread_bytes,
+            "prefetch_queued": f.prefetch_queued,
             "hinted_chunks": self.hinted_chunks,
             "readdir_requests": self.readdir_requests,
             "retries": f.retries,
