@@ -1,22 +1,25 @@
 """S3 as an object store (``s3://BUCKET/PREFIX``): AWS, MinIO, SeaweedFS.
 
 The endpoint comes from the standard ``AWS_ENDPOINT_URL``, credentials and region from the
-standard AWS chain (region defaults to us-east-1 for S3-compatible servers). One boto3
-client is made at construction and shared: boto3 clients are thread-safe. Every botocore
-error is turned into ours here, so nothing above this module sees boto3.
+standard AWS chain (region defaults to us-east-1 for S3-compatible servers). Reads and
+writes (``get``, ``size``, ``put``) go through ``s3lite`` where the configuration allows
+it: a mount starts, fetches, and saves its hints and reports without boto3. Everything
+else, and every call ``s3lite`` cannot answer, goes through one boto3 client, made (and
+boto3 imported) on first use and shared: boto3 clients are thread-safe. Every error of
+either is turned into ours here, so nothing above this module sees them.
 """
 
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterator
 
-import boto3
-import botocore.config
 import botocore.exceptions as bexc
 
 from .base import ObjectInfo, ObjectStore, check_key, check_prefix
 from .errors import NotFound, StoreConfigError, StoreError, StoreUnavailable
+from .s3lite import Response, S3Lite, Unexpected
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -41,8 +44,49 @@ class S3Store(ObjectStore):
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         if self.prefix:
             check_key(self.prefix.rstrip("/"))
-        self._client = client or _make_client(max_pool, timeout)
-        self.endpoint = self._client.meta.endpoint_url
+        self._given_client, self._max_pool, self._timeout = client, max_pool, timeout
+        self._boto = None
+        self._lock = threading.Lock()
+        self._lite = None if client else S3Lite.from_environment(bucket, timeout)
+
+    @property
+    def _client(self):
+        with self._lock:
+            if self._boto is None:
+                self._boto = self._given_client or _make_client(self._max_pool, self._timeout)
+            return self._boto
+
+    @property
+    def endpoint(self) -> str:
+        return self._lite.endpoint if self._lite else self._client.meta.endpoint_url
+
+    def _lite_error(self, resp: Response, key: str, doing: str) -> StoreError:
+        where = f"{self} ({self.endpoint}): cannot {doing}"
+        code = resp.code or str(resp.status)
+        if resp.status == 404 and code in _MISSING | {"404"}:
+            return NotFound(f"{key} not found in {self}")
+        if code in _CONFIG:
+            return StoreConfigError(f"{where}: {_CONFIG[code]}")
+        if resp.status >= 500 or code in {"SlowDown", "RequestTimeout"}:
+            return StoreUnavailable(f"{where}: server error {code}")
+        raise Unexpected(code)
+
+    def _lite_call(self, method: str, key: str, doing: str, body: bytes = b""
+                   ) -> Response | None:
+        """The answer of the lean path, or None when boto3 must answer instead."""
+        if self._lite is None:
+            return None
+        try:
+            resp = self._lite.request(method, self.prefix + check_key(key), body)
+        except OSError as exc:
+            raise StoreUnavailable(f"{self} ({self.endpoint}): cannot {doing}: "
+                                   f"{exc or type(exc).__name__}") from None
+        if resp.status in (200, 206):
+            return resp
+        try:
+            raise self._lite_error(resp, key, doing)
+        except Unexpected:
+            return None  # a redirect to another region, say: boto3 knows what to do
 
     def _error(self, exc: Exception, doing: str) -> StoreError:
         where = f"{self} ({self.endpoint}): cannot {doing}"
@@ -59,6 +103,9 @@ class S3Store(ObjectStore):
         return StoreUnavailable(f"{where}: {exc}")
 
     def get(self, key: str) -> bytes:
+        resp = self._lite_call("GET", key, f"read {key}")
+        if resp is not None:
+            return resp.body
         try:
             resp = self._client.get_object(Bucket=self.bucket, Key=self.prefix + check_key(key))
             return resp["Body"].read()
@@ -70,6 +117,8 @@ class S3Store(ObjectStore):
             raise self._error(exc, f"read {key}") from None
 
     def put(self, key: str, data: bytes) -> None:
+        if self._lite_call("PUT", key, f"write {key}", bytes(data)) is not None:
+            return
         try:
             self._client.put_object(Bucket=self.bucket, Key=self.prefix + check_key(key),
                                     Body=bytes(data))
@@ -93,6 +142,9 @@ class S3Store(ObjectStore):
             raise self._error(exc, f"create {key}") from None
 
     def size(self, key: str) -> int:
+        resp = self._lite_call("HEAD", key, f"look up {key}")
+        if resp is not None:
+            return int(resp.headers.get("content-length", 0))
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=self.prefix + check_key(key))
             return int(head["ContentLength"])
@@ -122,7 +174,10 @@ class S3Store(ObjectStore):
             raise self._error(exc, f"list {prefix or '/'}") from None
 
     def close(self) -> None:
-        self._client.close()
+        if self._lite:
+            self._lite.close()
+        if self._boto is not None:
+            self._boto.close()
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
@@ -133,6 +188,9 @@ def _code(exc: bexc.ClientError) -> str:
 
 
 def _make_client(max_pool: int, timeout: float):
+    import boto3  # ~0.3 s: only where a call needs it
+    import botocore.config
+
     session = boto3.session.Session()
     config = botocore.config.Config(
         region_name=session.region_name or "us-east-1",

@@ -1,7 +1,7 @@
 """The chunk fetcher: memory LRU, one fetch per chunk, separate thread limiters, retries.
 
 Threading model: every method runs on the trio thread. Store calls (disk cache, S3, which
-block and decompress) go to worker threads through ``trio.to_thread.run_sync`` with one
+block and decompress) go to long-lived worker threads (``threads.WorkerThreads``) under one
 ``CapacityLimiter`` for demand reads and another for prefetch, so prefetch never starves a
 reader. Prefetch is a priority queue drained by a fixed set of workers: hinted chunks in
 their order first, then read-ahead, then the rest of an image (``Priority``); a chunk queued
@@ -39,6 +39,7 @@ from blobstore.manifest import ChunkRef
 from blobstore.tiers import percentiles
 
 from .stats import FetcherStats
+from .threads import WorkerThreads
 
 log = logging.getLogger(__name__)
 FAILED_TTL = 2.0
@@ -109,6 +110,7 @@ class ChunkFetcher:
         self._limiters = {Source.DEMAND: trio.CapacityLimiter(demand_threads),
                           Source.PREFETCH: trio.CapacityLimiter(prefetch_threads)}
         self._prefetchers = prefetch_threads
+        self._threads = WorkerThreads(demand_threads + prefetch_threads)
         self.enabled = enabled
         # One queue and a fixed set of workers: a task per prefetched chunk cost more than
         # the reads it sped up (bench/coldstart.py, py-spy).
@@ -125,12 +127,16 @@ class ChunkFetcher:
         self._latencies: deque = deque(maxlen=10_000)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Run the prefetch workers until cancelled."""
-        async with trio.open_nursery() as nursery:
-            for _ in range(self._prefetchers):
-                nursery.start_soon(self._prefetch_worker)
-            self._running = True
-            task_status.started()
+        """Start the fetch threads, and run the prefetch workers until cancelled."""
+        self._threads.start()
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(self._prefetchers):
+                    nursery.start_soon(self._prefetch_worker)
+                self._running = True
+                task_status.started()
+        finally:
+            self._threads.stop()
 
     # -- memory ------------------------------------------------------------------------------
 
@@ -210,9 +216,9 @@ class ChunkFetcher:
             for attempt in range(policy.attempts):
                 try:
                     with trio.fail_after(policy.attempt_timeout):
-                        return await trio.to_thread.run_sync(
-                            self._fetch_sync, chunk.id, chunk.size,
-                            limiter=self._limiters[source], abandon_on_cancel=True)
+                        async with self._limiters[source]:
+                            return await self._threads.run(self._fetch_sync, chunk.id,
+                                                           chunk.size)
                 except (StoreUnavailable, trio.TooSlowError) as exc:
                     last = exc
                     if attempt + 1 == policy.attempts:
@@ -247,6 +253,10 @@ class ChunkFetcher:
             queued += 1
         return queued
 
+    async def _on_disk_now(self, id: str) -> bool:
+        async with self._limiters[Source.PREFETCH]:
+            return await self._threads.run(self._on_disk, id)
+
     def queued(self) -> int:
         return len(self._queued)
 
@@ -268,8 +278,7 @@ class ChunkFetcher:
                     await self._fly(chunk, Source.PREFETCH)
                 # These go to the disk cache only: keeping them in memory would push out
                 # what the workload reads now.
-                elif not await trio.to_thread.run_sync(
-                        self._on_disk, chunk.id, limiter=self._limiters[Source.PREFETCH]):
+                elif not await self._on_disk_now(chunk.id):
                     await self._fly(chunk, Source.PREFETCH, remember=False)
             except Exception as exc:  # noqa: BLE001 - a demand read will report it
                 log.debug("prefetch of %s failed: %s", chunk.id, exc)
