@@ -230,7 +230,7 @@ class ImageOps(pyfuse3.Operations):
             for s in spans:
                 self.on_chunk_read(h.tree, s.chunk)
         if spans:
-            self._stream_ahead(h.tree, spans[-1].chunk)
+            self._stream_ahead(h.tree, spans[-1].chunk, off == 0)
         self._read_ahead(h, off, size)
         if len(spans) == 1:
             s = spans[0]
@@ -267,7 +267,7 @@ class ImageOps(pyfuse3.Operations):
         chunks = h.tree.manifest.chunks
         self.fetcher.prefetch([chunks[s.chunk] for s in ahead])
 
-    def _stream_ahead(self, tree: FsTree, index: int) -> None:
+    def _stream_ahead(self, tree: FsTree, index: int, file_start: bool) -> None:
         """Before the read: whether anybody had asked for its chunk is the news."""
         if not self.fetcher.enabled:
             return
@@ -275,7 +275,7 @@ class ImageOps(pyfuse3.Operations):
         chunks = tree.manifest.chunks
         if stream is None:
             stream = self._streams[tree] = StreamReadAhead([c.stored_size for c in chunks])
-        ahead = stream.read(index, missed=not self.fetcher.requested(chunks[index].id))
+        ahead = stream.read(index, not self.fetcher.requested(chunks[index].id), file_start)
         if ahead:
             self.fetcher.prefetch([chunks[i] for i in ahead], Priority.READ_AHEAD)
 

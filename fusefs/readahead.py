@@ -2,15 +2,25 @@
 
 An image's chunks are in data-stream order, which is path order, and a workload that starts
 (an interpreter importing its modules, a server loading its files) reads mostly forward
-through it: one small file after another, each a miss that the kernel's read-ahead (within
-one file) never sees coming, so against a remote store the start is a chain of round trips.
-As the kernel's read-ahead does within a file, a window opens only when reads show a
-forward pattern (each read at most ``gap`` chunks past the one before), doubles each time
-the reads use up half of what was queued, up to ``max_bytes``, and closes on a jump, so
-random reads fetch nothing extra. ``max_bytes`` is the budget: what is queued never reaches
-more than that many stored bytes past the chunk being read. Only reads that missed, or that
-reached chunks this read-ahead queued, move the window (the kernel's read-ahead marker):
-chunks that hints or the caches brought say nothing about where the reader goes next.
+through it, one small file after another, each a miss that the kernel's read-ahead (within
+one file) never sees coming: against a remote store the start is a chain of round trips.
+Such reads interleave a few forward streams (a package's modules, the libraries they load,
+the standard library), so, as ZFS's zfetch does, several streams are tracked at once
+(``streams``, least recently used replaced). A read at most ``gap`` chunks past a stream's
+last read (or inside what it queued) continues that stream: its window opens at
+``min_bytes`` and doubles each time the reads use up half of what was queued, up to
+``max_bytes``, the budget: nothing is queued more than that many stored bytes past the chunk
+being read. Any other read starts a new stream; if it missed at the start of a file, its
+neighbours (``around`` bytes) are queued at once, since the next file in the stream is the
+likeliest next read. A read in the middle of a file only moves a stream whose queued chunks
+it reached: random access to a big file fetches nothing extra, and a file read through is
+the kernel's and the per-file read-ahead's business. Only reads that missed, or that
+reached chunks a stream queued, move it: chunks that hints or the caches brought say
+nothing about where the reader goes next.
+
+Measured on the recorded reads of ``python3 -c 'import numpy'`` (164 chunks of a Debian
+image): a single stream left 79 reads to wait on the store; these defaults leave 29, for
+~170 chunks fetched that were not read (``thaw stats``: ``prefetched_unread_bytes``).
 
 Pure logic, no I/O, no trio: the read handler (trio thread) feeds it the chunk index of
 each read and queues the indices it returns.
@@ -21,42 +31,66 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+STREAMS = 8
+GAP = 8
+AROUND = 256 << 10
 MIN_BYTES = 1 << 20
 MAX_BYTES = 8 << 20
-GAP = 4
+
+
+@dataclass
+class _Stream:
+    last: int  # the chunk read last
+    queued_to: int  # chunks below this were queued (or read) already
+    window: int = 0  # bytes; 0 until a second read continues the stream
 
 
 class StreamReadAhead:
-    def __init__(self, stored_sizes: Sequence[int], *, min_bytes: int = MIN_BYTES,
-                 max_bytes: int = MAX_BYTES, gap: int = GAP) -> None:
+    def __init__(self, stored_sizes: Sequence[int], *, streams: int = STREAMS,
+                 gap: int = GAP, around: int = AROUND, min_bytes: int = MIN_BYTES,
+                 max_bytes: int = MAX_BYTES) -> None:
         self._ends = list(itertools.accumulate(stored_sizes))  # stream offset after chunk i
-        self.min_bytes, self.max_bytes, self.gap = min_bytes, min(max_bytes, 1 << 62), gap
-        self._last = -gap - 1  # the chunk read last
-        self._queued_to = 0  # chunks below this index were queued (or read) already
-        self.window = 0  # bytes; 0 while reads show no forward pattern
+        self.streams, self.gap, self.around = streams, gap, min(around, max_bytes)
+        self.min_bytes, self.max_bytes = min(min_bytes, max_bytes), max_bytes
+        self._streams: list[_Stream] = []  # most recently used first
 
     def _offset(self, index: int) -> int:
         """Stream offset where chunk ``index`` starts."""
         return self._ends[index - 1] if index else 0
 
-    def read(self, index: int, missed: bool = True) -> range:
-        """A read of chunk ``index`` (``missed``: nobody had asked for it): the chunks to
-        queue ahead of it, often none."""
-        forward = self._last < index <= max(self._last + self.gap, self._queued_to)
-        self._last = index
-        if not forward:
-            self.window = 0
-            self._queued_to = index + 1
+    def _upto(self, index: int, start: int, nbytes: int) -> int:
+        """The end of the chunks from ``start`` that end within ``nbytes`` past ``index``."""
+        return bisect.bisect_right(self._ends, self._ends[index] + nbytes, lo=start)
+
+    def read(self, index: int, missed: bool = True, file_start: bool = True) -> range:
+        """A read of chunk ``index`` (``missed``: nobody had asked for it; ``file_start``:
+        at offset 0 of its file): the chunks to queue ahead of it, often none."""
+        for k, s in enumerate(self._streams):
+            reach = max(s.last + self.gap, s.queued_to) if file_start else s.queued_to - 1
+            if s.last < index <= reach:
+                del self._streams[k]
+                self._streams.insert(0, s)
+                return self._continue(s, index, missed)
+        if not file_start:
+            return range(0)  # inside a file: the file's own read-ahead has it
+        s = _Stream(index, index + 1)
+        self._streams.insert(0, s)
+        del self._streams[self.streams:]
+        if not (missed and self.around):
             return range(0)
-        if not missed and index >= self._queued_to:
+        s.queued_to = self._upto(index, index + 1, self.around)
+        return range(index + 1, s.queued_to)
+
+    def _continue(self, s: _Stream, index: int, missed: bool) -> range:
+        s.last = index
+        if not missed and index >= s.queued_to:
             return range(0)  # hints or a cache had it: no news of where the reader goes
-        start = max(self._queued_to, index + 1)
+        start = max(s.queued_to, index + 1)
         ahead = self._offset(start) - self._ends[index]  # bytes queued past this chunk
-        if self.window and ahead >= self.window // 2:
+        if s.window and ahead >= s.window // 2:
             return range(0)
-        self.window = min(max(self.window * 2, self.min_bytes), self.max_bytes)
-        # The last chunk that ends within the window past this one.
-        stop = bisect.bisect_right(self._ends, self._ends[index] + self.window, lo=start)
-        self._queued_to = max(self._queued_to, stop)
-        return range(start, stop)
+        s.window = min(max(s.window * 2, self.min_bytes), self.max_bytes)
+        s.queued_to = max(s.queued_to, self._upto(index, start, s.window))
+        return range(start, s.queued_to)
