@@ -168,7 +168,7 @@ def test_parallel_cold_readers_fetch_each_chunk_once(thaw, pushed, store_url, tm
     ping = manifest.entry("bin/ping")
     unique = {manifest.chunks[s.chunk].id for s in ping.spans}
     with Mounted(thaw, tmp_path / "mnt", "mount", "rich:1", str(tmp_path / "mnt"),
-                 *cache_args(tmp_path)) as mnt:
+                 *cache_args(tmp_path), "--prefetch", "none") as mnt:  # reads alone
         results = []
         threads = [threading.Thread(target=lambda: results.append(
             (mnt / "bin" / "ping").read_bytes())) for _ in range(16)]
