@@ -1,4 +1,5 @@
-"""Subcommands that read the store: ``ls``, ``inspect``, ``verify``."""
+"""Subcommands that read the store: ``ls``, ``inspect``, ``verify``, and ``serve`` (the
+peer blob API over the node's disk cache)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from .blobs import BlobStore
-from .errors import BlobCorrupt, BlobNotFound
+from .errors import BlobCorrupt, BlobNotFound, UsageError
 from .images import open_image
 from .manifest import Manifest
 from .refs import Refs
@@ -25,6 +26,55 @@ def register(sub, common) -> None:
     p.add_argument("ref", metavar="REF", help="NAME:TAG or a manifest id")
     p.add_argument("--jobs", type=int, default=8, help="parallel reads (default 8)")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("serve", parents=[common], help="serve this node's chunks to its peers",
+                       description="The peer blob API (GET /v1/blobs/ID) over the node's disk "
+                                   "cache, reading through to the store on a miss.")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen")
+    p.add_argument("--cache-dir", required=True, metavar="DIR",
+                   help="the node's disk cache, shared with its mount or daemon")
+    p.add_argument("--cache-size", default="10G", help="bound of the disk cache (default 10G)")
+    p.add_argument("--token-file", required=True, metavar="FILE",
+                   help="the bearer token clients must send")
+    p.add_argument("--in-flight", type=int, default=64, metavar="N",
+                   help="blob requests answered at once (default 64)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close a connection whose request head takes longer (default 10)")
+    p.set_defaults(func=cmd_serve)
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen {text!r}: use HOST:PORT, e.g. 0.0.0.0:8740")
+    return host, int(port)
+
+
+def cmd_serve(args, console) -> int:
+    import asyncio
+
+    from .diskcache import DiskCache
+    from .peers import read_token
+    from .peerserver import PeerServer
+    from .tiers import node_tiers
+    from .units import parse_size
+
+    host, port = _listen_address(args.listen)
+    token = read_token(args.token_file, "--token-file")
+    if args.in_flight < 1:
+        raise UsageError("--in-flight must be at least 1")
+    objects = open_store(args.store, timeout=args.store_timeout)
+    tiers = node_tiers(BlobStore(objects), DiskCache(args.cache_dir, parse_size(args.cache_size)))
+    if not args.header_timeout > 0:
+        raise UsageError("--header-timeout must be a number of seconds > 0")
+    server = PeerServer(tiers, token, in_flight=args.in_flight,
+                        header_timeout=args.header_timeout)
+    try:
+        asyncio.run(server.run(host, port, on_ready=lambda: console.note(
+            f"serving {args.cache_dir} on http://{args.listen} (store {objects})")))
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.listen}: {exc.strerror}") from None
+    return 0
 
 
 def cmd_ls(args, console) -> int:

@@ -13,6 +13,7 @@ Thread-safe and process-safe.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -127,6 +128,28 @@ class DiskCache(BlobTier):
 
     def has(self, id: str) -> bool:
         return self._path(id).exists()
+
+    @contextlib.contextmanager
+    def fill_lock(self, id: str):
+        """An exclusive lock while ``id`` is fetched to fill the cache: the node's mount,
+        daemon, restores and ``thaw serve`` share this directory, and a chunk they all miss
+        at once is read from upstream once. ``flock`` on one of 65,536 lock files (by the
+        id's first four hex digits), so locks need no cleaning and unrelated chunks rarely
+        wait on each other; released when the process dies."""
+        path = self.root / ".locks" / check_blob_id(id)[:4]
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            path.parent.mkdir(exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:  # a cache that cannot lock still serves, unlocked
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def put_stored(self, id: str, stored: bytes) -> None:
         """Add an entry (already verified by the caller); evicts if over the bound."""

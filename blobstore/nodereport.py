@@ -51,3 +51,19 @@ def write_report(objects: ObjectStore, report: dict) -> None:
 def read_reports(objects: ObjectStore) -> list[tuple[str, bytes]]:
     """Every report object as ``(key, bytes)``, unparsed (placement parses them)."""
     return [(key, objects.get(key)) for key in objects.list(PREFIX) if key.endswith(".json")]
+
+
+def peer_urls(objects: ObjectStore, ttl: float = 60.0, now: float | None = None) -> list[str]:
+    """The ``peer_url`` of every node whose report is fresher than ``ttl`` seconds
+    (``--peers store``); malformed reports are skipped."""
+    now = time.time() if now is None else now
+    urls = []
+    for _, raw in read_reports(objects):
+        try:
+            doc = json.loads(raw)
+            url, written = doc.get("peer_url"), float(doc.get("written_at", 0))
+        except (ValueError, AttributeError, TypeError):
+            continue
+        if isinstance(url, str) and url and now - written <= ttl:
+            urls.append(url)
+    return urls

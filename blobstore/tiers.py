@@ -14,13 +14,15 @@ by id (``get_stored``, unverified), the blob decoded and verified (``fetch``, ``
 - ``Verifying(tier)``: ``get_stored`` re-hashes before it returns (for raw bytes served on
   from an untrusted tier; everything decoded is verified anyway).
 
-``node_tiers`` builds the stack a node reads through (the mount, the daemon, the restorer),
-in one visible place. Synchronous and thread-safe: the FUSE fetcher calls tiers from worker
+``node_tiers`` builds the stack a node reads through (the mount, the daemon, the restorer,
+``thaw serve``), in one visible place, with the cache peers (``peers.PeerTier``) between
+the disk cache and the store. Synchronous and thread-safe: the FUSE fetcher calls tiers from worker
 threads; the statistics take a lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -68,6 +70,11 @@ class BlobTier:
     def get(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> bytes:
         return self.fetch(id, max_size=max_size).data
 
+    def fill_lock(self, id: str) -> contextlib.AbstractContextManager:
+        """Held while ``id`` is fetched to fill this tier (a cache that processes share
+        makes it a lock, so a chunk missed by all of them is read once)."""
+        return contextlib.nullcontext()
+
     def read_into(self, id: str, dest: memoryview) -> None:
         """Decode the blob into ``dest``, which must be exactly its size, verified."""
         data = self.fetch(id, max_size=len(dest)).data
@@ -99,6 +106,9 @@ class WrapperTier(BlobTier):
 
     def read_into(self, id: str, dest: memoryview) -> None:
         self.inner.read_into(id, dest)
+
+    def fill_lock(self, id: str) -> contextlib.AbstractContextManager:
+        return self.inner.fill_lock(id)
 
     def __str__(self) -> str:
         return str(self.inner)
@@ -215,8 +225,13 @@ class ReadThrough(BlobTier):
             pass
         except StoreUnavailable as exc:
             self._warn_once("cache-read", exc)
-        got = self.upstream.fetch(id, max_size=max_size)
-        self._fill(id, got.stored)
+        with self.cache.fill_lock(id):
+            try:  # another process may have filled it while this one waited for the lock
+                return self.cache.fetch(id, max_size=max_size)
+            except (BlobNotFound, StoreUnavailable):
+                pass
+            got = self.upstream.fetch(id, max_size=max_size)
+            self._fill(id, got.stored)
         return got
 
     def read_into(self, id: str, dest: memoryview) -> None:
@@ -228,12 +243,21 @@ class ReadThrough(BlobTier):
             pass
         except StoreUnavailable as exc:
             self._warn_once("cache-read", exc)
-        got = self.upstream.fetch(id, max_size=len(dest))
-        if len(got.data) != len(dest):
-            raise BlobCorrupt(f"blob {id} in {self.upstream}: {len(got.data)} bytes, "
-                              f"expected {len(dest)}")
-        self._fill(id, got.stored)
+        with self.cache.fill_lock(id):
+            got = self._fetch_locked(id, len(dest))
         dest[:] = got.data
+
+    def _fetch_locked(self, id: str, size: int) -> Fetched:
+        try:
+            return self.cache.fetch(id, max_size=size)
+        except (BlobNotFound, StoreUnavailable):
+            pass
+        got = self.upstream.fetch(id, max_size=size)
+        if len(got.data) != size:
+            raise BlobCorrupt(f"blob {id} in {self.upstream}: {len(got.data)} bytes, "
+                              f"expected {size}")
+        self._fill(id, got.stored)
+        return got
 
     def _fill(self, id: str, stored: bytes) -> None:
         try:
@@ -268,13 +292,21 @@ class NodeTiers(NamedTuple):
     stack: BlobTier  # what readers call
     disk: Counting | None  # the node's disk cache, counted (None: no cache)
     store: Counting  # the store, counted
+    peer: Counting | None = None  # the cache peers, counted (None: no peers)
 
 
-def node_tiers(store: BlobTier, cache: BlobTier | None) -> NodeTiers:
-    """Memory (the caller's) -> disk cache -> store. The next tier goes between the disk
-    cache and the store: ``ReadThrough(FirstHit([peers, store]), disk)`` (cache peers)."""
+def node_tiers(store: BlobTier, cache: BlobTier | None,
+               peers: BlobTier | None = None) -> NodeTiers:
+    """Memory (the caller's) -> disk cache -> the chunk's owner among the cache peers ->
+    store: ``ReadThrough(FirstHit([peers, store]), disk)``; a miss everywhere above the
+    store, or a peer that fails, falls through to the store."""
+    from .peers import FirstHit  # peers imports this module
+
     counted_store = Counting(store, "store")
+    counted_peers = None if peers is None else Counting(peers, "peer")
+    upstream = counted_store if counted_peers is None else FirstHit(
+        [counted_peers, counted_store])
     if cache is None:
-        return NodeTiers(counted_store, None, counted_store)
+        return NodeTiers(upstream, None, counted_store, counted_peers)
     disk = Counting(cache, "disk")
-    return NodeTiers(ReadThrough(counted_store, disk), disk, counted_store)
+    return NodeTiers(ReadThrough(upstream, disk), disk, counted_store, counted_peers)

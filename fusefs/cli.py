@@ -50,6 +50,15 @@ def _cache_args(p) -> None:
     p.add_argument("--prefetch-budget", metavar="SIZE", default=None,
                    help="bytes --prefetch all may fetch per image (default: a quarter of "
                         "--cache-size; never more than the disk cache has free)")
+    p.add_argument("--peers", metavar="URL,URL|@FILE|store",
+                   help="cache peers (`thaw serve` on each node) to fetch chunks from before "
+                        "the store: a list, a file of URLs (re-read when it changes), or "
+                        "'store' (the peer_url of the store's fresh node reports)")
+    p.add_argument("--self", dest="self_url", metavar="URL",
+                   help="this node's own peer URL (it reads the chunks it owns from the "
+                        "store; the daemon reports it as its peer_url)")
+    p.add_argument("--peer-token-file", metavar="FILE",
+                   help="the bearer token the peers want (with --peers)")
     p.add_argument("--background", action="store_true",
                    help="return once the mount answers; the daemon goes on in the background")
 
@@ -104,9 +113,20 @@ def _options(args):
     if args.hints_window <= 0:
         raise UsageError("--hints-window must be a number of seconds > 0")
     budget = None if args.prefetch_budget is None else parse_size(args.prefetch_budget)
+    token, self_url = "", None
+    if args.peers:
+        from blobstore.peers import Membership, read_token
+
+        token = read_token(args.peer_token_file, "--peer-token-file")
+        if args.peers != "store":
+            Membership.parse(args.peers)  # a bad URL or file is one line now, not at a read
+    if args.self_url:
+        from blobstore.peers import normalise_url
+
+        self_url = normalise_url(args.self_url)
     return MountOptions(args.cache_dir or default_cache_dir(), parse_size(args.cache_size),
                         parse_size(args.memory), args.metrics, args.hints, args.hints_window,
-                        args.store_timeout, args.prefetch, budget)
+                        args.store_timeout, args.prefetch, budget, args.peers, self_url, token)
 
 
 def _check_workload(workload: str | None) -> None:
@@ -153,7 +173,7 @@ def cmd_daemon(args, console) -> int:
         gpus = lambda: given  # noqa: E731
     else:
         from restorer.gpus import nvml_gpus as gpus  # the GPUs' one home; no torch import
-    node = NodeOptions(args.node_id, gpus, args.report_interval)
+    node = NodeOptions(args.node_id, gpus, args.report_interval, options.self_url)
     return _run(args, console, lambda ready: run_daemon(
         objects, args.mountpoint, options, node, on_ready=ready))
 

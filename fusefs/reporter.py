@@ -51,10 +51,13 @@ def read_table(data: bytes) -> dict[str, int]:
 
 class NodeReporter:
     def __init__(self, objects: ObjectStore, cache: DiskCache, *, node_id: str | None,
-                 gpus: Callable[[], list[dict] | None], interval: float = 5.0) -> None:
+                 gpus: Callable[[], list[dict] | None], interval: float = 5.0,
+                 peer_url: str | None = None) -> None:
         """``gpus``: asked each report (the command line gives NVML's probe, or a fixed
-        list from ``--gpus``); None means no GPUs."""
+        list from ``--gpus``); None means no GPUs. ``peer_url``: where this node's ``thaw
+        serve`` answers (``--self``), for ``--peers store`` and placement."""
         self.objects, self.cache, self.interval = objects, cache, interval
+        self.peer_url = peer_url
         self.node_id = node_id or socket.gethostname()
         self.gpus = gpus
         self.tables = Path(cache.root) / ".images"
@@ -95,7 +98,8 @@ class NodeReporter:
                 del self._sizes[mid]
                 (self.tables / mid).unlink(missing_ok=True)
         gpus = self.gpus() or []
-        return build_report(self.node_id, gpus, self.cache.size, self.cache.max_bytes, cached)
+        return build_report(self.node_id, gpus, self.cache.size, self.cache.max_bytes, cached,
+                            peer_url=self.peer_url)
 
     def write_once(self) -> None:
         write_report(self.objects, self.report())

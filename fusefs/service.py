@@ -22,6 +22,8 @@ from blobstore.blobs import BlobStore
 from blobstore.diskcache import DiskCache
 from blobstore.hints import START
 from blobstore.manifest import Manifest
+from blobstore.nodereport import peer_urls
+from blobstore.peers import Membership, PeerTier
 from blobstore.retrying import DEFAULT_BUDGET, without_retries
 from blobstore.tiers import NodeTiers, node_tiers
 
@@ -50,6 +52,9 @@ class MountOptions:
     store_timeout: float = DEFAULT_BUDGET
     prefetch: str = "hints"  # what else is fetched ahead: hints, all (the image), none
     prefetch_budget: int | None = None  # bytes of --prefetch all; None: a quarter of the cache
+    peers: str | None = None  # --peers: URL,URL | @FILE | store; None: no cache peers
+    self_url: str | None = None  # --self: this node's own peer URL
+    peer_token: str = ""  # the bearer token peers want
 
     def image_budget(self, disk: DiskCache) -> int:
         """Bytes ``--prefetch all`` may fetch now: within the budget and the disk cache's
@@ -65,6 +70,7 @@ class NodeOptions:
     node_id: str | None = None
     gpus: Callable[[], list[dict] | None] = lambda: None
     report_interval: float = 5.0
+    peer_url: str | None = None  # where this node's `thaw serve` answers
 
 
 log = logging.getLogger(__name__)
@@ -94,7 +100,7 @@ def _read_path(objects: ObjectStore, opts: MountOptions
     its last starts of an image, and record this start (``Learners``)."""
     one_malloc_arena()
     tiers = node_tiers(BlobStore(without_retries(objects)),
-                       DiskCache(opts.cache_dir, opts.cache_bytes))
+                       DiskCache(opts.cache_dir, opts.cache_bytes), peer_tier(objects, opts))
     fetcher = ChunkFetcher(lambda id, size: tiers.stack.get(id, max_size=size),
                            memory_bytes=opts.memory_bytes,
                            retry=RetryPolicy.within(opts.store_timeout),
@@ -104,6 +110,14 @@ def _read_path(objects: ObjectStore, opts: MountOptions
         max_bytes=opts.cache_bytes // 2)
     warmer = Warmer(objects, fetcher, workload=opts.hints, max_bytes=opts.cache_bytes // 2)
     return tiers, fetcher, learners, warmer
+
+
+def peer_tier(objects: ObjectStore, opts: MountOptions) -> PeerTier | None:
+    """The cache peers of ``--peers``, or None."""
+    if not opts.peers:
+        return None
+    membership = Membership.parse(opts.peers, reports=lambda: peer_urls(objects))
+    return PeerTier(membership, opts.self_url, opts.peer_token)
 
 
 def _serve(namespace: Namespace, tiers: NodeTiers, fetcher: ChunkFetcher,
@@ -153,7 +167,7 @@ def run_daemon(objects: ObjectStore, mountpoint: str, opts: MountOptions,
     tiers, fetcher, learners, warmer = _read_path(objects, opts)
     assert tiers.disk is not None
     reporter = NodeReporter(objects, tiers.disk.inner, node_id=node.node_id, gpus=node.gpus,
-                            interval=node.report_interval)
+                            interval=node.report_interval, peer_url=node.peer_url)
 
     def on_image(tree: FsTree) -> None:
         reporter.add(tree.image_id, tree.manifest)

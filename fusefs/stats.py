@@ -40,12 +40,17 @@ class MountStats:
     store: TierSnapshot
     hinted_chunks: int = 0  # queued for prefetch from earlier starts' hints
     readdir_requests: int = 0  # pages of names the kernel asked for (not from its cache)
+    peer: TierSnapshot | None = None  # None: no cache peers
+    peers: dict = field(default_factory=dict)  # per peer URL: chunks, bytes, errors, skipped
 
     @classmethod
     def collect(cls, images: dict[str, int], tiers: NodeTiers, fetcher_stats: FetcherStats,
                 hinted: int = 0) -> MountStats:
         disk = tiers.disk.stats.snapshot() if tiers.disk else TierSnapshot("disk")
-        return cls(dict(images), fetcher_stats, disk, tiers.store.stats.snapshot(), hinted)
+        peer = tiers.peer.stats.snapshot() if tiers.peer else None
+        per_peer = tiers.peer.inner.peer_stats() if tiers.peer else {}
+        return cls(dict(images), fetcher_stats, disk, tiers.store.stats.snapshot(), hinted,
+                   peer=peer, peers=per_peer)
 
     def as_json(self) -> dict:
         f, store, disk = self.fetcher, self.store.as_dict(), self.disk.as_dict()
@@ -56,7 +61,9 @@ class MountStats:
             "fetched_bytes": store["bytes"],
             "fetched_stored_bytes": store["stored_bytes"],
             "tiers": {"memory": {"chunks": f.memory_hits, "bytes": f.memory_bytes},
-                      "disk": disk, "store": store},
+                      "disk": disk, **({"peer": self.peer.as_dict()} if self.peer else {}),
+                      "store": store},
+            "peers": dict(self.peers),
             "cache_hits": f.memory_hits + disk["chunks"],
             "coalesced_waits": f.waited,
             "fetch_latency_ms": dict(f.fetch_latency_ms),

@@ -1,0 +1,335 @@
+"""Cache peers, the client side: a tier that asks the node that owns a chunk for it.
+
+Each chunk has one owner among the live peers, chosen by rendezvous (highest random weight)
+hashing of the normalised peer URL and the chunk id, as Kraken's origin ring does: every
+node computes the same owners from the same list, and a node joining or leaving moves only
+the chunks it gains or loses (a quarter of them when a fourth node joins three). A node asks
+the chunk's owner, and the owner reads through to the store on a miss, so the store sends
+each chunk into the cluster once. When this node is the owner, the tier steps aside
+(``BlobNotFound``) and the stack below reads the store, filling the disk cache that this
+node's ``thaw serve`` serves from.
+
+A slow or dead peer costs little: connecting gets ``connect_timeout``, the answer
+``read_timeout`` (an owner may have to read through first); a failure moves on to the
+chunk's second owner, then gives up to the store (``FirstHit``). A peer that fails
+``trip`` times in a row is skipped for ``cool_down`` seconds, then one request probes it (a
+circuit breaker). Bytes from a peer are decoded and verified here, so a peer that serves
+wrong bytes is named in the log once and skipped like a dead one; nothing it sends reaches
+a cache. Not done: hedging a slow request to the second owner, and resuming a broken
+transfer with ``Range`` (the server honours it); chunks are small enough that a retry of
+the whole chunk costs one round trip.
+
+Membership (``Membership``): a fixed list, a file re-read when it changes, or the fresh
+``peer_url`` of the node reports in the store. Thread-safe: the fetch threads share one
+tier; connections are kept per thread and peer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from .codec import MAX_BLOB_SIZE, decode_and_verify
+from .errors import BlobCorrupt, BlobNotFound, StoreUnavailable, UsageError
+from .tiers import BlobTier, Fetched
+
+log = logging.getLogger(__name__)
+API = "/v1/blobs/"
+
+
+def normalise_url(url: str) -> str:
+    """``http://HOST:PORT`` with a lower-case host and an explicit port, no trailing slash;
+    UsageError for anything else."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") \
+            or parts.query or parts.fragment or parts.username:
+        raise UsageError(f"invalid peer URL {url!r}: use http://HOST:PORT (or https://)")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise UsageError(f"invalid peer URL {url!r}: the port is not a number") from None
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port}"
+
+
+def read_token(path: str | None, option: str) -> str:
+    """The bearer token in the file ``path`` (whitespace around it ignored)."""
+    if not path:
+        raise UsageError(f"{option} FILE is required: the bearer token peers share")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(4097)
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: {exc.strerror}") from None
+    token = raw.decode("ascii", "replace").strip()
+    if not token or len(raw) > 4096 or not token.isprintable() or " " in token:
+        raise UsageError(f"{option} {path}: the file must hold one token of printable "
+                         "ASCII without spaces, up to 4 KiB")
+    return token
+
+
+def owners(peers: list[str], id: str, n: int = 2) -> list[str]:
+    """The ``n`` peers that own blob ``id``, first owner first (rendezvous hashing)."""
+    def weight(peer: str) -> bytes:
+        return hashlib.blake2b(f"{peer}\n{id}".encode(), digest_size=8).digest()
+
+    return sorted(peers, key=weight, reverse=True)[:n]
+
+
+class Membership:
+    """The peer URLs, normalised: fixed, from a file (re-read when its mtime changes), or
+    from the store's fresh node reports (``reports``: a callable returning the URLs,
+    refreshed every ``refresh`` seconds)."""
+
+    def __init__(self, *, urls: list[str] | None = None, file: str | None = None,
+                 reports: Callable[[], list[str]] | None = None, refresh: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._urls = sorted({normalise_url(u) for u in urls or []})
+        self._file, self._reports, self._refresh, self._clock = file, reports, refresh, clock
+        self._stamp: object = None
+        self._next = -1.0
+        self._lock = threading.Lock()
+        if file:
+            self._read_file()
+
+    @classmethod
+    def parse(cls, spec: str, reports: Callable[[], list[str]] | None = None) -> Membership:
+        """``URL,URL,...``, ``@FILE`` or ``store`` (the node reports)."""
+        if spec == "store":
+            if reports is None:
+                raise UsageError("--peers store needs the store's node reports")
+            return cls(reports=reports)
+        if spec.startswith("@"):
+            return cls(file=spec[1:])
+        return cls(urls=[u for u in spec.split(",") if u.strip()])
+
+    def _read_file(self) -> None:
+        assert self._file is not None
+        try:
+            st = os.stat(self._file)
+            if (st.st_mtime_ns, st.st_size) == self._stamp:
+                return
+            with open(self._file) as f:
+                urls = [line.strip() for line in f if line.strip() and
+                        not line.lstrip().startswith("#")]
+        except OSError as exc:
+            raise UsageError(f"cannot read the peer list {self._file}: {exc.strerror}") \
+                from None
+        self._urls = sorted({normalise_url(u) for u in urls})
+        self._stamp = (st.st_mtime_ns, st.st_size)
+
+    def urls(self) -> list[str]:
+        with self._lock:
+            now = self._clock()
+            if now >= self._next and (self._file or self._reports):
+                self._next = now + (1.0 if self._file else self._refresh)
+                try:
+                    if self._file:
+                        self._read_file()
+                    else:
+                        self._urls = sorted({normalise_url(u) for u in self._reports()})
+                except (UsageError, StoreUnavailable) as exc:
+                    log.warning("peer list not refreshed, keeping %d peers: %s",
+                                len(self._urls), exc)
+            return list(self._urls)
+
+
+@dataclass
+class PeerHealth:
+    failures: int = 0  # in a row
+    skip_until: float = 0.0
+    chunks: int = 0
+    bytes: int = 0
+    errors: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+class PeerTier(BlobTier):
+    """Blobs from the peers that own them (read-only)."""
+
+    def __init__(self, membership: Membership, self_url: str | None, token: str, *,
+                 connect_timeout: float = 0.5, read_timeout: float = 5.0, trip: int = 3,
+                 cool_down: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.membership, self.token = membership, token
+        self.self_url = normalise_url(self_url) if self_url else None
+        self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
+        self.trip, self.cool_down, self._clock = trip, cool_down, clock
+        self.health: dict[str, PeerHealth] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._warned: set[str] = set()
+
+    # -- choosing -------------------------------------------------------------------------
+
+    def _candidates(self, id: str) -> list[str]:
+        """The chunk's owners to ask, in order; [] when this node owns it."""
+        ranked = owners(self.membership.urls(), id, 2)
+        out = []
+        for peer in ranked:
+            if peer == self.self_url:
+                break  # this node owns it (or is next): read through here
+            if self._usable(peer):
+                out.append(peer)
+        return out
+
+    def _usable(self, peer: str) -> bool:
+        with self._lock:
+            h = self.health.setdefault(peer, PeerHealth())
+            if h.failures < self.trip:
+                return True
+            if self._clock() >= h.skip_until:  # half-open: this request probes it
+                h.skip_until = self._clock() + self.cool_down
+                return True
+            return False
+
+    def _record(self, peer: str, ok: bool, size: int = 0, seconds: float = 0.0) -> None:
+        with self._lock:
+            h = self.health.setdefault(peer, PeerHealth())
+            if ok:
+                h.failures, h.chunks, h.bytes = 0, h.chunks + 1, h.bytes + size
+                h.latencies = (h.latencies + [seconds])[-1000:]
+            else:
+                h.failures += 1
+                h.errors += 1
+                if h.failures >= self.trip:
+                    h.skip_until = self._clock() + self.cool_down
+
+    def _warn(self, peer: str, message: str) -> None:
+        if peer not in self._warned:
+            self._warned.add(peer)
+            log.warning("peer %s: %s; skipping it for a while (further warnings about it "
+                        "suppressed)", peer, message)
+
+    # -- fetching -------------------------------------------------------------------------
+
+    def _connection(self, peer: str) -> http.client.HTTPConnection:
+        conns = self._local.__dict__.setdefault("conns", {})
+        conn = conns.get(peer)
+        if conn is None:
+            parts = urlsplit(peer)
+            cls = http.client.HTTPSConnection if parts.scheme == "https" else \
+                http.client.HTTPConnection
+            conn = conns[peer] = cls(parts.hostname, parts.port, timeout=self.connect_timeout)
+        return conn
+
+    def _drop(self, peer: str) -> None:
+        conn = self._local.__dict__.get("conns", {}).pop(peer, None)
+        if conn is not None:
+            conn.close()
+
+    def _ask(self, peer: str, id: str) -> bytes | None:
+        """The stored bytes from ``peer``; None for a 404; OSError when it fails."""
+        for attempt in (0, 1):
+            conn = self._connection(peer)
+            fresh = conn.sock is None
+            try:
+                if fresh:
+                    conn.connect()
+                conn.sock.settimeout(self.read_timeout)
+                conn.request("GET", API + id, headers={
+                    "Authorization": f"Bearer {self.token}", "Accept-Encoding": "identity"})
+                resp = conn.getresponse()
+                if int(resp.getheader("Content-Length") or 0) > MAX_BLOB_SIZE + (1 << 20):
+                    raise OSError("an answer larger than any blob")
+                body = resp.read()
+                if resp.will_close:
+                    self._drop(peer)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self._drop(peer)
+                if fresh or attempt:
+                    raise
+                continue  # the peer closed an idle connection: once more on a new one
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop(peer)
+                raise OSError(str(exc) or type(exc).__name__) from None
+            if resp.status == 200:
+                return body
+            if resp.status == 404:
+                return None
+            raise OSError(f"HTTP {resp.status}")
+        raise AssertionError("unreachable")
+
+    def fetch(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> Fetched:
+        for peer in self._candidates(id):
+            started = self._clock()
+            try:
+                stored = self._ask(peer, id)
+            except OSError as exc:
+                self._record(peer, False)
+                self._warn(peer, f"cannot fetch blob {id}: {exc}")
+                continue
+            if stored is None:
+                self._record(peer, True)  # it answered: it could not get the blob either
+                continue
+            try:
+                data = decode_and_verify(stored, id, max_size=max_size, where=peer)
+            except BlobCorrupt as exc:
+                self._record(peer, False)
+                with self._lock:
+                    self.health[peer].failures = self.trip  # wrong bytes: skip it now
+                    self.health[peer].skip_until = self._clock() + self.cool_down
+                self._warn(peer, f"served wrong bytes ({exc})")
+                continue
+            self._record(peer, True, len(stored), self._clock() - started)
+            return Fetched(data, stored)
+        raise BlobNotFound(f"blob {id}: no peer had it")
+
+    def get_stored(self, id: str) -> bytes:
+        return self.fetch(id).stored  # verified here: a peer is not believed
+
+    def stored_size(self, id: str) -> int:
+        raise BlobNotFound(f"blob {id}: peers are asked for blobs, not sizes")
+
+    def has(self, id: str) -> bool:
+        return False
+
+    def put_stored(self, id: str, stored: bytes) -> None:
+        raise StoreUnavailable("peers are read-only")
+
+    def peer_stats(self) -> dict[str, dict]:
+        with self._lock:
+            return {p: {"chunks": h.chunks, "bytes": h.bytes, "errors": h.errors,
+                        "skipped": h.failures >= self.trip}
+                    for p, h in sorted(self.health.items())}
+
+    def __str__(self) -> str:
+        return "peers"
+
+
+class FirstHit(BlobTier):
+    """The first of ``tiers`` that has the blob; the last one's error if none has."""
+
+    def __init__(self, tiers: list[BlobTier]) -> None:
+        self.tiers = tiers
+
+    def fetch(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> Fetched:
+        for tier in self.tiers[:-1]:
+            try:
+                return tier.fetch(id, max_size=max_size)
+            except (BlobNotFound, StoreUnavailable, BlobCorrupt):
+                continue
+        return self.tiers[-1].fetch(id, max_size=max_size)
+
+    def get_stored(self, id: str) -> bytes:
+        return self.fetch(id).stored
+
+    def stored_size(self, id: str) -> int:
+        return self.tiers[-1].stored_size(id)
+
+    def has(self, id: str) -> bool:
+        return self.tiers[-1].has(id)
+
+    def put_stored(self, id: str, stored: bytes) -> None:
+        self.tiers[-1].put_stored(id, stored)
+
+    def __str__(self) -> str:
+        return " then ".join(str(t) for t in self.tiers)

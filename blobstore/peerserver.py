@@ -1,0 +1,228 @@
+"""``thaw serve``: the peer blob API, over the node's disk cache.
+
+``GET`` and ``HEAD /v1/blobs/{id}`` answer a blob's stored bytes (as the store holds them,
+so the client verifies them again), with ``ETag`` (the id), ``Content-Length`` and a single
+``Range`` honoured (206; 416 past the end; 400 when malformed). What is served was read
+through the node's tiers, so it was verified on its way out of the cache (a corrupt entry
+is dropped and fetched again, never served); a miss is read through from the store and
+kept in the cache, and concurrent misses of one chunk, in this process and in the node's
+mount, cause one store read (the disk cache's per-chunk fill lock). ``/healthz`` and
+``/metrics`` (Prometheus) need no token and say nothing of blob contents; everything else
+needs ``Authorization: Bearer TOKEN``, compared in constant time (401). An id that is not 64
+lowercase hex is 400 before anything touches the disk: no path is ever built from a
+request. Bounded: ``in_flight`` blob requests at a time (memory: that many times the
+largest blob), header size and count, a header that takes longer than ``header_timeout``
+closes the connection (slow-loris), idle keep-alive connections close after
+``keepalive``. SIGTERM and SIGINT stop it gracefully.
+
+asyncio (aiohttp), in its own process, never in trio; blocking tier calls run in a thread
+pool of ``in_flight`` threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hmac
+import logging
+import re
+import signal
+import time
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+
+from .errors import BlobCorrupt, BlobNotFound, StoreUnavailable, ThawError
+from .peers import API
+from .tiers import NodeTiers
+
+log = logging.getLogger(__name__)
+_ID_RE = re.compile(r"[0-9a-f]{64}")
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+MAX_HEADER = 8 << 10
+
+
+class SlowClientGuard(asyncio.Protocol):
+    """Wraps aiohttp's protocol: a request head that is not complete within ``timeout``
+    seconds of its first byte closes the connection."""
+
+    def __init__(self, inner: asyncio.Protocol, timeout: float) -> None:
+        self.inner, self.timeout = inner, timeout
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""
+        self._transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self._transport = transport
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        seen = self._tail + data
+        if b"\r\n\r\n" in seen:
+            if self._timer:
+                self._timer.cancel()
+                self._timer = None
+            rest = seen.rpartition(b"\r\n\r\n")[2]
+            if rest:
+                self._arm()
+        elif self._timer is None:
+            self._arm()
+        self._tail = seen[-3:]
+        self.inner.data_received(data)
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self.timeout, self._expire)
+
+    def _expire(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_lost(self, exc) -> None:
+        if self._timer:
+            self._timer.cancel()
+        self.inner.connection_lost(exc)
+
+    def eof_received(self):
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+
+class _TierCollector:
+    """Cache hits and read-throughs from the tiers' own counters."""
+
+    def __init__(self, tiers: NodeTiers) -> None:
+        self.tiers = tiers
+
+    def collect(self):
+        for name, tier in (("hits", self.tiers.disk), ("read_throughs", self.tiers.store)):
+            if tier is not None:
+                snap = tier.stats.snapshot().as_dict()
+                yield CounterMetricFamily(f"thaw_serve_{name}", f"Blobs served by {name}",
+                                          value=snap["chunks"])
+
+
+class PeerServer:
+    def __init__(self, tiers: NodeTiers, token: str, *, in_flight: int = 64,
+                 header_timeout: float = 10.0, keepalive: float = 30.0) -> None:
+        self.tiers, self._token = tiers, f"Bearer {token}".encode()
+        self.in_flight, self.header_timeout, self.keepalive = in_flight, header_timeout, keepalive
+        self._slots = asyncio.Semaphore(in_flight)
+        self._pool = concurrent.futures.ThreadPoolExecutor(in_flight, "thaw-serve")
+        self.registry = CollectorRegistry()
+        self.requests = Counter("thaw_serve_requests", "Blob requests by status",
+                                ["status"], registry=self.registry)
+        self.sent = Counter("thaw_serve_sent_bytes", "Blob bytes sent", registry=self.registry)
+        self.latency = Histogram("thaw_serve_latency_seconds", "Blob request latency",
+                                 registry=self.registry)
+        self.registry.register(_TierCollector(tiers))
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=0)
+        app.router.add_get("/healthz", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get(API + "{id}", self._blob)  # HEAD too
+        return app
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry),
+                            content_type="text/plain", charset="utf-8")
+
+    def _authorised(self, request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode("latin-1", "replace")
+        return hmac.compare_digest(given, self._token)
+
+    async def _blob(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        resp = await self._answer(request)
+        self.requests.labels(str(resp.status)).inc()
+        self.latency.observe(time.monotonic() - started)
+        return resp
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
+        if not self._authorised(request):
+            return web.Response(status=401, text="a bearer token is required\n",
+                                headers={"WWW-Authenticate": "Bearer"})
+        id = request.match_info["id"]
+        if not _ID_RE.fullmatch(id):
+            return web.Response(status=400, text="a blob id is 64 lowercase hex digits\n")
+        async with self._slots:
+            try:
+                stored = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self._stored, id)
+            except BlobNotFound:
+                return web.Response(status=404, text="no such blob\n")
+            except (StoreUnavailable, BlobCorrupt) as exc:
+                log.warning("blob %s: %s", id, exc)
+                return web.Response(status=503, text="the store cannot serve it now\n")
+            except ThawError as exc:
+                log.warning("blob %s: %s", id, exc)
+                return web.Response(status=500, text="cannot serve it\n")
+        headers = {"ETag": f'"{id}"', "Accept-Ranges": "bytes",
+                   "Content-Type": "application/octet-stream"}
+        spec = request.headers.get("Range")
+        if spec is None:
+            self.sent.inc(len(stored))
+            return web.Response(body=stored, headers=headers)
+        span = parse_range(spec, len(stored))
+        if span is None:
+            return web.Response(status=400, text="a Range is bytes=FIRST-LAST, one range\n")
+        if span == ():
+            return web.Response(status=416, headers={"Content-Range": f"bytes */{len(stored)}"})
+        first, last = span
+        headers["Content-Range"] = f"bytes {first}-{last}/{len(stored)}"
+        self.sent.inc(last + 1 - first)
+        return web.Response(status=206, body=stored[first:last + 1], headers=headers)
+
+    def _stored(self, id: str) -> bytes:
+        return self.tiers.stack.fetch(id).stored
+
+    async def run(self, host: str, port: int, on_ready=lambda: None) -> None:
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                               handler_args={"max_line_size": MAX_HEADER,
+                                             "max_field_size": MAX_HEADER, "max_headers": 64,
+                                             "keepalive_timeout": self.keepalive})
+        await runner.setup()
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(
+            lambda: SlowClientGuard(runner.server(), self.header_timeout), host, port,
+            reuse_address=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        on_ready()
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            await runner.shutdown()
+            await runner.cleanup()
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def parse_range(spec: str, size: int) -> tuple[int, int] | tuple[()] | None:
+    """``bytes=A-B``, ``bytes=A-`` or ``bytes=-N`` as (first, last) within ``size``;
+    () when it lies past the end; None when malformed (or several ranges)."""
+    m = _RANGE_RE.fullmatch(spec.strip())
+    if not m or (not m.group(1) and not m.group(2)) or len(spec) > 64:
+        return None
+    a, b = m.groups()
+    if not a:  # the last N bytes
+        n = int(b)
+        return (max(0, size - n), size - 1) if n and size else ()
+    first = int(a)
+    last = min(int(b), size - 1) if b else size - 1
+    if b and int(b) < first:
+        return None
+    if first >= size:
+        return ()
+    return first, last

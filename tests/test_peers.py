@@ -1,0 +1,281 @@
+"""Cache peers: owners by rendezvous hashing, `thaw serve` against hostile clients, and
+three nodes that fetch each chunk from the store once between them."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from blobstore.blobs import BlobStore
+from blobstore.errors import UsageError
+from blobstore.images import open_image
+from blobstore.peers import Membership, normalise_url, owners
+
+from .conftest import REPO, Mounted
+from .proxy import RemoteLikeProxy
+from .seaweed import free_ports
+
+TOKEN = "t0ken-of-the-cluster"
+
+
+# -- pure --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, normal", [
+    ("http://Node-1.Example:8740/", "http://node-1.example:8740"),
+    ("http://10.0.0.2", "http://10.0.0.2:80"),
+    ("https://peer.example", "https://peer.example:443"),
+])
+def test_peer_urls_are_normalised_before_hashing(given, normal):
+    assert normalise_url(given) == normal
+
+
+@pytest.mark.parametrize("bad", ["ftp://x:1", "http://x:1/path", "x:1", "http://:1",
+                                 "http://x:port"])
+def test_a_bad_peer_url_is_a_usage_error(bad):
+    with pytest.raises(UsageError, match="peer URL"):
+        normalise_url(bad)
+
+
+def test_a_fourth_node_moves_about_a_quarter_of_the_owners():
+    three = [f"http://10.0.0.{i}:8740" for i in (1, 2, 3)]
+    four = [*three, "http://10.0.0.4:8740"]
+    ids = [random.Random(i).randbytes(32).hex() for i in range(8000)]
+    moved = [id for id in ids if owners(three, id, 1) != owners(four, id, 1)]
+    assert 0.2 < len(moved) / len(ids) < 0.3
+    assert all(owners(four, id, 1) == ["http://10.0.0.4:8740"] for id in moved)
+    assert owners(list(reversed(four)), ids[0]) == owners(four, ids[0])  # order-free
+
+
+def test_a_peer_file_is_read_again_when_it_changes(tmp_path):
+    now = [0.0]
+    path = tmp_path / "peers"
+    path.write_text("http://a:1\n# a comment\nhttp://b:2\n")
+    m = Membership.parse(f"@{path}")
+    m._clock = lambda: now[0]
+    assert m.urls() == ["http://a:1", "http://b:2"]
+    path.write_text("http://a:1\nhttp://c:3\n")
+    now[0] += 5
+    assert m.urls() == ["http://a:1", "http://c:3"]
+
+
+# -- thaw serve against hostile clients ----------------------------------------------------------
+
+
+@contextmanager
+def serving(thaw, cache: Path, host: str, *extra: str, store: str | None = None):
+    token = cache.parent / f"token-{host}"
+    token.write_text(TOKEN + "\n")
+    port = free_ports(1)[0]
+    cmd = [sys.executable, "-m", "thaw", "--store", store or thaw.store, "serve", "--listen",
+           f"{host}:{port}", "--cache-dir", str(cache), "--token-file", str(token), *extra]
+    proc = subprocess.Popen(cmd, cwd=REPO, env={**os.environ, **thaw.env},
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "serving" in line, line + proc.stderr.read()
+        yield f"http://{host}:{port}", proc
+    finally:
+        if proc.poll() is None:  # a test may have killed it
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0  # SIGTERM: a graceful stop
+
+
+def request(url: str, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("GET", path, headers=headers or {})
+    resp = conn.getresponse()
+    return resp.status, resp.read(), dict(resp.getheaders())
+
+
+@pytest.fixture
+def pushed(thaw, rich_tree, store_url):
+    thaw("push", str(rich_tree), "rich:1", "--chunker", "fastcdc:64K")
+    from blobstore.local import LocalStore
+
+    objects = LocalStore(store_url[len("file://"):])
+    return objects, *open_image(objects, "rich:1")
+
+
+@pytest.mark.mount
+def test_serve_refuses_what_it_must_and_never_reads_outside_the_cache(thaw, pushed,
+                                                                       tmp_path):
+    objects, _, manifest = pushed
+    id = manifest.chunks[0].id
+    cache = tmp_path / "node" / "cache"
+    (tmp_path / "node").mkdir()
+    secret = tmp_path / "node" / "secret"
+    secret.write_text("SECRET-NEXT-TO-THE-CACHE")
+    with serving(thaw, cache, "127.0.0.2", "--header-timeout", "2") as (url, _):
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        status, body, headers = request(url, f"/v1/blobs/{id}", auth)
+        assert status == 200 and body == BlobStore(objects).get_stored(id)
+        assert headers["ETag"] == f'"{id}"' and int(headers["Content-Length"]) == len(body)
+        for bad in ({}, {"Authorization": "Bearer nope"},
+                    {"Authorization": "Bearer " + "x" * len(TOKEN)},
+                    {"Authorization": TOKEN}):
+            assert request(url, f"/v1/blobs/{id}", bad)[0] == 401
+        for path in ("/v1/blobs/../secret", "/v1/blobs/..%2fsecret", "/v1/blobs/%2e%2e%2fsecret",
+                     "/v1/blobs/" + "g" * 64, "/v1/blobs/" + id.upper(), "/v1/blobs/" + id[:-1],
+                     "/v1/blobs/../../node/secret"):
+            status, body, _ = request(url, path, auth)
+            assert status in (400, 404) and b"SECRET" not in body, (path, status)
+        assert request(url, "/v1/blobs/" + "0" * 64, auth)[0] == 404
+        stored = BlobStore(objects).get_stored(id)
+        status, body, headers = request(url, f"/v1/blobs/{id}", {**auth, "Range": "bytes=2-9"})
+        assert (status, body) == (206, stored[2:10])
+        assert headers["Content-Range"] == f"bytes 2-9/{len(stored)}"
+        status, _, headers = request(url, f"/v1/blobs/{id}",
+                                     {**auth, "Range": f"bytes={len(stored)}-"})
+        assert status == 416 and headers["Content-Range"] == f"bytes */{len(stored)}"
+        for bad in ("bytes=9-2", "lines=1-2", "bytes=1-2,4-5", "bytes=-"):
+            assert request(url, f"/v1/blobs/{id}", {**auth, "Range": bad})[0] == 400
+        assert request(url, f"/v1/blobs/{id}", {**auth, "X-Big": "y" * 20000})[0] in (400, 431)
+        assert request(url, "/healthz")[:2] == (200, b"ok\n")
+        metrics = request(url, "/metrics")[1].decode()
+        assert 'thaw_serve_requests_total{status="401"} 4.0' in metrics and id not in metrics
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as slow:
+            slow.sendall(b"GET /v1/blobs/")  # and then nothing, as a slow-loris client
+            assert slow.recv(100) == b""  # cut off after --header-timeout, not 10 s later
+    assert not any("secret" in p.name for p in cache.rglob("*"))
+
+
+@pytest.mark.mount
+def test_serve_bad_options_are_one_line(thaw, tmp_path):
+    (tmp_path / "token").write_text(TOKEN)
+    taken = socket.socket()
+    taken.bind(("127.0.0.2", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    for args, message in (
+            (["--listen", "nohost", "--token-file", str(tmp_path / "token")], "--listen"),
+            (["--listen", "127.0.0.2:1", "--token-file", str(tmp_path / "none")],
+             "--token-file"),
+            (["--listen", f"127.0.0.2:{port}", "--token-file", str(tmp_path / "token")],
+             "cannot listen on")):
+        proc = thaw("serve", *args, "--cache-dir", str(tmp_path / "c"), check=False)
+        assert proc.returncode == 2 and message in proc.stderr.decode(), proc.stderr
+        assert b"Traceback" not in proc.stderr
+    taken.close()
+
+
+# -- three nodes -------------------------------------------------------------------------------
+
+
+class WrongBytes(BaseHTTPRequestHandler):
+    """A peer that answers every blob with bytes that are not it."""
+
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        body = b"\x00not the blob you asked for"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def read_tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink() and p.stat().st_size}
+
+
+@pytest.mark.mount
+@pytest.mark.s3
+def test_three_nodes_fetch_each_chunk_from_the_store_once(thaw, rich_tree, s3_env,
+                                                          seaweed, tmp_path):
+    store = "s3://thaw/peers-" + os.urandom(4).hex()
+    thaw("push", str(rich_tree), "rich:1", "--chunker", "fastcdc:64K", store=store)
+    host, port = seaweed.endpoint.removeprefix("http://").split(":")
+    with RemoteLikeProxy((host, int(port)), delay=0, rate=1e12) as s3:
+        thaw.env["AWS_ENDPOINT_URL"] = s3.endpoint
+        hosts = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+        with serving(thaw, tmp_path / "c2", hosts[0], store=store) as (u2, _), \
+                serving(thaw, tmp_path / "c3", hosts[1], store=store) as (u3, _), \
+                serving(thaw, tmp_path / "c4", hosts[2], store=store) as (u4, serve4):
+            urls = [u2, u3, u4]
+            (tmp_path / "peers").write_text("\n".join(urls))
+            mounts = []
+            for i, url in enumerate(urls):
+                mnt = tmp_path / f"mnt{i}"
+                mounts.append(Mounted(thaw, mnt, "mount", "rich:1", str(mnt), "--cache-dir",
+                                      str(tmp_path / f"c{i + 2}"), "--prefetch", "none",
+                                      "--peers", f"@{tmp_path / 'peers'}", "--self", url,
+                                      "--peer-token-file", str(tmp_path / "token-127.0.0.2"),
+                                      store=store))
+            for m in mounts:
+                m.__enter__()
+            try:
+                s3.reset()
+                expected = read_tree(rich_tree)
+                results: list[dict] = [{}, {}, {}]
+                threads = [threading.Thread(target=lambda i=i: results.__setitem__(
+                    i, read_tree(mounts[i].mountpoint))) for i in range(3)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                assert all(r == expected for r in results)
+                stats = [json.loads(thaw("stats", str(m.mountpoint), "--json").stdout)
+                         for m in mounts]
+                distinct = max(s["tiers"]["store"]["chunks"] + s["tiers"]["peer"]["chunks"]
+                               for s in stats)
+                gets = s3.count("GET", "/blobs/")
+                assert gets <= 1.1 * distinct, (gets, distinct)
+                assert sum(s["tiers"]["peer"]["chunks"] for s in stats) > distinct
+                # A peer's server dies in the middle of a new node's reads: they complete.
+                fresh = tmp_path / "mnt-fresh"
+                with Mounted(thaw, fresh, "mount", "rich:1", str(fresh), "--cache-dir",
+                             str(tmp_path / "c-fresh"), "--prefetch", "none", "--peers",
+                             f"@{tmp_path / 'peers'}", "--peer-token-file",
+                             str(tmp_path / "token-127.0.0.2"), store=store):
+                    got: list[dict] = []
+                    reader = threading.Thread(target=lambda: got.append(read_tree(fresh)))
+                    reader.start()
+                    serve4.kill()
+                    reader.join()
+                    assert got == [expected]
+            finally:
+                for m in mounts:
+                    m.__exit__(None, None, None)
+
+
+@pytest.mark.mount
+def test_a_peer_that_serves_wrong_bytes_is_named_and_skipped(thaw, pushed, rich_tree,
+                                                             tmp_path):
+    bad = ThreadingHTTPServer(("127.0.0.5", 0), WrongBytes)
+    threading.Thread(target=bad.serve_forever, daemon=True).start()
+    bad_url = f"http://127.0.0.5:{bad.server_address[1]}"
+    (tmp_path / "token").write_text(TOKEN)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        out = thaw("mount", "rich:1", str(mnt), "--background", "--cache-dir",
+                   str(tmp_path / "c"), "--peers", bad_url, "--self", "http://127.0.0.9:1",
+                   "--peer-token-file", str(tmp_path / "token")).stderr.decode()
+        log = Path(re.search(r"log (\S+)\)", out).group(1))
+        assert read_tree(mnt) == read_tree(rich_tree)
+        stats = json.loads(thaw("stats", str(mnt), "--json").stdout)
+        assert stats["peers"][bad_url]["skipped"] and stats["tiers"]["store"]["chunks"] > 0
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)])
+        bad.shutdown()
+    text = log.read_text()
+    assert f"peer {bad_url}: served wrong bytes" in text
+    assert text.count("served wrong bytes") == 1  # named once, then skipped quietly
