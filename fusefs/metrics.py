@@ -36,6 +36,14 @@ class SnapshotCollector:
             data.add_metric([tier], t["bytes"])
         yield chunks
         yield data
+        if s.get("peers"):
+            families = {k: CounterMetricFamily(f"thaw_peer_{k}", f"{k} from each cache peer",
+                                               labels=["peer"])
+                        for k in ("chunks", "bytes", "errors")}
+            for url, p in s["peers"].items():
+                for k, family in families.items():
+                    family.add_metric([url], p[k])
+            yield from families.values()
         for name in ("demand_fetches", "prefetches", "retries", "errors", "coalesced_waits"):
             yield CounterMetricFamily(f"thaw_{name}", name.replace("_", " "), value=s[name])
         yield CounterMetricFamily("thaw_prefetched_bytes", "Bytes of chunks prefetched",

@@ -27,6 +27,10 @@ def register(sub, common) -> None:
     p.add_argument("ref", metavar="REF")
     p.add_argument("--device", help="cuda:N or cpu (default: a GPU with room, else the CPU)")
     p.add_argument("--cache-dir", help="the node's disk cache to read through")
+    p.add_argument("--peers", metavar="URL,URL|@FILE|store",
+                   help="cache peers to ask before the store (as `thaw daemon --peers`)")
+    p.add_argument("--self", dest="self_url", metavar="URL", help="this node's peer URL")
+    p.add_argument("--peer-token-file", metavar="FILE", help="the peers' bearer token")
     p.add_argument("--jobs", type=int, default=8, help="fetching threads (default 8)")
     p.add_argument("--no-compile-cache", dest="compile_cache", action="store_false",
                    help="leave torch's compile caches alone")
@@ -71,11 +75,13 @@ def cmd_snapshot(args, console) -> int:
 def cmd_restore(args, console) -> int:
     from .snapshots import restore
 
+    objects = _store(args)
+    peers = _peers(args, objects)
     started = time.perf_counter()
     with console.progress(None, f"restore {args.ref}") as on_bytes:
-        tensors = restore(args.ref, args.device, store=_store(args),
+        tensors = restore(args.ref, args.device, store=objects,
                           cache_dir=args.cache_dir, jobs=max(1, args.jobs),
-                          compile_cache=args.compile_cache, on_bytes=on_bytes)
+                          compile_cache=args.compile_cache, on_bytes=on_bytes, peers=peers)
     seconds = time.perf_counter() - started
     nbytes = sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
                   for t in tensors.values()}.values())
@@ -90,6 +96,18 @@ def cmd_restore(args, console) -> int:
         console.line(f"restored {len(tensors)} tensors, {nbytes} bytes, to {doc['device']} in "
                      f"{seconds:.2f}s ({doc['gib_per_s']} GiB/s), every chunk verified")
     return 0
+
+
+def _peers(args, objects):
+    """The cache peers' tier of ``--peers``, or None."""
+    if not args.peers:
+        return None
+    from blobstore.nodereport import peer_urls
+    from blobstore.peers import Membership, PeerTier, read_token
+
+    token = read_token(args.peer_token_file, "--peer-token-file")
+    membership = Membership.parse(args.peers, reports=lambda: peer_urls(objects))
+    return PeerTier(membership, args.self_url, token)
 
 
 def _store(args):

@@ -219,15 +219,18 @@ def execute(plan: RestorePlan, tiers: BlobTier, *, jobs: int, window: int,
 def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | None = None,
             cache_dir: str | None = None, cache_bytes: int = 50 << 30, jobs: int = 8,
             window: int = 16, record_hints: bool = True, compile_cache: bool = True,
-            on_bytes: Callable[[int], None] = lambda n: None) -> dict[str, torch.Tensor]:
+            on_bytes: Callable[[int], None] = lambda n: None,
+            peers: BlobTier | None = None) -> dict[str, torch.Tensor]:
     """The tensors of ``ref`` (a snapshot, or an image of a safetensors checkpoint) on
     ``device`` ("cuda:0", "cpu"; None picks a GPU with room, else the CPU). With
     ``compile_cache``, compiled kernels the snapshot carries go into torch's caches.
-    ``on_bytes`` is told, in the calling thread, the bytes of each chunk restored."""
+    ``on_bytes`` is told, in the calling thread, the bytes of each chunk restored;
+    ``peers``: the cache peers' tier, asked before the store."""
     objects = _objects(store)
     plan = plan_restore(objects, ref, device)
     blobs = BlobStore(objects)
-    tiers = node_tiers(blobs, DiskCache(cache_dir, cache_bytes) if cache_dir else None).stack
+    tiers = node_tiers(blobs, DiskCache(cache_dir, cache_bytes) if cache_dir else None,
+                       peers).stack
     recorder = HintRecorder()
     storages = execute(plan, tiers, jobs=jobs, window=window, on_bytes=on_bytes,
                        recorder=recorder)
