@@ -6,7 +6,9 @@ per connection); the three nodes are ``thaw serve`` on 127.0.0.2-4 (the local li
 ``thaw mount`` each, with its own disk cache shared with its server and the same peer list.
 Workloads: ``python3 -c 'import numpy'`` in a chroot of the Debian image, and reading a
 model's safetensors (all-MiniLM-L6-v2). Each runs on node 1 with every cache empty, then
-on node 2 (its cache empty too), in the same run: time, S3 GETs, S3 bytes, and the ratios.
+on node 2 (its cache empty too), in the same run: time, S3 GETs (all of the cluster's,
+counted by the proxy: node 1's misses are read through by the chunks' owners), the bytes
+this node read from S3 itself, and the ratios.
 Then all three nodes start the Debian workload at once, on empty caches: S3 GETs against
 the distinct chunks they read. Page caches dropped before each start; needs root.
 Usage: python bench/peers.py [--rounds N]
@@ -185,13 +187,16 @@ def main() -> None:
                                  f"{m['time']:.2f} s", int(m["gets"]), human(m["s3_bytes"]),
                                  int(m["peer_chunks"])])
                 ratios.append([name, f"{med[1]['time'] / med[0]['time']:.2f}",
+                               f"{med[1]['gets'] / max(1, med[0]['gets']):.3f}",
                                f"{med[1]['s3_bytes'] / max(1, med[0]['s3_bytes']):.3f}"])
             together = [at_once(cluster, proxy) for _ in range(args.rounds)]
     print(f"\nS3 {args.delay_ms:g} ms away (100 MB/s per connection), peers on loopback, "
           f"median of {args.rounds} rounds\n")
-    print(table(["workload", "node", "time", "S3 GETs", "S3 bytes", "chunks from peers"], rows))
+    print(table(["workload", "node", "time (mount + run)", "S3 GETs (cluster)",
+                 "S3 bytes (this node)", "chunks from peers"], rows))
     print()
-    print(table(["workload", "node 2 time / node 1", "node 2 S3 bytes / node 1"], ratios))
+    print(table(["workload", "node 2 time / node 1", "node 2 S3 GETs / node 1",
+                 "node 2 S3 bytes / node 1"], ratios))
     t = {k: statistics.median(r[k] for r in together) for k in together[0]}
     print(f"\nthree nodes starting `import numpy` at once: {t['time']:.2f} s, "
           f"{int(t['gets'])} S3 GETs for {int(t['distinct'])} distinct chunks "

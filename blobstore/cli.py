@@ -26,6 +26,23 @@ def register(sub, common) -> None:
     p.add_argument("ref", metavar="REF", help="NAME:TAG or a manifest id")
     p.add_argument("--jobs", type=int, default=8, help="parallel reads (default 8)")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("rm", parents=[common], help="remove tags (their blobs go at gc)")
+    p.add_argument("refs", nargs="+", metavar="REF", help="NAME:TAG")
+    p.set_defaults(func=cmd_rm)
+    p = sub.add_parser("tag", parents=[common], help="point a new tag at an existing image")
+    p.add_argument("src", metavar="SRC", help="NAME:TAG or a manifest id")
+    p.add_argument("dst", metavar="DST", help="NAME:TAG")
+    p.set_defaults(func=cmd_tag)
+    p = sub.add_parser("gc", parents=[common], help="delete what no tag or lease references",
+                       description="Condemn unreferenced blobs older than the grace; delete "
+                                   "them at a later run, at least the grace after.")
+    p.add_argument("--grace", default="24h", metavar="DURATION",
+                   help="how old an unreferenced object must be, and how long it stays "
+                        "condemned before it is deleted (default 24h; e.g. 90m, 2d)")
+    p.add_argument("--force", action="store_true", help="allow a grace under 1h (tests)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would be condemned and deleted; change nothing")
+    p.set_defaults(func=cmd_gc)
     p = sub.add_parser("serve", parents=[common], help="serve this node's chunks to its peers",
                        description="The peer blob API (GET /v1/blobs/ID) over the node's disk "
                                    "cache, reading through to the store on a miss.")
@@ -74,6 +91,82 @@ def cmd_serve(args, console) -> int:
             f"serving {args.cache_dir} on http://{args.listen} (store {objects})")))
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.listen}: {exc.strerror}") from None
+    return 0
+
+
+def cmd_rm(args, console) -> int:
+    from .digest import is_blob_id
+    from .errors import RefNotFound
+    from .refs import parse_ref
+
+    refs = []
+    for text in args.refs:
+        if is_blob_id(text):
+            raise UsageError(f"{text} is a manifest id, not a tag: `thaw rm` removes tags; an "
+                             "image no tag or lease names is deleted by `thaw gc`")
+        refs.append(parse_ref(text))
+    objects = open_store(args.store, timeout=args.store_timeout)
+    tags = Refs(objects)
+    for ref in refs:
+        try:
+            tags.get(ref)
+        except RefNotFound:
+            raise UsageError(f"no tag {ref} in {objects}; `thaw ls` lists them") from None
+    for ref in refs:
+        tags.delete(ref)
+    if console.json_output:
+        console.json({"removed": [str(r) for r in refs]})
+    else:
+        console.note(f"removed {', '.join(map(str, refs))}; their blobs go at `thaw gc` if "
+                     "nothing else names them")
+    return 0
+
+
+def cmd_tag(args, console) -> int:
+    from .refs import parse_ref
+
+    dst = parse_ref(args.dst)
+    objects = open_store(args.store, timeout=args.store_timeout)
+    mid, _ = open_image(objects, args.src)  # it must exist and decode
+    Refs(objects).set(dst, mid)
+    if console.json_output:
+        console.json({"ref": str(dst), "manifest": mid})
+    else:
+        console.line(f"{dst} -> {mid}")
+    return 0
+
+
+def _duration(text: str) -> float:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    try:
+        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError:
+        raise UsageError(f"--grace {text!r}: use a duration such as 24h, 90m, 2d") from None
+
+
+def cmd_gc(args, console) -> int:
+    from .gc import MIN_GRACE, collect
+
+    grace = _duration(args.grace)
+    if grace < 0:
+        raise UsageError("--grace cannot be negative")
+    if grace < MIN_GRACE and not args.force:
+        raise UsageError(f"--grace {args.grace} is under 1h: a push or mount that started "
+                         "before this run could lose blobs; add --force if you mean it")
+    objects = open_store(args.store, timeout=args.store_timeout)
+    result = collect(objects, grace=grace, dry_run=args.dry_run)
+    doc = result.as_json()
+    if console.json_output:
+        console.json(doc)
+        return 0
+    verb = "would be" if args.dry_run else "were"
+    console.line(f"{doc['live_manifests']} images and {doc['live_blobs']} blobs in use")
+    console.line(f"{doc['deleted']} objects condemned by an earlier run {verb} deleted "
+                 f"({doc['freed_bytes']} bytes); {doc['released']} released (in use again)")
+    console.line(f"{doc['marked']} unreferenced objects {verb} condemned "
+                 f"({doc['marked_bytes']} bytes): a run {args.grace} or more later deletes "
+                 f"them; {doc['waiting']} condemned ones wait for their grace")
     return 0
 
 

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from .blobs import BlobStore
 from .digest import blob_id
 from .errors import BlobNotFound, StoreUnavailable
+from .leases import Lease
 from .manifest import ChunkRef, Manifest, encode
 from .refs import Ref, Refs
 
@@ -32,7 +33,10 @@ class KnownBlobs:
     never much worse than per-chunk lookups. A store that cannot even list is an error at
     once (the listing already waited out its time budget)."""
 
-    def __init__(self, blobs: BlobStore, limit: int) -> None:
+    def __init__(self, blobs: BlobStore, limit: int, condemned: set[str] = frozenset()) -> None:
+        """``condemned``: blobs a collector has condemned: counted as absent, so they are
+        uploaded again (which also renews their timestamp, releasing them)."""
+        self.condemned = condemned
         self.sizes: dict[str, int] = {}
         self.complete = False
         self._done = threading.Event()
@@ -56,6 +60,8 @@ class KnownBlobs:
     def stored_size(self, blobs: BlobStore, id: str) -> int | None:
         """The stored size of ``id`` if the store has it, else None."""
         self._done.wait()
+        if id in self.condemned:
+            return None
         if self.complete:
             return self.sizes.get(id)
         if isinstance(self._error, StoreUnavailable):
@@ -74,8 +80,9 @@ class ImageWriter:
     """Chunks in, an image out. ``known``: a ``KnownBlobs`` to skip lookups per chunk."""
 
     def __init__(self, blobs: BlobStore, *, jobs: int = 8, known: KnownBlobs | None = None,
-                 thread_name: str = "thaw-upload") -> None:
-        self.blobs, self.known = blobs, known
+                 thread_name: str = "thaw-upload", lease: Lease | None = None) -> None:
+        """``lease``: the writer's lease, told every blob it relies on without uploading."""
+        self.blobs, self.known, self.lease = blobs, known, lease
         self.pool = ThreadPoolExecutor(jobs, thread_name_prefix=thread_name)
         self.slots = threading.BoundedSemaphore(2 * jobs)
         self.by_id: dict[str, Future] = {}
@@ -109,6 +116,8 @@ class ImageWriter:
             else (lambda: _lookup(self.blobs, id)))
         size = known()
         if size is not None:
+            if self.lease is not None:
+                self.lease.add(blobs=(id,))
             return size
         size = self.blobs.put_new(id, data)
         with self._lock:

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.digest import blob_id
+from blobstore.gc import condemned_blobs
+from blobstore.leases import Lease, LeaseKeeper
 from blobstore.manifest import (
     DIR,
     FILE,
@@ -117,11 +119,18 @@ def push_tree(tree: SourceTree, objects: ObjectStore, ref: Ref | None = None, *,
     for _, node in files:
         offsets[id(node)] = pos
         pos += node.size
-    # Listing beyond a few times the image's chunk count costs more than asking per chunk.
-    known = KnownBlobs(blobs, limit=4 * (pos // params.min_size + 1))
-    with ImageWriter(blobs, jobs=jobs, known=known) as writer:
-        table = writer.table(_chunk_stream(tree, files, writer, params, on_bytes))
-    manifest = build_manifest(tree, table, offsets, params)
-    mid = writer.finish(manifest, ref)
+    # A lease before anything is decided from the store's contents: `thaw gc` keeps what
+    # this push relies on, and the blobs a collector has condemned are uploaded again.
+    keeper = LeaseKeeper(Lease(objects, "push")).start()
+    try:
+        # Listing beyond a few times the image's chunk count costs more than asking per chunk.
+        known = KnownBlobs(blobs, limit=4 * (pos // params.min_size + 1),
+                           condemned=condemned_blobs(objects))
+        with ImageWriter(blobs, jobs=jobs, known=known, lease=keeper.lease) as writer:
+            table = writer.table(_chunk_stream(tree, files, writer, params, on_bytes))
+        manifest = build_manifest(tree, table, offsets, params)
+        mid = writer.finish(manifest, ref)
+    finally:
+        keeper.stop()  # the tag, written last, holds the image from now on
     return PushResult(mid, manifest.file_count(), pos, len(table), writer.new_chunks,
                       writer.uploaded_bytes, round(time.monotonic() - started, 3))

@@ -1,0 +1,202 @@
+"""`thaw rm`, `thaw tag` and `thaw gc`: two phases on a fake clock, leases, the race with a
+push, failing closed, one collector at a time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+import uuid
+
+import pytest
+
+from blobstore.blobs import BlobStore
+from blobstore.gc import CONDEMNED, LOCK, LOCK_TTL, GcAborted, GcLocked, collect
+from blobstore.images import open_image
+from blobstore.leases import Lease
+from blobstore.local import LocalStore
+from blobstore.refs import parse_ref
+from indexer.chunker import ChunkerParams
+from indexer.push import push_tree
+from indexer.sources import open_source
+
+HOUR = 3600.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time() + 60  # a minute after everything written so far
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def push(objects, tree, ref: str) -> str:
+    with open_source(str(tree)) as src:
+        return push_tree(src, objects, parse_ref(ref),
+                         params=ChunkerParams("fastcdc", 64 << 10)).manifest
+
+
+def readable(objects, ref: str) -> bool:
+    """Every blob of the image is present and verifies."""
+    mid, manifest = open_image(objects, ref)
+    blobs = BlobStore(objects)
+    return all(blobs.get(c.id, max_size=c.size) is not None for c in manifest.chunks)
+
+
+def blob_ids(objects, ref: str) -> set[str]:
+    _, manifest = open_image(objects, ref)
+    return {c.id for c in manifest.chunks}
+
+
+@pytest.fixture
+def two_images(tmp_path, rich_tree):
+    """a:1 and b:1 share most chunks; a:1 has a file of its own."""
+    objects = LocalStore(tmp_path / "store")
+    other = tmp_path / "other"
+    subprocess.run(["cp", "-a", str(rich_tree), str(other)], check=True)
+    (other / "own.bin").write_bytes(os.urandom(300_000))
+    push(objects, rich_tree, "b:1")
+    push(objects, other, "a:1")
+    return objects
+
+
+def test_an_unreferenced_blob_goes_only_after_two_runs_a_grace_apart(two_images):
+    objects = two_images
+    only_a = blob_ids(objects, "a:1") - blob_ids(objects, "b:1")
+    mid_a, _ = open_image(objects, "a:1")
+    assert only_a
+    objects.delete("refs/a/1")  # as `thaw rm a:1`
+    clock = Clock()
+    runs = []
+    for _ in range(6):  # every half hour, for three hours
+        runs.append(collect(objects, grace=HOUR, clock=clock))
+        assert readable(objects, "b:1")  # the other client's image, at every step
+        clock.now += HOUR / 2
+    deleted = [set(r.deleted) for r in runs]
+    assert not any(deleted[:3])  # no run before the mark is a grace old deletes anything
+    gone = set().union(*deleted)
+    assert {f"blobs/{i[:2]}/{i}" for i in only_a | {mid_a}} <= gone
+    assert not any(k.split("/")[-1] in blob_ids(objects, "b:1") for k in gone)
+    marked_run = next(i for i, r in enumerate(runs) if r.marked)
+    deleted_run = next(i for i, r in enumerate(runs) if r.deleted)
+    assert deleted_run - marked_run >= 2  # two runs, a grace apart
+
+
+def test_a_push_that_relies_on_a_condemned_blob_uploads_it_again(two_images, tmp_path,
+                                                                 rich_tree):
+    objects = two_images
+    tree_a = tmp_path / "other"
+    only_a = blob_ids(objects, "a:1") - blob_ids(objects, "b:1")
+    for path in (tmp_path / "store" / "blobs").rglob("*"):  # written ten seconds earlier
+        if path.is_file():
+            st = path.stat()
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns - 10 * 10**9))
+    objects.delete("refs/a/1")
+    clock = Clock()
+    clock.now += HOUR
+    assert set(collect(objects, grace=HOUR, clock=clock).marked) >= {
+        f"blobs/{i[:2]}/{i}" for i in only_a}
+    push(objects, tree_a, "a:2")  # dedups against the condemned blobs: uploads them again
+    clock.now += HOUR
+    result = collect(objects, grace=HOUR, clock=clock)
+    assert {f"blobs/{i[:2]}/{i}" for i in only_a} <= set(result.released)
+    assert readable(objects, "a:2") and readable(objects, "b:1")
+
+
+def test_a_leased_image_stays_and_goes_once_its_lease_expires(two_images):
+    objects = two_images
+    mid_a, _ = open_image(objects, "a:1")
+    clock = Clock()
+    lease = Lease(objects, "mount", clock=clock, ttl=HOUR)
+    lease.add(manifests=(mid_a,))
+    lease.write()
+    objects.delete("refs/a/1")
+    for _ in range(4):
+        clock.now += HOUR / 2
+        lease.write()  # its holder renews it, far more often than this
+        collect(objects, grace=HOUR / 2, clock=clock)
+        assert readable(objects, mid_a)  # kept by the lease alone
+    for _ in range(3):  # stale now, not renewed: collected with its image
+        clock.now += HOUR
+        collect(objects, grace=HOUR / 2, clock=clock)
+    assert not BlobStore(objects).has(mid_a) and not list(objects.list("leases/"))
+    assert readable(objects, "b:1")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda o: o.put("refs/x/1", b"not an id\n"), "holds no manifest id"),
+    (lambda o: o.put("refs/x/1", b"f" * 64 + b"\n"), "cannot be read"),
+    (lambda o: o.put("leases/bad.json", b"{not json"), "invalid lease"),
+])
+def test_gc_fails_closed(two_images, damage, message):
+    objects = two_images
+    objects.delete("refs/a/1")
+    clock = Clock()
+    clock.now += 10 * HOUR
+    collect(objects, grace=HOUR, clock=clock)  # marks a's blobs
+    before = sorted(objects.list("blobs/"))
+    damage(objects)
+    clock.now += 10 * HOUR
+    with pytest.raises(GcAborted, match=message):
+        collect(objects, grace=HOUR, clock=clock)
+    assert sorted(objects.list("blobs/")) == before  # nothing deleted
+    assert not objects.has(LOCK)
+
+
+@pytest.mark.allow_log_warnings
+def test_one_collector_at_a_time_and_a_dead_ones_lock_is_taken_over(two_images, tmp_path):
+    objects = two_images
+    objects.create(LOCK, json.dumps({"holder": "node-7:1234"}).encode())
+    clock = Clock()
+    with pytest.raises(GcLocked, match="held by node-7:1234"):
+        collect(objects, grace=HOUR, clock=clock)
+    clock.now += LOCK_TTL + 60
+    collect(objects, grace=HOUR, clock=clock)  # a lock older than its TTL: taken over
+    assert not objects.has(LOCK) and objects.has(CONDEMNED)
+
+
+def test_rm_tag_and_gc_on_the_command_line(thaw, rich_tree):
+    out = json.loads(thaw("push", str(rich_tree), "a:1", "--json").stdout)
+    assert "-> " in thaw("tag", "a:1", "b:1").stdout.decode()
+    thaw("rm", "a:1")
+    assert [r["ref"] for r in json.loads(thaw("ls", "--json").stdout)] == ["b:1"]
+    for args, message in ((["rm", out["manifest"]], "is a manifest id, not a tag"),
+                          (["rm", "nope:1"], "no tag nope:1"),
+                          (["tag", "nope:1", "c:1"], "nope:1"),
+                          (["gc", "--grace", "10m"], "add --force"),
+                          (["gc", "--grace", "soon"], "--grace 'soon'")):
+        proc = thaw(*args, check=False)
+        assert proc.returncode == 2 and message in proc.stderr.decode(), proc.stderr
+        assert b"Traceback" not in proc.stderr
+    dry = json.loads(thaw("gc", "--grace", "0", "--force", "--dry-run", "--json").stdout)
+    assert dry["dry_run"] and dry["live_manifests"] == 1
+    thaw("rm", "b:1")
+    for _ in range(2):
+        thaw("gc", "--grace", "0", "--force")
+    assert not list(LocalStore(thaw.store[len("file://"):]).list("blobs/"))
+
+
+@pytest.mark.s3
+def test_two_collectors_at_once_on_seaweedfs(s3_env):
+    from blobstore.s3 import S3Store
+
+    objects = S3Store("thaw", f"gc-{uuid.uuid4().hex[:8]}")
+    objects.put("nodes/x.json", b"{}")
+    inside, go_on = threading.Event(), threading.Event()
+
+    def slow_clock() -> float:
+        inside.set()
+        go_on.wait(30)
+        return time.time()
+
+    first = threading.Thread(target=lambda: collect(objects, grace=HOUR, clock=slow_clock))
+    first.start()
+    assert inside.wait(30)  # the first holds the lock
+    with pytest.raises(GcLocked, match="another `thaw gc` is running"):
+        collect(objects, grace=HOUR, clock=time.time)
+    go_on.set()
+    first.join()
+    collect(objects, grace=HOUR, clock=time.time)  # and the lock was released
