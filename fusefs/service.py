@@ -1,5 +1,6 @@
 """Putting a mount together, in one place: the read path (tiers and fetcher), what learns
-hints and what else is prefetched, the namespace, the node reporter, metrics, and serving.
+hints and what else is prefetched, the lease that keeps its images from ``thaw gc``, the
+namespace, the node reporter, metrics, and serving.
 
 ``mount_image`` (one image) and ``run_daemon`` (every image of a store) take a
 ``MountOptions`` record, the daemon a ``NodeOptions`` too; each builds its parts with
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import trio
@@ -21,6 +22,7 @@ from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.diskcache import DiskCache
 from blobstore.hints import START
+from blobstore.leases import REFRESH, Lease
 from blobstore.manifest import Manifest
 from blobstore.nodereport import peer_urls
 from blobstore.peers import Membership, PeerTier
@@ -120,10 +122,29 @@ def peer_tier(objects: ObjectStore, opts: MountOptions) -> PeerTier | None:
     return PeerTier(membership, opts.self_url, opts.peer_token)
 
 
+async def keep_lease(lease: Lease, images: Callable[[], Iterable[str]],
+                     interval: float = REFRESH, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Lease the images this mount serves (``thaw gc`` keeps them), renewed every
+    ``interval`` seconds, released when the mount ends."""
+    task_status.started()
+    try:
+        while True:
+            lease.add(manifests=tuple(images()))
+            await trio.to_thread.run_sync(lease.refresh)
+            await trio.sleep(interval)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(lease.release)
+
+
 def _serve(namespace: Namespace, tiers: NodeTiers, fetcher: ChunkFetcher,
            learners: Learners | None, warmer: Warmer, mountpoint: str, opts: MountOptions,
-           on_ready: Callable[[], None], extra=()) -> None:
+           on_ready: Callable[[], None], extra=(), objects: ObjectStore | None = None) -> None:
     collector = SnapshotCollector()
+    if objects is not None:
+        lease = Lease(objects, "mount")
+        extra = (*extra, lambda task_status=trio.TASK_STATUS_IGNORED: keep_lease(
+            lease, lambda: namespace.images().keys(), task_status=task_status))
 
     def statistics() -> MountStats:
         return MountStats.collect(namespace.images(), tiers, fetcher.statistics(),
@@ -156,7 +177,7 @@ def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: 
 
         extra = (prefetch_image,)
     _serve(SingleImage(mid, tree), tiers, fetcher, learners, warmer, mountpoint, opts,
-           on_ready, extra)
+           on_ready, extra, objects)
 
 
 def run_daemon(objects: ObjectStore, mountpoint: str, opts: MountOptions,
@@ -177,4 +198,4 @@ def run_daemon(objects: ObjectStore, mountpoint: str, opts: MountOptions,
             queue_image(fetcher, tree, opts.image_budget(tiers.disk.inner))
 
     _serve(StoreImages(objects, on_image), tiers, fetcher, learners, warmer, mountpoint, opts,
-           on_ready, extra=(reporter.run,))
+           on_ready, extra=(reporter.run,), objects=objects)

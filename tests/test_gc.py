@@ -200,3 +200,40 @@ def test_two_collectors_at_once_on_seaweedfs(s3_env):
     go_on.set()
     first.join()
     collect(objects, grace=HOUR, clock=time.time)  # and the lock was released
+
+
+@pytest.mark.mount
+def test_a_live_mount_keeps_its_untagged_image_through_gc(thaw, rich_tree, tmp_path):
+    from .conftest import Mounted, rsync_diff
+
+    other = tmp_path / "other"
+    subprocess.run(["cp", "-a", str(rich_tree), str(other)], check=True)
+    (other / "own.bin").write_bytes(os.urandom(300_000))
+    thaw("push", str(rich_tree), "b:1")
+    thaw("push", str(other), "a:1")
+    objects = LocalStore(thaw.store[len("file://"):])
+    only_a = blob_ids(objects, "a:1") - blob_ids(objects, "b:1")
+    shared = blob_ids(objects, "a:1") & blob_ids(objects, "b:1")
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "a:1", str(mnt), "--cache-dir", str(tmp_path / "c"),
+                 "--prefetch", "none", "--no-hints"):
+        deadline = time.monotonic() + 30
+        while not list(objects.list("leases/")):
+            assert time.monotonic() < deadline, "the mount wrote no lease"
+        thaw("rm", "a:1")
+        for _ in range(2):
+            thaw("gc", "--grace", "0", "--force")
+        assert rsync_diff(other, mnt) == ""  # every file, read after two runs
+        pid = int(subprocess.run(["pgrep", "-f", f"thaw.*mount a:1 {mnt}"], text=True,
+                                 capture_output=True).stdout.split()[0])
+    fd = os.pidfd_open(pid)
+    import select
+
+    select.select([fd], [], [], 30)  # it releases its lease as it exits
+    os.close(fd)
+    assert not list(objects.list("leases/"))
+    for _ in range(2):
+        thaw("gc", "--grace", "0", "--force")
+    blobs = BlobStore(objects)
+    assert not any(blobs.has(i) for i in only_a)
+    assert all(blobs.has(i) for i in shared) and readable(objects, "b:1")
