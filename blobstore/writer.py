@@ -80,9 +80,12 @@ class ImageWriter:
     """Chunks in, an image out. ``known``: a ``KnownBlobs`` to skip lookups per chunk."""
 
     def __init__(self, blobs: BlobStore, *, jobs: int = 8, known: KnownBlobs | None = None,
-                 thread_name: str = "thaw-upload", lease: Lease | None = None) -> None:
-        """``lease``: the writer's lease, told every blob it relies on without uploading."""
+                 thread_name: str = "thaw-upload", lease: Lease | None = None,
+                 condemned: set[str] = frozenset()) -> None:
+        """``lease``: the writer's lease, told every blob it relies on without uploading;
+        ``condemned``: blobs a collector condemned, uploaded again whether present or not."""
         self.blobs, self.known, self.lease = blobs, known, lease
+        self.condemned = condemned
         self.pool = ThreadPoolExecutor(jobs, thread_name_prefix=thread_name)
         self.slots = threading.BoundedSemaphore(2 * jobs)
         self.by_id: dict[str, Future] = {}
@@ -114,7 +117,7 @@ class ImageWriter:
         known: Callable[[], int | None] = (
             (lambda: self.known.stored_size(self.blobs, id)) if self.known
             else (lambda: _lookup(self.blobs, id)))
-        size = known()
+        size = None if id in self.condemned else known()
         if size is not None:
             if self.lease is not None:
                 self.lease.add(blobs=(id,))

@@ -16,6 +16,8 @@ from concurrent.futures import Future
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.digest import blob_id
+from blobstore.gc import condemned_blobs
+from blobstore.leases import Lease, LeaseKeeper
 from blobstore.manifest import DIR, FILE, Entry, Header, Manifest, Span
 from blobstore.refs import Ref
 from blobstore.writer import ImageWriter
@@ -26,7 +28,10 @@ CHUNK = 4 << 20
 class SnapshotWriter:
     def __init__(self, objects: ObjectStore, *, jobs: int = 8, chunk_size: int = CHUNK) -> None:
         self.chunk_size = chunk_size
-        self.writer = ImageWriter(BlobStore(objects), jobs=jobs, thread_name="thaw-snapshot")
+        # As a push: leased before it looks at the store; condemned blobs uploaded again.
+        self.keeper = LeaseKeeper(Lease(objects, "snapshot")).start()
+        self.writer = ImageWriter(BlobStore(objects), jobs=jobs, thread_name="thaw-snapshot",
+                                  lease=self.keeper.lease, condemned=condemned_blobs(objects))
         self.chunks: list[tuple[str, int, Future]] = []
         self.files: dict[str, tuple[int, tuple[Span, ...]]] = {}
 
@@ -42,6 +47,12 @@ class SnapshotWriter:
 
     def finish(self, ref: Ref | None, *, source: str) -> str:
         """Wait for the uploads, store the manifest, then point ``ref`` at it."""
+        try:
+            return self._finish(ref, source)
+        finally:
+            self.keeper.stop()  # the tag, written last, holds the snapshot from now on
+
+    def _finish(self, ref: Ref | None, source: str) -> str:
         with self.writer:
             table = tuple(self.writer.table(self.chunks))
         dirs = sorted({p.rsplit("/", 1)[0] for p in self.files if "/" in p})
