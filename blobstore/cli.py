@@ -1,5 +1,5 @@
-"""Subcommands that read the store: ``ls``, ``inspect``, ``verify``, and ``serve`` (the
-peer blob API over the node's disk cache)."""
+"""Subcommands on the store as a whole: ``ls``, ``inspect``, ``verify``, ``check``, ``tag``,
+``rm``, ``gc``, and ``serve`` (the peer blob API over the node's disk cache)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,16 @@ def register(sub, common) -> None:
     p.add_argument("ref", metavar="REF", help="NAME:TAG or a manifest id")
     p.add_argument("--jobs", type=int, default=8, help="parallel reads (default 8)")
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("check", parents=[common], help="check the whole store is whole",
+                       description="Every image named by a tag or a lease (or REF...) decodes "
+                                   "and has every chunk; with --read-data-subset, that share "
+                                   "of the chunks is downloaded and re-hashed.")
+    p.add_argument("refs", nargs="*", metavar="REF", help="check only these images")
+    p.add_argument("--read-data-subset", metavar="SHARE", default=None,
+                   help="download and re-hash this share of the chunks: 10%% (at random) or "
+                        "n/N (the n-th slice of N, by id)")
+    p.add_argument("--jobs", type=int, default=8, help="parallel reads (default 8)")
+    p.set_defaults(func=cmd_check)
     p = sub.add_parser("rm", parents=[common], help="remove tags (their blobs go at gc)")
     p.add_argument("refs", nargs="+", metavar="REF", help="NAME:TAG")
     p.set_defaults(func=cmd_rm)
@@ -92,6 +102,25 @@ def cmd_serve(args, console) -> int:
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.listen}: {exc.strerror}") from None
     return 0
+
+
+def cmd_check(args, console) -> int:
+    from .check import check, parse_subset
+
+    subset = parse_subset(args.read_data_subset)
+    objects = open_store(args.store, timeout=args.store_timeout)
+    results = check(objects, args.refs, subset, jobs=args.jobs)
+    bad = [r for r in results if not r.ok]
+    if console.json_output:
+        console.json({"images": [r.as_json() for r in results], "ok": not bad})
+    else:
+        for r in results:
+            state = "ok" if r.ok else (r.error or f"{len(r.missing)} missing, "
+                                                  f"{len(r.corrupt)} corrupt chunks")
+            console.line(f"{r.name}: {r.chunks} chunks, {r.read} read and re-hashed: {state}")
+        if not results:
+            console.note(f"no images in {objects}")
+    return 1 if bad else 0
 
 
 def cmd_rm(args, console) -> int:

@@ -237,3 +237,26 @@ def test_a_live_mount_keeps_its_untagged_image_through_gc(thaw, rich_tree, tmp_p
     blobs = BlobStore(objects)
     assert not any(blobs.has(i) for i in only_a)
     assert all(blobs.has(i) for i in shared) and readable(objects, "b:1")
+
+
+def test_check_finds_missing_corrupt_and_broken_and_exits_1(thaw, rich_tree, tmp_path):
+    thaw("push", str(rich_tree), "a:1", "--chunker", "fastcdc:64K")
+    thaw("push", str(rich_tree / "etc"), "b:1")
+    objects = LocalStore(thaw.store[len("file://"):])
+    assert thaw("check", "--read-data-subset", "100%").returncode == 0
+    ids = sorted(blob_ids(objects, "a:1") - blob_ids(objects, "b:1"))
+    objects.delete(f"blobs/{ids[0][:2]}/{ids[0]}")
+    path = objects.root / "blobs" / ids[1][:2] / ids[1]
+    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    objects.put("refs/c/1", b"garbage\n")
+    listed = json.loads(thaw("check", "--json", check=False).stdout)
+    by_name = {i["name"]: i for i in listed["images"]}
+    assert by_name["a:1"]["missing"] == [ids[0]] and by_name["a:1"]["corrupt"] == []
+    assert by_name["c:1"]["error"] and by_name["b:1"]["ok"] and not listed["ok"]
+    proc = thaw("check", "a:1", "--read-data-subset", "100%", "--json", check=False)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["images"][0]["corrupt"] == [ids[1]]
+    slices = [json.loads(thaw("check", "b:1", "--read-data-subset", f"{n}/3", "--json")
+                         .stdout)["images"][0]["read"] for n in (1, 2, 3)]
+    assert sum(slices) == len(blob_ids(objects, "b:1"))  # the slices cover it once
+    assert thaw("check", "--read-data-subset", "x", check=False).returncode == 2
