@@ -11,13 +11,14 @@ node's ``thaw serve`` serves from.
 
 A slow or dead peer costs little: connecting gets ``connect_timeout``, the answer
 ``read_timeout`` (an owner may have to read through first); a failure moves on to the
-chunk's second owner, then gives up to the store (``FirstHit``). A peer that fails
-``trip`` times in a row is skipped for ``cool_down`` seconds, then one request probes it (a
-circuit breaker). Bytes from a peer are decoded and verified here, so a peer that serves
-wrong bytes is named in the log once and skipped like a dead one; nothing it sends reaches
-a cache. Not done: hedging a slow request to the second owner, and resuming a broken
-transfer with ``Range`` (the server honours it); chunks are small enough that a retry of
-the whole chunk costs one round trip.
+chunk's second owner, then gives up to the store (``FirstHit``). A request to the first
+owner that is slower than that peer's recent p90 is hedged: the second owner is asked too,
+and the first good answer wins (Spegel's hedging; the store is asked only when both fail,
+since every store GET counts). A transfer that breaks midway is resumed once with a
+``Range`` request for the rest. A peer that fails ``trip`` times in a row is skipped for
+``cool_down`` seconds, then one request probes it (a circuit breaker). Bytes from a peer are
+decoded and verified here, so a peer that serves wrong bytes is named in the log once and
+skipped like a dead one; nothing it sends reaches a cache.
 
 Membership (``Membership``): a fixed list, a file re-read when it changes, or the fresh
 ``peer_url`` of the node reports in the store. Thread-safe: the fetch threads share one
@@ -26,6 +27,7 @@ tier; connections are kept per thread and peer.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import http.client
 import logging
@@ -42,6 +44,8 @@ from .tiers import BlobTier, Fetched
 
 log = logging.getLogger(__name__)
 API = "/v1/blobs/"
+MIN_HEDGE = 0.02  # seconds: never hedge sooner than this
+HEDGE_SAMPLES = 20  # answers from a peer before its p90 is trusted
 
 
 def normalise_url(url: str) -> str:
@@ -164,6 +168,8 @@ class PeerTier(BlobTier):
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.trip, self.cool_down, self._clock = trip, cool_down, clock
         self.health: dict[str, PeerHealth] = {}
+        self.hedged = 0  # requests that were also sent to the second owner
+        self._pool = concurrent.futures.ThreadPoolExecutor(16, "thaw-peer")  # for hedging
         self._lock = threading.Lock()
         self._local = threading.local()
         self._warned: set[str] = set()
@@ -227,7 +233,22 @@ class PeerTier(BlobTier):
             conn.close()
 
     def _ask(self, peer: str, id: str) -> bytes | None:
-        """The stored bytes from ``peer``; None for a 404; OSError when it fails."""
+        """The stored bytes from ``peer``; None for a 404; OSError when it fails. A body
+        cut off midway is resumed once from where it broke."""
+        try:
+            return self._request(peer, id)
+        except http.client.IncompleteRead as exc:
+            self._drop(peer)
+            got = bytes(exc.partial)
+            rest = self._request(peer, id, start=len(got))
+            if rest is None:
+                raise OSError("the blob went away while it was resumed") from None
+            return got + rest
+
+    def _request(self, peer: str, id: str, start: int = 0) -> bytes | None:
+        headers = {"Authorization": f"Bearer {self.token}", "Accept-Encoding": "identity"}
+        if start:
+            headers["Range"] = f"bytes={start}-"
         for attempt in (0, 1):
             conn = self._connection(peer)
             fresh = conn.sock is None
@@ -235,14 +256,15 @@ class PeerTier(BlobTier):
                 if fresh:
                     conn.connect()
                 conn.sock.settimeout(self.read_timeout)
-                conn.request("GET", API + id, headers={
-                    "Authorization": f"Bearer {self.token}", "Accept-Encoding": "identity"})
+                conn.request("GET", API + id, headers=headers)
                 resp = conn.getresponse()
                 if int(resp.getheader("Content-Length") or 0) > MAX_BLOB_SIZE + (1 << 20):
                     raise OSError("an answer larger than any blob")
                 body = resp.read()
                 if resp.will_close:
                     self._drop(peer)
+            except http.client.IncompleteRead:
+                raise  # resumed by the caller
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
                 self._drop(peer)
                 if fresh or attempt:
@@ -251,37 +273,73 @@ class PeerTier(BlobTier):
             except (OSError, http.client.HTTPException) as exc:
                 self._drop(peer)
                 raise OSError(str(exc) or type(exc).__name__) from None
-            if resp.status == 200:
+            if resp.status == 200 and not start or resp.status == 206 and start:
                 return body
             if resp.status == 404:
                 return None
             raise OSError(f"HTTP {resp.status}")
         raise AssertionError("unreachable")
 
+    def _try(self, peer: str, id: str, max_size: int) -> Fetched | None:
+        """The verified blob from ``peer``, or None (recorded, and said once)."""
+        started = self._clock()
+        try:
+            stored = self._ask(peer, id)
+        except OSError as exc:
+            self._record(peer, False)
+            self._warn(peer, f"cannot fetch blob {id}: {exc}")
+            return None
+        if stored is None:
+            self._record(peer, True)  # it answered: it could not get the blob either
+            return None
+        try:
+            data = decode_and_verify(stored, id, max_size=max_size, where=peer)
+        except BlobCorrupt as exc:
+            self._record(peer, False)
+            with self._lock:
+                self.health[peer].failures = self.trip  # wrong bytes: skip it now
+                self.health[peer].skip_until = self._clock() + self.cool_down
+            self._warn(peer, f"served wrong bytes ({exc})")
+            return None
+        self._record(peer, True, len(stored), self._clock() - started)
+        return Fetched(data, stored)
+
+    def hedge_after(self, peer: str) -> float | None:
+        """Seconds after which a request to ``peer`` is hedged: its recent p90 (at least
+        ``MIN_HEDGE``), once there are enough answers to know it; None before."""
+        with self._lock:
+            lat = sorted(self.health.get(peer, PeerHealth()).latencies)
+        if len(lat) < HEDGE_SAMPLES:
+            return None
+        return max(MIN_HEDGE, lat[int(len(lat) * 0.9)])
+
     def fetch(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> Fetched:
-        for peer in self._candidates(id):
-            started = self._clock()
-            try:
-                stored = self._ask(peer, id)
-            except OSError as exc:
-                self._record(peer, False)
-                self._warn(peer, f"cannot fetch blob {id}: {exc}")
-                continue
-            if stored is None:
-                self._record(peer, True)  # it answered: it could not get the blob either
-                continue
-            try:
-                data = decode_and_verify(stored, id, max_size=max_size, where=peer)
-            except BlobCorrupt as exc:
-                self._record(peer, False)
-                with self._lock:
-                    self.health[peer].failures = self.trip  # wrong bytes: skip it now
-                    self.health[peer].skip_until = self._clock() + self.cool_down
-                self._warn(peer, f"served wrong bytes ({exc})")
-                continue
-            self._record(peer, True, len(stored), self._clock() - started)
-            return Fetched(data, stored)
-        raise BlobNotFound(f"blob {id}: no peer had it")
+        peers = self._candidates(id)
+        if len(peers) == 2 and (delay := self.hedge_after(peers[0])) is not None:
+            got = self._hedged(peers, id, max_size, delay)
+        else:
+            got = next((f for p in peers if (f := self._try(p, id, max_size))), None)
+        if got is None:
+            raise BlobNotFound(f"blob {id}: no peer had it")
+        return got
+
+    def _hedged(self, peers: list[str], id: str, max_size: int, delay: float
+                ) -> Fetched | None:
+        """Ask the first owner; if it has not answered within ``delay``, the second too;
+        the first good answer wins (the slower request is left to finish on its own)."""
+        first = self._pool.submit(self._try, peers[0], id, max_size)
+        try:
+            got = first.result(timeout=delay)
+            return got if got is not None else self._try(peers[1], id, max_size)
+        except concurrent.futures.TimeoutError:
+            pass
+        with self._lock:
+            self.hedged += 1
+        second = self._pool.submit(self._try, peers[1], id, max_size)
+        for fut in concurrent.futures.as_completed([first, second]):
+            if (got := fut.result()) is not None:
+                return got
+        return None
 
     def get_stored(self, id: str) -> bytes:
         return self.fetch(id).stored  # verified here: a peer is not believed

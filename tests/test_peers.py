@@ -279,3 +279,81 @@ def test_a_peer_that_serves_wrong_bytes_is_named_and_skipped(thaw, pushed, rich_
     text = log.read_text()
     assert f"peer {bad_url}: served wrong bytes" in text
     assert text.count("served wrong bytes") == 1  # named once, then skipped quietly
+
+
+class FaultyPeer(BaseHTTPRequestHandler):
+    """Serves one blob's stored bytes, slowly or cut off, as the test sets on the server."""
+
+    def do_GET(self):  # noqa: N802 - the stdlib's name
+        srv = self.server
+        srv.requests.append(self.headers.get("Range"))
+        if srv.hold is not None:
+            srv.hold.wait(10)
+        body, status = srv.stored, 200
+        rng = self.headers.get("Range")
+        if rng:
+            start = int(rng.removeprefix("bytes=").rstrip("-"))
+            body, status = body[start:], 206
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if srv.cut and not rng:
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@contextmanager
+def faulty_peers(n: int, stored: bytes):
+    servers = []
+    for i in range(n):
+        srv = ThreadingHTTPServer((f"127.0.0.{6 + i}", 0), FaultyPeer)
+        srv.stored, srv.hold, srv.cut, srv.requests = stored, None, False, []
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
+    try:
+        yield {f"http://127.0.0.{6 + i}:{s.server_address[1]}": s for i, s in enumerate(servers)}
+    finally:
+        for s in servers:
+            if s.hold is not None:
+                s.hold.set()
+            s.shutdown()
+
+
+def _blob():
+    from blobstore.codec import encode_blob
+    from blobstore.digest import blob_id
+
+    data = os.urandom(200_000)
+    return blob_id(data), data, encode_blob(data)
+
+
+def test_a_slow_first_owner_is_hedged_to_the_second():
+    from blobstore.peers import PeerHealth, PeerTier
+
+    id, data, stored = _blob()
+    with faulty_peers(2, stored) as peers:
+        first, second = owners(list(peers), id)
+        tier = PeerTier(Membership(urls=list(peers)), None, TOKEN)
+        tier.health[first] = PeerHealth(latencies=[0.01] * 30)  # it is usually quick
+        peers[first].hold = threading.Event()  # and now it hangs
+        assert tier.fetch(id).data == data
+        assert tier.hedged == 1 and peers[second].requests == [None]
+        assert tier.hedge_after(second) is None  # too few answers yet to hedge it
+
+
+def test_a_transfer_cut_midway_is_resumed_with_a_range():
+    from blobstore.peers import PeerTier
+
+    id, data, stored = _blob()
+    with faulty_peers(1, stored) as peers:
+        (url, srv), = peers.items()
+        srv.cut = True
+        tier = PeerTier(Membership(urls=[url]), None, TOKEN)
+        assert tier.fetch(id).data == data
+        assert srv.requests == [None, f"bytes={len(stored) // 2}-"]
