@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config mmdebstrap rsync attr tar zstd ca-certificates strace podman runc g++ python3-dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-quick demo bench lint clean
+.PHONY: install test test-quick demo bench lint clean fuzz
 
 install: $(STAMP)
 
@@ -44,6 +44,15 @@ bench: install
 	$(PY) bench/placement.py
 	$(PY) bench/restore.py
 	$(PY) bench/scale.py
+	$(PY) bench/fetch_concurrency.py
+	$(PY) bench/peers.py
+
+# Every fuzz target under atheris, FUZZ_SECONDS each (default 60); a crash leaves crash-*.
+fuzz: install
+	@for t in manifest hints node_report lease blob peer_request archive; do \
+		echo "fuzzing $$t"; \
+		$(PY) fuzz/run.py $$t -max_total_time=$${FUZZ_SECONDS:-60} -rss_limit_mb=2048 || exit 1; \
+	done
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -277,7 +277,8 @@ def decode(data: bytes) -> Manifest:
            f"format version {doc.get('version')!r}, this thaw reads {FORMAT_VERSION}; "
            "upgrade thaw or push the image again")
     keys = {"version", "kind", "source", "chunker", "created", "chunks", "entries"}
-    _check(set(doc) == keys, f"fields {sorted(set(doc) ^ keys)} missing or unexpected")
+    _check(set(doc) == keys, f"fields {sorted(map(repr, set(doc) ^ keys))} missing or "
+           "unexpected")
     _check(isinstance(doc["chunker"], dict) and isinstance(doc["source"], str), "bad header")
     chunks, entries = doc["chunks"], doc["entries"]
     _check(isinstance(chunks, list) and isinstance(entries, list), "chunks or entries not lists")

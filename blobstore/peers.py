@@ -51,7 +51,11 @@ HEDGE_SAMPLES = 20  # answers from a peer before its p90 is trusted
 def normalise_url(url: str) -> str:
     """``http://HOST:PORT`` with a lower-case host and an explicit port, no trailing slash;
     UsageError for anything else."""
-    parts = urlsplit(url.strip())
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:  # "Invalid IPv6 URL" and the like
+        raise UsageError(f"invalid peer URL {url!r}: use http://HOST:PORT (or https://)") \
+            from None
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") \
             or parts.query or parts.fragment or parts.username:
         raise UsageError(f"invalid peer URL {url!r}: use http://HOST:PORT (or https://)")

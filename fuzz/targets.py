@@ -1,0 +1,102 @@
+"""Fuzz targets: everything thaw parses from bytes it did not write itself.
+
+Each target takes arbitrary bytes. The only allowed outcomes are a return or the documented
+error of that parser (``ALLOWED``); any other exception, a crash or a hang is a bug.
+``tests/test_fuzz.py`` runs every target under Hypothesis (bounded, in the suite) and on
+the seed corpus in ``fuzz/corpus/TARGET/``; ``fuzz/run.py TARGET`` runs one under atheris,
+coverage-guided, for as long as it is given (``make fuzz``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from blobstore.codec import decode_and_verify
+from blobstore.errors import BlobCorrupt, ManifestInvalid, ThawError, UsageError
+from blobstore.hints import _decode as decode_hints
+from blobstore.leases import LeaseInvalid, parse_lease
+from blobstore.manifest import decode as decode_manifest
+from blobstore.peers import normalise_url
+from blobstore.peerserver import parse_range
+from placement.model import PlacementInputError
+from placement.reports import node_from_report
+
+MAX_SOURCE = 1 << 20
+
+
+def manifest(data: bytes) -> None:
+    try:
+        decode_manifest(data)
+    except ManifestInvalid:
+        pass
+
+
+def hints(data: bytes) -> None:
+    runs, chunks = decode_hints(data)  # garbage is "no hints", never an error
+    assert isinstance(runs, int) and isinstance(chunks, dict)
+
+
+def node_report(data: bytes) -> None:
+    try:
+        node_from_report(json.loads(data))
+    except (ValueError, PlacementInputError, RecursionError):
+        pass  # JSON that does not parse (ValueError) is the reader's to skip
+
+
+def lease(data: bytes) -> None:
+    try:
+        parse_lease(data)
+    except LeaseInvalid:
+        pass
+
+
+def blob(data: bytes) -> None:
+    """A stored blob under a wrong or right id: BlobCorrupt or the bytes, within bounds."""
+    try:
+        out = decode_and_verify(data, "0" * 64, max_size=1 << 20, where="fuzz")
+        assert len(out) <= 1 << 20
+    except BlobCorrupt:
+        pass
+
+
+def peer_request(data: bytes) -> None:
+    text = data.decode("latin-1")
+    span = parse_range(text, 1000)
+    assert span is None or span == () or 0 <= span[0] <= span[1] < 1000
+    try:
+        url = normalise_url(text)
+        assert url == normalise_url(url)
+    except UsageError:
+        pass
+
+
+def archive(data: bytes) -> None:
+    """Bytes as a tar, OCI layout or docker-save tar (compressed or not), pushed."""
+    from blobstore.memory import MemoryStore
+    from blobstore.refs import parse_ref
+    from indexer.push import push_tree
+    from indexer.sources import open_source
+
+    with tempfile.TemporaryDirectory(prefix="thaw-fuzz-") as tmp:
+        path = os.path.join(tmp, "input")
+        with open(path, "wb") as f:
+            f.write(data[:MAX_SOURCE])
+        try:
+            with open_source(path) as src:
+                push_tree(src, MemoryStore(), parse_ref("fuzz:1"))
+        except ThawError:
+            pass
+
+
+TARGETS = {"manifest": manifest, "hints": hints, "node_report": node_report, "lease": lease,
+           "blob": blob, "peer_request": peer_request, "archive": archive}
+
+
+def seeds(name: str) -> list[bytes]:
+    """The seed corpus of a target."""
+    root = os.path.join(os.path.dirname(__file__), "corpus", name)
+    if not os.path.isdir(root):
+        return []
+    return [open(os.path.join(root, f), "rb").read() for f in sorted(os.listdir(root))]
