@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -260,3 +261,96 @@ def test_check_finds_missing_corrupt_and_broken_and_exits_1(thaw, rich_tree, tmp
                          .stdout)["images"][0]["read"] for n in (1, 2, 3)]
     assert sum(slices) == len(blob_ids(objects, "b:1"))  # the slices cover it once
     assert thaw("check", "--read-data-subset", "x", check=False).returncode == 2
+
+
+class Crash(BaseException):
+    """A process dying at this point (not an error anything may catch)."""
+
+
+class CrashAt(LocalStore):
+    """A directory store whose ``n``-th call that changes it dies."""
+
+    def __init__(self, root, n: int) -> None:
+        super().__init__(root)
+        self.left = n
+
+    def _tick(self) -> None:
+        self.left -= 1
+        if self.left < 0:
+            raise Crash()
+
+    def put(self, key, data):
+        self._tick()
+        super().put(key, data)
+
+    def create(self, key, data):
+        self._tick()
+        return super().create(key, data)
+
+    def delete(self, key):
+        self._tick()
+        super().delete(key)
+
+
+def _calls_until_done(run) -> int:
+    n = 0
+    while True:
+        try:
+            run(n)
+            return n
+        except Crash:
+            n += 1
+
+
+@pytest.mark.e2e  # about a minute: a store copied and collected at every step
+@pytest.mark.allow_log_warnings
+def test_a_crash_at_every_step_of_gc_and_push_loses_nothing_and_the_next_gc_finishes(
+        two_images, tmp_path, rich_tree):
+    template = tmp_path / "store"
+    LocalStore(template).delete("refs/a/1")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "new.bin").write_bytes(os.urandom(200_000))
+    clock = Clock()
+    clock.now += HOUR
+    collect(LocalStore(template), grace=HOUR, clock=clock)  # a's blobs condemned
+    clock.now += HOUR
+
+    def fresh(n: int) -> CrashAt:
+        root = tmp_path / f"run{n}"
+        shutil.rmtree(root, ignore_errors=True)
+        subprocess.run(["cp", "-a", str(template), str(root)], check=True)
+        return CrashAt(root, n)
+
+    def gc_then_check(n: int) -> None:
+        store = fresh(n)
+        try:
+            collect(store, grace=HOUR, clock=clock)
+        finally:
+            store.left = 1 << 30
+            assert readable(store, "b:1")
+            later = Clock()
+            later.now = clock.now + LOCK_TTL + 60  # a crashed run's lock is stale by then
+            for _ in range(2):
+                collect(store, grace=HOUR, clock=later)
+            assert readable(store, "b:1") and not store.has(LOCK)
+            assert not any(True for _ in store.list("leases/"))
+
+    def push_then_check(n: int) -> None:
+        store = fresh(n)
+        try:
+            push(store, extra, "c:1")
+        finally:
+            store.left = 1 << 30
+            assert readable(store, "b:1")
+            if store.has("refs/c/1"):
+                assert readable(store, "c:1")  # a tag is written last: complete or absent
+            later = Clock()
+            later.now = clock.now + 2 * HOUR  # its lease, if the crash left one, is stale
+            for _ in range(2):
+                collect(store, grace=HOUR, clock=later)
+                later.now += HOUR
+            assert readable(store, "b:1")
+
+    assert _calls_until_done(gc_then_check) > 3
+    assert _calls_until_done(push_then_check) > 3
