@@ -46,6 +46,7 @@ bench: install
 	$(PY) bench/scale.py
 	$(PY) bench/fetch_concurrency.py
 	$(PY) bench/peers.py
+	$(PY) bench/gc.py
 
 # Every fuzz target under atheris, FUZZ_SECONDS each (default 60); a crash leaves crash-*.
 fuzz: install
