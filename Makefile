@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config mmdebstrap rsync attr tar zstd ca-certificates strace podman runc g++ python3-dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-quick demo bench lint clean fuzz
+.PHONY: install test test-quick demo bench lint clean fuzz docker cluster cluster-down
 
 install: $(STAMP)
 
@@ -54,6 +54,22 @@ fuzz: install
 		echo "fuzzing $$t"; \
 		$(PY) fuzz/run.py $$t -max_total_time=$${FUZZ_SECONDS:-60} -rss_limit_mb=2048 || exit 1; \
 	done
+
+# The node image (docker/Dockerfile) and SeaweedFS's, built with podman from this machine.
+docker: install
+	docker/build.sh $(PY)
+
+COMPOSE := $(VENV)/bin/podman-compose --podman-args="--runtime runc" -f docker/compose.yaml
+
+# A local cluster: SeaweedFS and three nodes (daemon + serve, peers); an image pushed and
+# used from a lazy mount on another node. `make cluster-down` removes it.
+cluster: docker
+	@test -s docker/cluster-token || head -c 24 /dev/urandom | base64 > docker/cluster-token
+	$(COMPOSE) up -d
+	docker/cluster-demo.sh
+
+cluster-down:
+	-$(COMPOSE) down -v
 
 lint: install
 	$(VENV)/bin/ruff check .
