@@ -36,39 +36,6 @@ def register(sub, common) -> None:
                    help=f"ignore reports older than this many seconds (default {DEFAULT_TTL:g})")
     p.add_argument("--policy", choices=POLICIES, default="milp")
     p.set_defaults(func=cmd_place)
-    p = sub.add_parser("extender", parents=[common],
-                       help="a Kubernetes scheduler extender favouring cache-hot nodes",
-                       description="Serve /filter and /prioritize (kube-scheduler extender "
-                                   "v1) from the store's node reports; pods name their image "
-                                   "with the annotation thaw.dev/image.")
-    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen")
-    p.add_argument("--ttl", type=float, default=DEFAULT_TTL,
-                   help=f"ignore reports older than this many seconds (default {DEFAULT_TTL:g})")
-    p.set_defaults(func=cmd_extender)
-
-
-def cmd_extender(args, console) -> int:
-    from .extender import Extender, serve
-
-    host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--listen {args.listen!r}: use HOST:PORT, e.g. 0.0.0.0:8741")
-    objects = open_store(args.store, timeout=args.store_timeout)
-
-    def reports():
-        nodes, skipped = fresh_nodes(read_reports(objects), ttl=args.ttl)
-        return {n.id: n for n in nodes}
-
-    def resolve(ref: str) -> tuple[str, int]:
-        mid, manifest = open_image(objects, ref)
-        return mid, sum({c.id: c.size for c in manifest.chunks}.values())
-
-    try:
-        serve(Extender(reports, resolve), host.strip("[]"), int(port), on_ready=lambda:
-              console.note(f"scheduler extender on http://{args.listen} (store {objects})"))
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {args.listen}: {exc.strerror}") from None
-    return 0
 
 
 def _read_json(path: str, what: str):

@@ -17,25 +17,26 @@ keys are the capitalised field names), served at the root so that the scheduler'
   served, partially cached ones at their share.
 
 A pod names its thaw image with the annotation ``thaw.dev/image`` (``NAME:TAG`` or a
-manifest id); a pod without it is passed through with scores 0. The scoring is pure
-(``filter_nodes``, ``scores``); ``Extender`` adds the store: node reports read at most
-every ``refresh`` seconds, refs and image sizes cached. HTTP: ``http.server``, one thread
-per request, bodies bounded; placement stays free of async frameworks.
+manifest id), and the memory each GPU needs with ``thaw.dev/gpu-memory`` (``40G``); a pod
+without them is passed through with scores 0. Not built: placing pending pods jointly
+with the LP (each pod is scored on its own). The scoring is pure
+(``filter_nodes``, ``scores``); ``Extender`` adds the store's view: node reports read at
+most every ``refresh`` seconds, refs and image sizes cached. The HTTP server is in the
+command-line layer (``thaw/extender.py``); this package stays numpy and scipy only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from .model import Node
 
 log = logging.getLogger(__name__)
 ANNOTATION = "thaw.dev/image"
+GPU_MEMORY = "thaw.dev/gpu-memory"
 GPU = "nvidia.com/gpu"
 MAX_BODY = 16 << 20
 MAX_SCORE = 10
@@ -54,6 +55,21 @@ def pod_gpus(pod: dict) -> int:
     return total
 
 
+def pod_gpu_memory(pod: dict) -> int:
+    """Bytes of memory each GPU needs free (annotation ``thaw.dev/gpu-memory``: 40G, 512M,
+    or bytes); 0 when not given."""
+    text = ((pod.get("metadata") or {}).get("annotations") or {}).get(GPU_MEMORY)
+    if not text:
+        return 0
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = str(text).strip().upper().removesuffix("I").removesuffix("B")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except (ValueError, KeyError):
+        raise ValueError(f"annotation {GPU_MEMORY}={text!r} is not a size such as 40G") \
+            from None
+
+
 def pod_image(pod: dict) -> str | None:
     return ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)
 
@@ -66,13 +82,19 @@ def node_names(args: dict) -> tuple[list[str], bool]:
     return list(args.get("NodeNames") or []), False
 
 
-def filter_nodes(names: list[str], gpus: int, nodes: dict[str, Node]) -> dict[str, str]:
-    """The nodes that fail, with why (the rest pass)."""
+def filter_nodes(names: list[str], gpus: int, nodes: dict[str, Node],
+                 gpu_memory: int = 0) -> dict[str, str]:
+    """The nodes that fail, with why (the rest pass: a node without a fresh report too)."""
     failed = {}
     for name in names:
         node = nodes.get(name)
-        if gpus and node is not None and node.gpus_free < gpus:
-            failed[name] = (f"thaw: {node.gpus_free} free GPUs reported, the pod needs {gpus}")
+        if not gpus or node is None:
+            continue
+        if node.gpus_free < gpus:
+            failed[name] = f"thaw: {node.gpus_free} free GPUs reported, the pod needs {gpus}"
+        elif gpu_memory and node.gpu_memory < gpu_memory:
+            failed[name] = (f"thaw: {node.gpu_memory >> 20} MiB free per GPU, the pod needs "
+                            f"{gpu_memory >> 20} MiB")
     return failed
 
 
@@ -123,7 +145,8 @@ class Extender:
     def filter(self, args: dict) -> dict:
         names, as_list = node_names(args)
         try:
-            failed = filter_nodes(names, pod_gpus(args.get("Pod") or {}), self.nodes())
+            pod = args.get("Pod") or {}
+            failed = filter_nodes(names, pod_gpus(pod), self.nodes(), pod_gpu_memory(pod))
         except ValueError as exc:
             return {"Nodes": None, "NodeNames": None, "FailedNodes": {},
                     "FailedAndUnresolvableNodes": {}, "Error": str(exc)}
@@ -147,60 +170,3 @@ class Extender:
             log.warning("pod image %s: %s; scoring every node 0", ref, exc)
             return scores(names, None, 0, {})
         return scores(names, mid, size, self.nodes())
-
-
-def make_handler(extender: Extender):
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        timeout = 30  # a client that stops sending is dropped
-
-        def _send(self, status: int, doc: object) -> None:
-            body = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):  # noqa: N802 - the stdlib's name
-            if self.path == "/healthz":
-                self._send(200, {"ok": True})
-            else:
-                self._send(404, {"Error": "POST /filter or /prioritize"})
-
-        def do_POST(self):  # noqa: N802
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-            except ValueError:
-                length = -1
-            if not 0 < length <= MAX_BODY:
-                self._send(400, {"Error": f"a JSON body of 1 to {MAX_BODY} bytes is required"})
-                return
-            try:
-                args = json.loads(self.rfile.read(length))
-                if not isinstance(args, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                self._send(400, {"Error": f"ExtenderArgs is not valid JSON: {exc}"})
-                return
-            if self.path.rstrip("/") == "/filter":
-                self._send(200, extender.filter(args))
-            elif self.path.rstrip("/") == "/prioritize":
-                self._send(200, extender.prioritize(args))
-            else:
-                self._send(404, {"Error": "POST /filter or /prioritize"})
-
-        def log_message(self, fmt, *a):
-            log.debug("%s " + fmt, self.address_string(), *a)
-
-    return Handler
-
-
-def serve(extender: Extender, host: str, port: int, on_ready=lambda: None) -> None:
-    server = ThreadingHTTPServer((host, port), make_handler(extender))
-    server.daemon_threads = True
-    on_ready()
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()

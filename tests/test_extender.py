@@ -94,3 +94,102 @@ def test_the_extender_answers_the_scheduler_from_node_reports(thaw, rich_tree, s
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+
+
+def v1_pod(image: str | None, gpus: int, gpu_memory: str | None = None) -> dict:
+    """A Pod as the API server sends it to an extender, fields thaw ignores and all."""
+    annotations = {"kubectl.kubernetes.io/last-applied-configuration": "{}"}
+    if image:
+        annotations["thaw.dev/image"] = image
+    if gpu_memory:
+        annotations["thaw.dev/gpu-memory"] = gpu_memory
+    return {"kind": "Pod", "apiVersion": "v1", "metadata": {
+        "name": "infer-0", "namespace": "default", "uid": "3f0c", "resourceVersion": "812",
+        "creationTimestamp": "2026-12-02T00:00:00Z", "labels": {"app": "infer"},
+        "annotations": annotations},
+        "spec": {"schedulerName": "default-scheduler", "restartPolicy": "Always",
+                 "containers": [{"name": "server", "image": "busybox:1.36",
+                                 "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                                 "resources": {"limits": {"nvidia.com/gpu": str(gpus),
+                                                          "memory": "8Gi"},
+                                               "requests": {"cpu": "2"}}}],
+                 "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}]},
+        "status": {"phase": "Pending", "qosClass": "Burstable"}}
+
+
+def v1_nodes(names: list[str]) -> dict:
+    return {"kind": "NodeList", "apiVersion": "v1", "metadata": {"resourceVersion": "9"},
+            "items": [{"metadata": {"name": n, "uid": n, "labels": {
+                "kubernetes.io/hostname": n}}, "spec": {"podCIDR": "10.0.0.0/24"},
+                "status": {"capacity": {"nvidia.com/gpu": "2"}, "images": [
+                    {"names": ["busybox:1.36"], "sizeBytes": 4000000}],
+                    "conditions": [{"type": "Ready", "status": "True"}]}} for n in names]}
+
+
+@pytest.mark.mount
+@pytest.mark.parametrize("node_cache_capable", [True, False])
+def test_filter_then_prioritize_as_kube_scheduler_calls_them(thaw, rich_tree, store_url,
+                                                             node_cache_capable):
+    thaw("push", str(rich_tree), "app:1")
+    objects = LocalStore(store_url[len("file://"):])
+    mid, manifest = open_image(objects, "app:1")
+    size = sum({c.id: c.size for c in manifest.chunks}.values())
+    big = [{"model": "H200", "memory_total": 141 << 30, "memory_free": 141 << 30}] * 2
+    small = [{"model": "L4", "memory_total": 24 << 30, "memory_free": 24 << 30}] * 2
+    for node, gpus, cached in (("hot", big, size), ("warm", big, size // 4),
+                               ("tiny", small, size), ("cold", big, 0)):
+        write_report(objects, build_report(node, gpus, 0, 1, {mid: cached}))
+    port = free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "thaw", "--store", store_url, "extender",
+                             "--listen", f"127.0.0.1:{port}"], cwd=REPO, env=dict(os.environ),
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert "scheduler extender" in proc.stderr.readline()
+        names = ["hot", "warm", "tiny", "cold", "unreported"]
+        pod = v1_pod("app:1", 2, "40G")
+        args = ({"Pod": pod, "NodeNames": names} if node_cache_capable else
+                {"Pod": pod, "Nodes": v1_nodes(names)})
+        status, result = post(port, "/filter", json.dumps(args).encode())
+        assert status == 200 and result["Error"] == ""
+        assert set(result["FailedNodes"]) == {"tiny"}  # 24G GPUs for a 40G pod
+        kept = result["NodeNames"] if node_cache_capable else [
+            n["metadata"]["name"] for n in result["Nodes"]["items"]]
+        assert kept == ["hot", "warm", "cold", "unreported"]
+        if not node_cache_capable:
+            assert result["Nodes"]["items"][0]["status"]["images"]  # passed on whole
+        args = ({"Pod": pod, "NodeNames": kept} if node_cache_capable else
+                {"Pod": pod, "Nodes": v1_nodes(kept)})
+        status, result = post(port, "/prioritize", json.dumps(args).encode())
+        scores_ = {h["Host"]: h["Score"] for h in result}
+        assert max(scores_, key=scores_.get) == "hot" and scores_["hot"] == 10
+        assert scores_["warm"] in (2, 3) and scores_["cold"] == scores_["unreported"] == 0
+        status, result = post(port, "/prioritize", json.dumps(
+            {"Pod": v1_pod(None, 1), "NodeNames": kept}).encode())
+        assert status == 200 and {h["Score"] for h in result} == {0}  # no annotation
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
+@pytest.mark.s3
+@pytest.mark.allow_log_warnings
+def test_a_dead_store_gives_well_formed_answers_and_the_pod_schedules(tmp_path):
+    dead = free_ports(1)[0]
+    port = free_ports(1)[0]
+    env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{dead}",
+           "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    proc = subprocess.Popen([sys.executable, "-m", "thaw", "--store", "s3://thaw/x",
+                             "--store-timeout", "2", "extender", "--listen",
+                             f"127.0.0.1:{port}"], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert "scheduler extender" in proc.stderr.readline()
+        args = {"Pod": v1_pod("app:1", 1), "NodeNames": ["a", "b"]}
+        status, result = post(port, "/filter", json.dumps(args).encode())
+        assert status == 200 and result["NodeNames"] == ["a", "b"] and not result["Error"]
+        status, result = post(port, "/prioritize", json.dumps(args).encode())
+        assert status == 200 and result == [{"Host": "a", "Score": 0}, {"Host": "b",
+                                                                        "Score": 0}]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)

@@ -23,6 +23,7 @@ from indexer import cli as indexer_cli
 from placement import cli as placement_cli
 from restorer import cli as restorer_cli
 
+from . import extender as extender_cli
 from .ui import Console
 
 BUG_EXIT = 70
@@ -63,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="thaw", parents=[common],
         description="Content-addressed, lazy-loading images for fast cold starts.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (indexer_cli, blobstore_cli, fusefs_cli, placement_cli, restorer_cli):
+    for module in (indexer_cli, blobstore_cli, fusefs_cli, placement_cli, restorer_cli,
+                   extender_cli):
         module.register(sub, common)
     return parser
 

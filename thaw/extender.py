@@ -1,0 +1,116 @@
+"""``thaw extender``: the command and its HTTP face (kube-scheduler extender v1), over
+``placement.extender.Extender``: ``POST /filter``, ``POST /prioritize``, ``GET /healthz``.
+
+``http.server``, a thread per request, bodies bounded, a client that stops sending dropped
+after 30 s. Every answer is well-formed JSON: a body that does not parse is a 400 with the
+protocol's ``Error`` field; what goes wrong inside (a store that is down) is logged and
+answered so that the pod schedules as if thaw were not there.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from blobstore.errors import UsageError
+from placement.extender import MAX_BODY, Extender
+from placement.reports import DEFAULT_TTL
+
+log = logging.getLogger(__name__)
+
+
+def make_handler(extender: Extender):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 30  # a client that stops sending is dropped
+
+        def _send(self, status: int, doc: object) -> None:
+            body = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):  # noqa: N802 - the stdlib's name
+            if self.path == "/healthz":
+                self._send(200, {"ok": True})
+            else:
+                self._send(404, {"Error": "POST /filter or /prioritize"})
+
+        def do_POST(self):  # noqa: N802
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 < length <= MAX_BODY:
+                self._send(400, {"Error": f"a JSON body of 1 to {MAX_BODY} bytes is required"})
+                return
+            try:
+                args = json.loads(self.rfile.read(length))
+                if not isinstance(args, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError as exc:
+                self._send(400, {"Error": f"ExtenderArgs is not valid JSON: {exc}"})
+                return
+            if self.path.rstrip("/") == "/filter":
+                self._send(200, extender.filter(args))
+            elif self.path.rstrip("/") == "/prioritize":
+                self._send(200, extender.prioritize(args))
+            else:
+                self._send(404, {"Error": "POST /filter or /prioritize"})
+
+        def log_message(self, fmt, *a):
+            log.debug("%s " + fmt, self.address_string(), *a)
+
+    return Handler
+
+
+def serve(extender: Extender, host: str, port: int, on_ready=lambda: None) -> None:
+    server = ThreadingHTTPServer((host, port), make_handler(extender))
+    server.daemon_threads = True
+    on_ready()
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+
+
+def register(sub, common) -> None:
+    p = sub.add_parser("extender", parents=[common],
+                       help="a Kubernetes scheduler extender favouring cache-hot nodes",
+                       description="Serve /filter and /prioritize (kube-scheduler extender "
+                                   "v1) from the store's node reports; pods name their image "
+                                   "with the annotation thaw.dev/image.")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen")
+    p.add_argument("--ttl", type=float, default=DEFAULT_TTL,
+                   help=f"ignore reports older than this many seconds (default {DEFAULT_TTL:g})")
+    p.set_defaults(func=cmd_extender)
+
+
+def cmd_extender(args, console) -> int:
+    from blobstore.images import open_image
+    from blobstore.nodereport import read_reports
+    from blobstore.url import open_store
+    from placement.reports import fresh_nodes
+
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen {args.listen!r}: use HOST:PORT, e.g. 0.0.0.0:8741")
+    objects = open_store(args.store, timeout=args.store_timeout)
+
+    def reports():
+        nodes, skipped = fresh_nodes(read_reports(objects), ttl=args.ttl)
+        return {n.id: n for n in nodes}
+
+    def resolve(ref: str) -> tuple[str, int]:
+        mid, manifest = open_image(objects, ref)
+        return mid, sum({c.id: c.size for c in manifest.chunks}.values())
+
+    try:
+        serve(Extender(reports, resolve), host.strip("[]"), int(port), on_ready=lambda:
+              console.note(f"scheduler extender on http://{args.listen} (store {objects})"))
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.listen}: {exc.strerror}") from None
+    return 0
