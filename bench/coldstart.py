@@ -38,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, debian_tar, extract, human, table
+from common import debian_tar, drop_caches, extract, human, run_thaw, table
 
 from tests.proxy import RemoteLikeProxy
 from tests.seaweed import SeaweedServer
@@ -49,18 +49,9 @@ STORE = "s3://thaw/bench"
 ENV = dict(os.environ)
 
 
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
-
 
 def thaw(*args: str) -> str:
-    # From the repository root: run from bench/, bench/placement.py would shadow the package.
-    proc = subprocess.run([*THAW, "--store", STORE, *args], capture_output=True, text=True,
-                          cwd=REPO, env=ENV)
-    if proc.returncode:
-        raise SystemExit(f"thaw {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    return run_thaw(STORE, ENV, *args)
 
 
 def timed(fn) -> float:

@@ -40,6 +40,22 @@ def model_file() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model" / "model.safetensors"
 
 
+def drop_caches() -> None:
+    """An empty page cache: a cold node."""
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("3\n")
+
+
+def run_thaw(store: str, env: dict[str, str], *args: str) -> str:
+    """``thaw --store STORE ARGS`` from the repository root (run from bench/,
+    bench/placement.py would shadow the package); its stdout, or the run ends."""
+    proc = subprocess.run([sys.executable, "-m", "thaw", "--store", store, *args],
+                          capture_output=True, text=True, cwd=REPO, env=env)
+    if proc.returncode:
+        raise SystemExit(f"thaw {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
 def human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":

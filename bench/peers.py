@@ -29,7 +29,7 @@ import threading
 import time
 from pathlib import Path
 
-from common import REPO, debian_tar, human, model_file, table
+from common import REPO, debian_tar, drop_caches, human, model_file, run_thaw, table
 
 from tests.proxy import RemoteLikeProxy
 from tests.seaweed import SeaweedServer, free_ports
@@ -41,16 +41,8 @@ HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
 
 def thaw(*args: str) -> str:
-    proc = subprocess.run([*THAW, "--store", STORE, *args], capture_output=True, text=True,
-                          cwd=REPO, env=ENV)
-    if proc.returncode:
-        raise SystemExit(f"thaw {' '.join(args)} failed: {proc.stderr.strip()}")
-    return proc.stdout
+    return run_thaw(STORE, ENV, *args)
 
-
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3\n")
 
 
 class Cluster:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 
@@ -43,6 +44,21 @@ def test_nodes_short_of_gpus_fail_and_unknown_nodes_pass():
     assert pod_gpus(pod(gpus=2)) == 2 and pod_gpus(pod()) == 0
 
 
+@contextmanager
+def extender(store: str, *options: str, env: dict | None = None):
+    """A real `thaw extender` on a free port; yields the port."""
+    port = free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "thaw", "--store", store, *options,
+                             "extender", "--listen", f"127.0.0.1:{port}"], cwd=REPO,
+                            env=env or dict(os.environ), stderr=subprocess.PIPE, text=True)
+    try:
+        assert "scheduler extender" in proc.stderr.readline()
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+
+
 def post(port: int, path: str, body: bytes) -> tuple[int, object]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
@@ -59,12 +75,7 @@ def test_the_extender_answers_the_scheduler_from_node_reports(thaw, rich_tree, s
     gpus = [{"model": "H200", "memory_total": 100, "memory_free": 100}] * 2
     for node, cached in (("node-a", size), ("node-b", size // 2), ("node-c", 0)):
         write_report(objects, build_report(node, gpus, 0, 1, {mid: cached}))
-    port = free_ports(1)[0]
-    proc = subprocess.Popen([sys.executable, "-m", "thaw", "--store", store_url, "extender",
-                             "--listen", f"127.0.0.1:{port}"], cwd=REPO, env=dict(os.environ),
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert "scheduler extender" in proc.stderr.readline()
+    with extender(store_url) as port:
         names = ["node-a", "node-b", "node-c", "node-d"]
         status, result = post(port, "/filter", json.dumps(
             {"Pod": pod("app:1", gpus=3), "NodeNames": names}).encode())
@@ -91,9 +102,6 @@ def test_the_extender_answers_the_scheduler_from_node_reports(thaw, rich_tree, s
             {"Pod": {"spec": {"containers": [{"resources": {"limits": {
                 "nvidia.com/gpu": "many"}}}]}}, "NodeNames": ["a"]}).encode())
         assert status == 200 and "not a number" in result["Error"]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
 
 
 def v1_pod(image: str | None, gpus: int, gpu_memory: str | None = None) -> dict:
@@ -139,12 +147,7 @@ def test_filter_then_prioritize_as_kube_scheduler_calls_them(thaw, rich_tree, st
     for node, gpus, cached in (("hot", big, size), ("warm", big, size // 4),
                                ("tiny", small, size), ("cold", big, 0)):
         write_report(objects, build_report(node, gpus, 0, 1, {mid: cached}))
-    port = free_ports(1)[0]
-    proc = subprocess.Popen([sys.executable, "-m", "thaw", "--store", store_url, "extender",
-                             "--listen", f"127.0.0.1:{port}"], cwd=REPO, env=dict(os.environ),
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert "scheduler extender" in proc.stderr.readline()
+    with extender(store_url) as port:
         names = ["hot", "warm", "tiny", "cold", "unreported"]
         pod = v1_pod("app:1", 2, "40G")
         args = ({"Pod": pod, "NodeNames": names} if node_cache_capable else
@@ -166,30 +169,18 @@ def test_filter_then_prioritize_as_kube_scheduler_calls_them(thaw, rich_tree, st
         status, result = post(port, "/prioritize", json.dumps(
             {"Pod": v1_pod(None, 1), "NodeNames": kept}).encode())
         assert status == 200 and {h["Score"] for h in result} == {0}  # no annotation
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
 
 
 @pytest.mark.s3
 @pytest.mark.allow_log_warnings
 def test_a_dead_store_gives_well_formed_answers_and_the_pod_schedules(tmp_path):
     dead = free_ports(1)[0]
-    port = free_ports(1)[0]
     env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{dead}",
            "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
-    proc = subprocess.Popen([sys.executable, "-m", "thaw", "--store", "s3://thaw/x",
-                             "--store-timeout", "2", "extender", "--listen",
-                             f"127.0.0.1:{port}"], cwd=REPO, env=env,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert "scheduler extender" in proc.stderr.readline()
+    with extender("s3://thaw/x", "--store-timeout", "2", env=env) as port:
         args = {"Pod": v1_pod("app:1", 1), "NodeNames": ["a", "b"]}
         status, result = post(port, "/filter", json.dumps(args).encode())
         assert status == 200 and result["NodeNames"] == ["a", "b"] and not result["Error"]
         status, result = post(port, "/prioritize", json.dumps(args).encode())
         assert status == 200 and result == [{"Host": "a", "Score": 0}, {"Host": "b",
                                                                         "Score": 0}]
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(10)
