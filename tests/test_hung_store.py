@@ -37,13 +37,25 @@ def s3_thaw(thaw, s3_url):
     return thaw
 
 
+@pytest.fixture(scope="module")
+def torch_start() -> float:
+    """Seconds this machine takes now to start Python and import torch: the start-up of
+    `thaw snapshot` and `thaw restore`, which varies with the load of the machine."""
+    import subprocess
+    import sys
+
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", "import torch, safetensors"], check=True)
+    return time.monotonic() - started
+
+
 @pytest.mark.parametrize("args", [
     ["push", "{src}", "a:2"], ["ls"], ["inspect", "a:1"], ["export", "a:1", "{tmp}/out"],
     ["mount", "a:1", "{tmp}/mnt"], ["place", "--workloads", "{tmp}/w.json"],
     ["snapshot", "{tmp}/w.safetensors", "a:3"], ["restore", "a:1"], ["verify", "a:1"],
 ])
 def test_every_command_against_a_hung_store_is_one_line_and_exit_3_within_the_budget(
-        s3_thaw, seaweed, rich_tree, tmp_path, args):
+        s3_thaw, seaweed, rich_tree, tmp_path, args, torch_start):
     (tmp_path / "mnt").mkdir()
     (tmp_path / "w.json").write_text('[{"image": "a:1", "gpus": 1}]')
     torch = pytest.importorskip("torch")
@@ -60,7 +72,8 @@ def test_every_command_against_a_hung_store_is_one_line_and_exit_3_within_the_bu
     assert proc.returncode == 3, err
     assert err.startswith("thaw: error: ") and err.count("\n") == 1, err
     assert "Traceback" not in err
-    assert took < 2 * BUDGET + 5  # + the interpreter's start and imports (torch's)
+    start_up = torch_start + 2 if args[0] in ("snapshot", "restore") else 5
+    assert took < 2 * BUDGET + max(5, start_up)  # + the interpreter's start and imports
 
 
 @pytest.mark.mount
