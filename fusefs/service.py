@@ -139,12 +139,15 @@ async def keep_lease(lease: Lease, images: Callable[[], Iterable[str]],
 
 def _serve(namespace: Namespace, tiers: NodeTiers, fetcher: ChunkFetcher,
            learners: Learners | None, warmer: Warmer, mountpoint: str, opts: MountOptions,
-           on_ready: Callable[[], None], extra=(), objects: ObjectStore | None = None) -> None:
+           on_ready: Callable[[], None], extra=(), objects: ObjectStore | None = None,
+           leased: Callable[[], Iterable[str]] = lambda: ()) -> None:
+    """``leased``: the manifests to hold against ``thaw gc`` (every image served so far:
+    a tree the daemon dropped while idle may still be in a pod's use)."""
     collector = SnapshotCollector()
     if objects is not None:
         lease = Lease(objects, "mount")
         extra = (*extra, lambda task_status=trio.TASK_STATUS_IGNORED: keep_lease(
-            lease, lambda: namespace.images().keys(), task_status=task_status))
+            lease, leased, task_status=task_status))
 
     def statistics() -> MountStats:
         return MountStats.collect(namespace.images(), tiers, fetcher.statistics(),
@@ -177,7 +180,7 @@ def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: 
 
         extra = (prefetch_image,)
     _serve(SingleImage(mid, tree), tiers, fetcher, learners, warmer, mountpoint, opts,
-           on_ready, extra, objects)
+           on_ready, extra, objects, leased=lambda: (mid,))
 
 
 def run_daemon(objects: ObjectStore, mountpoint: str, opts: MountOptions,
@@ -190,7 +193,10 @@ def run_daemon(objects: ObjectStore, mountpoint: str, opts: MountOptions,
     reporter = NodeReporter(objects, tiers.disk.inner, node_id=node.node_id, gpus=node.gpus,
                             interval=node.report_interval, peer_url=node.peer_url)
 
+    served: set[str] = set()
+
     def on_image(tree: FsTree) -> None:
+        served.add(tree.image_id)
         reporter.add(tree.image_id, tree.manifest)
         if learners:
             learners.add(tree)
@@ -198,4 +204,4 @@ def run_daemon(objects: ObjectStore, mountpoint: str, opts: MountOptions,
             queue_image(fetcher, tree, opts.image_budget(tiers.disk.inner))
 
     _serve(StoreImages(objects, on_image), tiers, fetcher, learners, warmer, mountpoint, opts,
-           on_ready, extra=(reporter.run,), objects=objects)
+           on_ready, extra=(reporter.run,), objects=objects, leased=lambda: tuple(served))
