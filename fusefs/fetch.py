@@ -119,6 +119,7 @@ class ChunkFetcher:
         self._seq = itertools.count()
         self._pending = trio.Semaphore(0)  # one token per heap item
         self._unread: dict[str, int] = {}  # prefetched, never read since: id -> bytes
+        self._kept: set[str] = set()  # put in the disk cache by a disk-only prefetch
         self._unread_bytes = 0
         self.retry = retry
         self._running = False
@@ -189,7 +190,8 @@ class ChunkFetcher:
             else:
                 self.counts["prefetches"] += 1
                 self.counts["prefetched_bytes"] += chunk.size
-                if not flight.event.statistics().tasks_waiting:  # a reader wanted it
+                if not flight.event.statistics().tasks_waiting and (  # no reader wanted it
+                        chunk.id not in self._unread):
                     self._unread[chunk.id] = chunk.size
                     self._unread_bytes += chunk.size
             return flight.data
@@ -278,8 +280,11 @@ class ChunkFetcher:
                     await self._fly(chunk, Source.PREFETCH)
                 # These go to the disk cache only: keeping them in memory would push out
                 # what the workload reads now.
-                elif not await self._on_disk_now(chunk.id):
+                elif chunk.id not in self._kept and not await self._on_disk_now(chunk.id) \
+                        and not self.requested(chunk.id) and chunk.id not in self._kept:
+                    # (asked for again while the disk was looked at: that one fetches it)
                     await self._fly(chunk, Source.PREFETCH, remember=False)
+                    self._kept.add(chunk.id)
             except Exception as exc:  # noqa: BLE001 - a demand read will report it
                 log.debug("prefetch of %s failed: %s", chunk.id, exc)
 
