@@ -69,14 +69,6 @@ def register(sub, common) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _listen_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--listen {text!r}: use HOST:PORT, e.g. 0.0.0.0:8740")
-    return host, int(port)
-
-
 def cmd_serve(args, console) -> int:
     import asyncio
 
@@ -84,9 +76,9 @@ def cmd_serve(args, console) -> int:
     from .peers import read_token
     from .peerserver import PeerServer
     from .tiers import node_tiers
-    from .units import parse_size
+    from .units import parse_listen, parse_size
 
-    host, port = _listen_address(args.listen)
+    host, port = parse_listen(args.listen)
     token = read_token(args.token_file, "--token-file")
     if args.in_flight < 1:
         raise UsageError("--in-flight must be at least 1")

@@ -132,9 +132,16 @@ class _Lock:
                         LOCK, LOCK_TTL / 3600, exc)
 
 
-def _roots(objects: ObjectStore, now: float) -> tuple[set[str], set[str]]:
-    """(live manifest ids, lease blob ids); GcAborted for anything unreadable."""
-    manifests: set[str] = set()
+@dataclass
+class _Roots:
+    manifests: set[str] = field(default_factory=set)  # named by a tag or a live lease
+    blobs: set[str] = field(default_factory=set)  # named by a live lease
+    leases: set[str] = field(default_factory=set)  # keys of the unexpired leases
+
+
+def _roots(objects: ObjectStore, now: float) -> _Roots:
+    """What tags and unexpired leases hold; GcAborted for anything unreadable."""
+    roots = _Roots()
     for key in objects.list(REFS):
         name, _, tag = key[len(REFS):].rpartition("/")
         try:
@@ -148,8 +155,7 @@ def _roots(objects: ObjectStore, now: float) -> tuple[set[str], set[str]]:
             continue  # removed meanwhile: its image is not a root any more
         if not is_blob_id(text):
             raise GcAborted(f"{key} holds no manifest id; remove or fix it before collecting")
-        manifests.add(text)
-    leased: set[str] = set()
+        roots.manifests.add(text)
     for key in objects.list(LEASES):
         try:
             lease = parse_lease(objects.get(key))
@@ -158,9 +164,10 @@ def _roots(objects: ObjectStore, now: float) -> tuple[set[str], set[str]]:
         except LeaseInvalid as exc:
             raise GcAborted(f"{key}: {exc}; remove it before collecting") from None
         if lease["expires"] > now:
-            manifests.update(lease["manifests"])
-            leased.update(lease["blobs"])
-    return manifests, leased
+            roots.manifests.update(lease["manifests"])
+            roots.blobs.update(lease["blobs"])
+            roots.leases.add(key)
+    return roots
 
 
 def _live_blobs(objects: ObjectStore, manifests: set[str]) -> set[str]:
@@ -196,18 +203,14 @@ def condemned_blobs(objects: ObjectStore) -> set[str]:
         return set()
 
 
-def _is_live(key: str, live: set[str], manifests: set[str], now: float,
-             objects: ObjectStore) -> bool:
+def _is_live(key: str, live: set[str], roots: _Roots) -> bool:
     if key.startswith(BLOBS):
         id = key.rsplit("/", 1)[-1]
         return not is_blob_id(id) or key != blob_key(id) or id in live  # foreign: keep
     if key.startswith("hints/"):
-        return key.split("/")[1] in manifests
+        return key.split("/")[1] in roots.manifests
     if key.startswith(LEASES):
-        try:
-            return parse_lease(objects.get(key))["expires"] > now
-        except (NotFound, LeaseInvalid):
-            return False
+        return key in roots.leases  # read once, with the roots
     return False  # node reports: by age alone
 
 
@@ -228,23 +231,20 @@ def collect(objects: ObjectStore, *, grace: float, clock: Callable[[], float] | 
 def _run(objects: ObjectStore, grace: float, clock: Callable[[], float],
          dry_run: bool) -> GcResult:
     now = clock()
-    manifests, leased = _roots(objects, now)
-    live = _live_blobs(objects, manifests) | leased
+    roots = _roots(objects, now)
+    live = _live_blobs(objects, roots.manifests) | roots.blobs
     listing: dict[str, ObjectInfo] = {}
     for prefix in COLLECTED:
         listing.update((i.key, i) for i in objects.list_info(prefix))
     condemned = _read_condemned(objects)
-    result = GcResult(dry_run, len(manifests), len(live))
+    result = GcResult(dry_run, len(roots.manifests), len(live))
     kept: dict[str, tuple[float, float]] = {}
-
-    def live_key(key: str) -> bool:
-        return _is_live(key, live, manifests, now, objects)
 
     for key, (marked_at, mtime) in sorted(condemned.items()):  # sweep
         info = listing.get(key)
         if info is None:
             continue
-        if live_key(key) or info.mtime > mtime:
+        if _is_live(key, live, roots) or info.mtime > mtime:
             result.released.append(key)
         elif now - marked_at >= grace:
             if not dry_run:
@@ -255,7 +255,7 @@ def _run(objects: ObjectStore, grace: float, clock: Callable[[], float],
             kept[key] = (marked_at, mtime)
             result.waiting += 1
     for key, info in sorted(listing.items()):  # mark
-        if key in condemned or now - info.mtime < grace or live_key(key):
+        if key in condemned or now - info.mtime < grace or _is_live(key, live, roots):
             continue
         kept[key] = (now, info.mtime)
         result.marked.append(key)

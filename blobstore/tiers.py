@@ -225,14 +225,7 @@ class ReadThrough(BlobTier):
             pass
         except StoreUnavailable as exc:
             self._warn_once("cache-read", exc)
-        with self.cache.fill_lock(id):
-            try:  # another process may have filled it while this one waited for the lock
-                return self.cache.fetch(id, max_size=max_size)
-            except (BlobNotFound, StoreUnavailable):
-                pass
-            got = self.upstream.fetch(id, max_size=max_size)
-            self._fill(id, got.stored)
-        return got
+        return self._fetch_locked(id, max_size)
 
     def read_into(self, id: str, dest: memoryview) -> None:
         """A cache hit costs one read into ``dest`` and one hash; a miss is fetched,
@@ -243,20 +236,23 @@ class ReadThrough(BlobTier):
             pass
         except StoreUnavailable as exc:
             self._warn_once("cache-read", exc)
-        with self.cache.fill_lock(id):
-            got = self._fetch_locked(id, len(dest))
-        dest[:] = got.data
+        dest[:] = self._fetch_locked(id, len(dest), exact=True).data
 
-    def _fetch_locked(self, id: str, size: int) -> Fetched:
-        try:
-            return self.cache.fetch(id, max_size=size)
-        except (BlobNotFound, StoreUnavailable):
-            pass
-        got = self.upstream.fetch(id, max_size=size)
-        if len(got.data) != size:
+    def _fetch_locked(self, id: str, max_size: int, exact: bool = False) -> Fetched:
+        """A miss, under the cache's fill lock: fetched from upstream and cached (``exact``:
+        only if it is ``max_size`` bytes, else BlobCorrupt)."""
+        with self.cache.fill_lock(id):
+            try:  # another process may have filled it while this one waited for the lock
+                got = self.cache.fetch(id, max_size=max_size)
+            except (BlobNotFound, StoreUnavailable):
+                got = None
+            if got is None:
+                got = self.upstream.fetch(id, max_size=max_size)
+                if not exact or len(got.data) == max_size:
+                    self._fill(id, got.stored)
+        if exact and len(got.data) != max_size:
             raise BlobCorrupt(f"blob {id} in {self.upstream}: {len(got.data)} bytes, "
-                              f"expected {size}")
-        self._fill(id, got.stored)
+                              f"expected {max_size}")
         return got
 
     def _fill(self, id: str, stored: bytes) -> None:

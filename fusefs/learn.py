@@ -22,12 +22,24 @@ import trio
 from blobstore.base import ObjectStore
 from blobstore.errors import ThawError
 from blobstore.hints import START, HintRecorder, load_hints, save_hints
-from blobstore.manifest import Manifest
+from blobstore.manifest import ChunkRef, Manifest
 
 from .fetch import ChunkFetcher, Priority
 from .tree import FsTree
 
 log = logging.getLogger(__name__)
+
+
+def hinted_chunks(manifest: Manifest, order: list[int], max_bytes: int) -> list[ChunkRef]:
+    """The chunks of ``order`` (hint indexes), first first, while their stored bytes fit
+    ``max_bytes``."""
+    out, total = [], 0
+    for i in order:
+        total += manifest.chunks[i].stored_size
+        if total > max_bytes:
+            break
+        out.append(manifest.chunks[i])
+    return out
 
 
 class StartLearner:
@@ -56,12 +68,7 @@ class StartLearner:
             log.warning("image %s: hints not loaded, nothing prefetched: %s", self.mid[:12],
                         exc)
             order = []
-        chunks, queued, total = self.manifest.chunks, [], 0
-        for i in order:
-            total += chunks[i].stored_size
-            if total > self.max_bytes:
-                break
-            queued.append(chunks[i])
+        queued = hinted_chunks(self.manifest, order, self.max_bytes)
         self.hinted = self.fetcher.prefetch(queued, Priority.HINTS)
         if self.hinted:
             log.info("image %s: prefetching %d chunks that %r read last time", self.mid[:12],

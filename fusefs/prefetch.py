@@ -21,6 +21,7 @@ from blobstore.manifest import ChunkRef, Manifest
 
 from .errors import BadWorkload
 from .fetch import ChunkFetcher, Priority
+from .learn import hinted_chunks
 from .tree import FsTree
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,7 @@ class Warmer:
             raise BadWorkload(workload) from None
         order = await trio.to_thread.run_sync(load_hints, self.objects, mid, workload,
                                               len(manifest.chunks))
-        chunks, total = [], 0
-        for i in order:
-            total += manifest.chunks[i].stored_size
-            if total > self.max_bytes:
-                break
-            chunks.append(manifest.chunks[i])
+        chunks = hinted_chunks(manifest, order, self.max_bytes)
         priority = Priority.HINTS if workload == self.workload else Priority.WARM
         queued = self.fetcher.prefetch(chunks, priority)
         log.info("image %s: warm %r: %d hinted chunks, %d queued", mid[:12], workload,

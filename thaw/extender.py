@@ -92,12 +92,11 @@ def register(sub, common) -> None:
 def cmd_extender(args, console) -> int:
     from blobstore.images import open_image
     from blobstore.nodereport import read_reports
+    from blobstore.units import parse_listen
     from blobstore.url import open_store
     from placement.reports import fresh_nodes
 
-    host, _, port = args.listen.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--listen {args.listen!r}: use HOST:PORT, e.g. 0.0.0.0:8741")
+    host, port = parse_listen(args.listen, "0.0.0.0:8741")
     objects = open_store(args.store, timeout=args.store_timeout)
 
     def reports():
@@ -109,7 +108,7 @@ def cmd_extender(args, console) -> int:
         return mid, sum({c.id: c.size for c in manifest.chunks}.values())
 
     try:
-        serve(Extender(reports, resolve), host.strip("[]"), int(port), on_ready=lambda:
+        serve(Extender(reports, resolve), host, port, on_ready=lambda:
               console.note(f"scheduler extender on http://{args.listen} (store {objects})"))
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.listen}: {exc.strerror}") from None
