@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -354,3 +355,61 @@ def test_a_crash_at_every_step_of_gc_and_push_loses_nothing_and_the_next_gc_fini
 
     assert _calls_until_done(gc_then_check) > 3
     assert _calls_until_done(push_then_check) > 3
+
+
+def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:
+    """``kill -9`` ``proc`` as soon as ``ready()`` holds (polled; it must while it runs)."""
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert proc.poll() is None, f"{what} ended before it could be killed"
+        assert time.monotonic() < deadline, f"{what} never got there"
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+
+
+@pytest.mark.e2e  # real processes, killed in the middle of their writes
+@pytest.mark.allow_log_warnings
+def test_kill_9_in_the_middle_of_a_push_and_of_a_gc_loses_nothing(thaw, two_images, tmp_path):
+    from .conftest import REPO
+
+    objects = two_images
+    root = tmp_path / "store"
+    count = lambda: sum(len(files) for _, _, files in os.walk(root / "blobs"))  # noqa: E731
+    cmd = [sys.executable, "-m", "thaw", "--store", thaw.store]
+
+    big = tmp_path / "big"
+    big.mkdir()
+    for n in range(40):
+        (big / f"f{n}.bin").write_bytes(os.urandom(1 << 20))
+    before = count()
+    push = subprocess.Popen([*cmd, "push", str(big), "c:1"], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(push, lambda: count() > before + 5, "the push")
+    assert not objects.has("refs/c/1") and list(objects.list("leases/"))  # its lease stays
+    assert readable(objects, "b:1") and readable(objects, "a:1")
+
+    objects.delete("refs/a/1")
+    for _ in range(2):  # a's own blobs, and what the dead push uploaded and never tagged
+        thaw("gc", "--grace", "0", "--force")
+    assert count() == len(blob_ids(objects, "b:1")) + 1 and readable(objects, "b:1")
+    for n in range(3000):  # and plenty more, so that the sweep takes a while
+        objects.put(f"blobs/00/{n:064x}", b"x")
+    thaw("gc", "--grace", "0", "--force")  # marks it all
+    first = root / f"blobs/00/{0:064x}"  # the sweep deletes in key order
+    before = count()
+    gc = subprocess.Popen([*cmd, "gc", "--grace", "0", "--force"], cwd=REPO,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _kill_when(gc, lambda: not first.exists(), "the collector")
+    assert len(blob_ids(objects, "b:1")) + 1 < count() < before  # killed in its sweep
+    assert readable(objects, "b:1")
+    locked = thaw("gc", "--grace", "0", "--force", check=False)
+    assert locked.returncode == 3 and b"held by" in locked.stderr  # the dead one's lock
+
+    clock = Clock()
+    clock.now += LOCK_TTL + HOUR  # its lock and the push's lease are stale by then
+    for _ in range(2):
+        collect(objects, grace=0, clock=clock)
+    assert readable(objects, "b:1") and not objects.has(LOCK)
+    assert not list(objects.list("leases/"))
+    assert count() == len(blob_ids(objects, "b:1")) + 1  # its chunks and its manifest
