@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -52,6 +53,9 @@ def register(sub, common) -> None:
     p.add_argument("--force", action="store_true", help="allow a grace under 1h (tests)")
     p.add_argument("--dry-run", action="store_true",
                    help="say what would be condemned and deleted; change nothing")
+    p.add_argument("--cache-dir", metavar="DIR",
+                   help="instead of the store, prune this node's disk cache: drop entries of "
+                        "blobs the store no longer has, never those of leased images")
     p.set_defaults(func=cmd_gc)
     p = sub.add_parser("serve", parents=[common], help="serve this node's chunks to its peers",
                        description="The peer blob API (GET /v1/blobs/ID) over the node's disk "
@@ -176,6 +180,8 @@ def cmd_gc(args, console) -> int:
         raise UsageError(f"--grace {args.grace} is under 1h: a push or mount that started "
                          "before this run could lose blobs; add --force if you mean it")
     objects = open_store(args.store, timeout=args.store_timeout)
+    if args.cache_dir is not None:
+        return _gc_cache(args, console, objects)
     result = collect(objects, grace=grace, dry_run=args.dry_run)
     doc = result.as_json()
     if console.json_output:
@@ -188,6 +194,26 @@ def cmd_gc(args, console) -> int:
     console.line(f"{doc['marked']} unreferenced objects {verb} condemned "
                  f"({doc['marked_bytes']} bytes): a run {args.grace} or more later deletes "
                  f"them; {doc['waiting']} condemned ones wait for their grace")
+    return 0
+
+
+def _gc_cache(args, console, objects) -> int:
+    from .cachegc import prune_cache
+    from .diskcache import DiskCache
+
+    if not os.path.isdir(args.cache_dir):
+        raise UsageError(f"--cache-dir {args.cache_dir}: not a directory; name the cache "
+                         "directory a mount, daemon or `thaw serve` on this node uses")
+    result = prune_cache(DiskCache(args.cache_dir, 1 << 62), objects, dry_run=args.dry_run)
+    if console.json_output:
+        console.json(result.as_json())
+        return 0
+    verb = "would be" if args.dry_run else "were"
+    console.line(f"{len(result.dropped)} of {result.entries} cache entries {verb} dropped "
+                 f"({result.freed_bytes} bytes): the store no longer has their blobs")
+    if result.only_copies:
+        console.line(f"{len(result.only_copies)} entries kept: leased images use them and the "
+                     "store has lost them (run `thaw check`)")
     return 0
 
 

@@ -45,12 +45,12 @@ class DiskCache(BlobTier):
         self._lock = threading.Lock()
         if n := sweep(self.root):
             log.info("%s: removed %d temporary files that killed writers left", self, n)
-        self._size = sum(size for _, size, _ in self._entries())
+        self._size = sum(size for _, size, _ in self.entries())
 
     def _path(self, id: str) -> Path:
         return self.root / id[:2] / check_blob_id(id)
 
-    def _entries(self):
+    def entries(self):
         """``(path, size, mtime_ns)`` of every entry."""
         for sub in os.scandir(self.root):
             if not sub.is_dir() or sub.name.startswith("."):
@@ -198,13 +198,17 @@ class DiskCache(BlobTier):
         with self._lock:
             self._size -= size
 
+    def drop(self, path: str | Path, size: int) -> None:
+        """Remove the entry at ``path`` (one that ``entries`` gave)."""
+        self._remove(path, size)
+
     def evict(self, to: int | None = None) -> int:
         """Remove least recently used entries until the cache holds at most ``to`` bytes
         (default: 90% of the bound); bytes freed."""
         to = int(self.max_bytes * _LOW_WATER) if to is None else to
         with open(self.root / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            entries = sorted(self._entries(), key=lambda e: e[2])
+            entries = sorted(self.entries(), key=lambda e: e[2])
             total = sum(size for _, size, _ in entries)
             freed = 0
             for path, size, _ in entries:

@@ -413,3 +413,40 @@ def test_kill_9_in_the_middle_of_a_push_and_of_a_gc_loses_nothing(thaw, two_imag
     assert readable(objects, "b:1") and not objects.has(LOCK)
     assert not list(objects.list("leases/"))
     assert count() == len(blob_ids(objects, "b:1")) + 1  # its chunks and its manifest
+
+
+def test_gc_cache_dir_drops_what_the_store_lost_but_never_a_leased_images_blobs(
+        thaw, two_images, tmp_path):
+    from blobstore.diskcache import DiskCache
+    from blobstore.tiers import ReadThrough
+
+    objects = two_images
+    cache_dir = tmp_path / "cache"
+    cache = DiskCache(cache_dir, 1 << 30)
+    through = ReadThrough(BlobStore(objects), cache)
+    for ref in ("a:1", "b:1"):
+        mid, manifest = open_image(objects, ref)
+        for id in [mid, *(c.id for c in manifest.chunks)]:
+            through.get(id)  # as a mount reading every file
+    only_a = blob_ids(objects, "a:1") - blob_ids(objects, "b:1")
+    mid_a, _ = open_image(objects, "a:1")
+    mid_b, manifest_b = open_image(objects, "b:1")
+    lease = Lease(objects, "mount")
+    lease.add(manifests=(mid_b,))
+    lease.write()  # b:1 is mounted on some node
+    thaw("rm", "a:1", "b:1")
+    for _ in range(2):
+        thaw("gc", "--grace", "0", "--force")
+    lost = manifest_b.chunks[0].id
+    objects.delete(f"blobs/{lost[:2]}/{lost}")  # the store lost a blob b:1 uses
+
+    dry = json.loads(thaw("gc", "--cache-dir", str(cache_dir), "--dry-run", "--json").stdout)
+    assert dry["dropped"] == len(only_a) + 1 and cache.has(next(iter(only_a)))
+    out = json.loads(thaw("gc", "--cache-dir", str(cache_dir), "--json").stdout)
+    assert set(out["dropped_ids"]) == only_a | {mid_a}
+    assert not any(cache.has(i) for i in only_a)
+    assert out["only_copies"] == [lost] and cache.has(lost)  # the only copy: kept
+    assert all(cache.has(c.id) for c in manifest_b.chunks) and cache.has(mid_b)
+    assert objects.has(f"blobs/{mid_b[:2]}/{mid_b}")  # the store is never written
+    proc = thaw("gc", "--cache-dir", str(tmp_path / "nope"), check=False)
+    assert proc.returncode == 2 and b"not a directory" in proc.stderr
