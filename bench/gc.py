@@ -52,6 +52,13 @@ class Counted(ObjectStore):
     def size(self, key): return self.inner.size(key)  # noqa: E704
     def delete(self, key): return self.inner.delete(key)  # noqa: E704
     def list_info(self, prefix=""): return self.inner.list_info(prefix)  # noqa: E704
+
+    def delete_many(self, keys):
+        if type(self.inner).delete_many is ObjectStore.delete_many:
+            self.calls["delete"] += len(keys)  # no batch call: one request a key
+        elif keys:
+            self.calls["delete_many"] += -(-len(keys) // 1000)  # S3's DeleteObjects
+        return self.inner.delete_many(keys)
     def __str__(self): return str(self.inner)  # noqa: E704
 
 

@@ -89,6 +89,11 @@ class ObjectStore(ABC):
     def delete(self, key: str) -> None:
         """Remove the object; a missing one is not an error."""
 
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove the objects, missing ones included; a store with a batch call uses it."""
+        for key in keys:
+            self.delete(key)
+
     @abstractmethod
     def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
         """Every object under ``prefix`` (empty or ending with '/'), in no particular order."""

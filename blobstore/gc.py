@@ -239,6 +239,7 @@ def _run(objects: ObjectStore, grace: float, clock: Callable[[], float],
     condemned = _read_condemned(objects)
     result = GcResult(dry_run, len(roots.manifests), len(live))
     kept: dict[str, tuple[float, float]] = {}
+    doomed: list[str] = []
 
     for key, (marked_at, mtime) in sorted(condemned.items()):  # sweep
         info = listing.get(key)
@@ -247,13 +248,14 @@ def _run(objects: ObjectStore, grace: float, clock: Callable[[], float],
         if _is_live(key, live, roots) or info.mtime > mtime:
             result.released.append(key)
         elif now - marked_at >= grace:
-            if not dry_run:
-                objects.delete(key)
+            doomed.append(key)
             result.deleted.append(key)
             result.freed_bytes += info.size
         else:
             kept[key] = (marked_at, mtime)
             result.waiting += 1
+    if not dry_run:
+        objects.delete_many(doomed)  # S3 takes a thousand a request
     for key, info in sorted(listing.items()):  # mark
         if key in condemned or now - info.mtime < grace or _is_live(key, live, roots):
             continue

@@ -73,6 +73,11 @@ class Retrying(ObjectStore):
     def delete(self, key: str) -> None:
         self._call(key, lambda: self.inner.delete(key))
 
+    def delete_many(self, keys: list[str]) -> None:
+        if keys:  # deleting again what is gone is harmless, so a batch is retried whole
+            self._call(f"{keys[0]} and {len(keys) - 1} more",
+                       lambda: self.inner.delete_many(keys))
+
     def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
         def first() -> tuple[Iterator[ObjectInfo], list]:
             it = self.inner.list_info(prefix)

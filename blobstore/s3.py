@@ -161,6 +161,24 @@ class S3Store(ObjectStore):
         except (bexc.BotoCoreError, bexc.ClientError, OSError) as exc:
             raise self._error(exc, f"delete {key}") from None
 
+    def delete_many(self, keys: list[str]) -> None:
+        """DeleteObjects, 1,000 keys a request (S3's bound)."""
+        for start in range(0, len(keys), 1000):
+            batch = keys[start:start + 1000]
+            objects = [{"Key": self.prefix + check_key(k)} for k in batch]
+            try:
+                answer = self._client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": objects, "Quiet": True})
+            except (bexc.BotoCoreError, bexc.ClientError, OSError) as exc:
+                raise self._error(exc, f"delete {batch[0]} and {len(batch) - 1} more") \
+                    from None
+            errors = [e for e in answer.get("Errors", ()) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                raise StoreUnavailable(
+                    f"{self}: cannot delete {len(errors)} of {len(batch)} objects, "
+                    f"{errors[0].get('Key', '?')}: {errors[0].get('Code', '?')} "
+                    f"{errors[0].get('Message', '')}".rstrip())
+
     def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full = self.prefix + check_prefix(prefix)
         try:

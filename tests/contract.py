@@ -62,6 +62,16 @@ class ObjectStoreContract:
         store.delete("refs/a/b")  # twice is fine
         assert not store.has("refs/a/b")
 
+    def test_delete_many(self, store: ObjectStore) -> None:
+        keys = [f"many/{n:04d}" for n in range(1005)]  # past one S3 batch
+        for key in keys[:1003]:
+            store.put(key, b"x")
+        store.put("other/k", b"y")
+        store.delete_many(keys)  # the last two were never there
+        store.delete_many([])
+        assert not store.has("many/0000") and not store.has("many/1002")
+        assert list(store.list("many/")) == [] and store.has("other/k")
+
     def test_list_by_prefix(self, store: ObjectStore) -> None:
         for key in ("blobs/aa/1", "blobs/ab/2", "refs/img/latest", "refs/img/v2"):
             store.put(key, b"x")

@@ -249,7 +249,8 @@ def test_check_finds_missing_corrupt_and_broken_and_exits_1(thaw, rich_tree, tmp
     ids = sorted(blob_ids(objects, "a:1") - blob_ids(objects, "b:1"))
     objects.delete(f"blobs/{ids[0][:2]}/{ids[0]}")
     path = objects.root / "blobs" / ids[1][:2] / ids[1]
-    path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+    raw = path.read_bytes()
+    path.write_bytes(raw[:-1] + bytes([raw[-1] ^ 0xFF]))  # (a last byte may be 0 already)
     objects.put("refs/c/1", b"garbage\n")
     listed = json.loads(thaw("check", "--json", check=False).stdout)
     by_name = {i["name"]: i for i in listed["images"]}

@@ -75,6 +75,7 @@ class ModelStore(ObjectStore):
         self.hook_in: int | None = None  # at that write, ``hook`` runs first (another client)
         self.hook: Callable[[], None] | None = None
         self._lock = threading.Lock()
+        self._io = threading.Lock()  # a write and its timestamp are one step, as in a store
 
     def revive(self) -> None:
         self.crash_in, self.dead, self.hook_in, self.hook = None, False, None, None
@@ -109,14 +110,16 @@ class ModelStore(ObjectStore):
 
     def put(self, key, data):
         self._tick()
-        self.inner.put(key, data)
-        self._stamp(key)
+        with self._io:
+            self.inner.put(key, data)
+            self._stamp(key)
 
     def create(self, key, data):
         self._tick()
-        made = self.inner.create(key, data)
-        if made:
-            self._stamp(key)
+        with self._io:
+            made = self.inner.create(key, data)
+            if made:
+                self._stamp(key)
         return made
 
     def size(self, key):
@@ -129,7 +132,8 @@ class ModelStore(ObjectStore):
 
     def list_info(self, prefix=""):
         self._alive()
-        return self.inner.list_info(prefix)
+        with self._io:
+            return iter(list(self.inner.list_info(prefix)))
 
     def __str__(self) -> str:
         return f"model({self.inner})"
