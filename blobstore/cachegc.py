@@ -21,10 +21,9 @@ from .blobs import PREFIX as BLOBS
 from .blobs import BlobStore
 from .digest import is_blob_id
 from .diskcache import DiskCache
-from .errors import BlobNotFound, NotFound, ThawError
+from .errors import BlobNotFound, ThawError
 from .images import load_manifest
-from .leases import PREFIX as LEASES
-from .leases import LeaseInvalid, parse_lease
+from .leases import scan_leases
 from .tiers import ReadThrough
 
 log = logging.getLogger(__name__)
@@ -51,13 +50,9 @@ def in_use(cache: DiskCache, objects: ObjectStore) -> set[str]:
     blobs = ReadThrough(BlobStore(objects), cache)
     ids: set[str] = set()
     manifests: set[str] = set()
-    for key in objects.list(LEASES):
-        try:
-            lease = parse_lease(objects.get(key))
-        except NotFound:
-            continue
-        except LeaseInvalid as exc:
-            log.warning("%s: %s; the images it names are not known to be in use", key, exc)
+    for key, lease, error in scan_leases(objects):
+        if error is not None:
+            log.warning("%s: %s; the images it names are not known to be in use", key, error)
             continue
         manifests.update(lease["manifests"])
         ids.update(lease["blobs"])

@@ -19,13 +19,10 @@ from dataclasses import dataclass, field
 
 from .base import ObjectStore
 from .blobs import BlobStore
-from .digest import is_blob_id
-from .errors import BlobCorrupt, BlobNotFound, NotFound, ThawError, UsageError
+from .errors import BlobCorrupt, BlobNotFound, ThawError, UsageError
 from .images import load_manifest
-from .leases import PREFIX as LEASES
-from .leases import LeaseInvalid, parse_lease
-from .refs import PREFIX as REFS
-from .refs import Refs, parse_ref
+from .leases import scan_leases
+from .refs import Refs
 
 
 @dataclass
@@ -74,28 +71,10 @@ def _named(objects: ObjectStore, refs: list[str]) -> list[tuple[str, str | None,
             except ThawError as exc:
                 out.append((text, None, str(exc)))
         return out
-    out = []
-    for key in objects.list(REFS):
-        name, _, tag = key[len(REFS):].rpartition("/")
-        try:
-            ref = parse_ref(f"{name}:{tag}")
-            text = objects.get(key).decode("ascii", "replace").strip()
-        except NotFound:
-            continue
-        except ThawError:
-            out.append((key, None, "not a valid ref name"))
-            continue
-        out.append((str(ref), text, None) if is_blob_id(text) else
-                   (str(ref), None, "the tag holds no manifest id"))
-    for key in objects.list(LEASES):
-        try:
-            lease = parse_lease(objects.get(key))
-        except NotFound:
-            continue
-        except LeaseInvalid as exc:
-            out.append((key, None, str(exc)))
-            continue
-        out.extend((key, mid, None) for mid in lease["manifests"])
+    out = list(Refs(objects).scan_keys())
+    for key, lease, error in scan_leases(objects):
+        out.extend([(key, None, error)] if error else
+                   ((key, mid, None) for mid in lease["manifests"]))
     return out
 
 

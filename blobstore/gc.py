@@ -40,9 +40,8 @@ from .digest import is_blob_id
 from .errors import NotFound, StoreError, StoreUnavailable, ThawError
 from .images import load_manifest
 from .leases import PREFIX as LEASES
-from .leases import LeaseInvalid, parse_lease
-from .refs import PREFIX as REFS
-from .refs import parse_ref
+from .leases import scan_leases
+from .refs import Refs
 
 log = logging.getLogger(__name__)
 LOCK = "gc/lock"
@@ -142,27 +141,13 @@ class _Roots:
 def _roots(objects: ObjectStore, now: float) -> _Roots:
     """What tags and unexpired leases hold; GcAborted for anything unreadable."""
     roots = _Roots()
-    for key in objects.list(REFS):
-        name, _, tag = key[len(REFS):].rpartition("/")
-        try:
-            parse_ref(f"{name}:{tag}")
-        except ThawError:
-            raise GcAborted(f"{key} is not a valid ref; remove or fix it before collecting") \
-                from None
-        try:
-            text = objects.get(key).decode("ascii", "replace").strip()
-        except NotFound:
-            continue  # removed meanwhile: its image is not a root any more
-        if not is_blob_id(text):
-            raise GcAborted(f"{key} holds no manifest id; remove or fix it before collecting")
-        roots.manifests.add(text)
-    for key in objects.list(LEASES):
-        try:
-            lease = parse_lease(objects.get(key))
-        except NotFound:
-            continue  # released meanwhile
-        except LeaseInvalid as exc:
-            raise GcAborted(f"{key}: {exc}; remove it before collecting") from None
+    for name, mid, error in Refs(objects).scan_keys():
+        if error is not None:
+            raise GcAborted(f"tag {name} {error}; remove or fix it before collecting")
+        roots.manifests.add(mid)
+    for key, lease, error in scan_leases(objects):
+        if error is not None:
+            raise GcAborted(f"{key}: {error}; remove it before collecting")
         if lease["expires"] > now:
             roots.manifests.update(lease["manifests"])
             roots.blobs.update(lease["blobs"])

@@ -19,11 +19,11 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from .base import ObjectStore
 from .digest import is_blob_id
-from .errors import StoreError, ThawError
+from .errors import NotFound, StoreError, ThawError
 
 log = logging.getLogger(__name__)
 PREFIX = "leases/"
@@ -53,6 +53,18 @@ def parse_lease(raw: bytes) -> dict:
                 "manifests": list(doc.get("manifests", [])), "blobs": list(doc.get("blobs", []))}
     except (ValueError, KeyError, TypeError) as exc:
         raise LeaseInvalid(f"invalid lease: {exc}") from None
+
+
+def scan_leases(objects: ObjectStore) -> Iterator[tuple[str, dict | None, str | None]]:
+    """``(key, lease, None)`` for every lease in the store, ``(key, None, reason)`` for one
+    that does not parse; one removed while listing is skipped."""
+    for key in objects.list(PREFIX):
+        try:
+            yield key, parse_lease(objects.get(key)), None
+        except NotFound:
+            continue  # released meanwhile
+        except LeaseInvalid as exc:
+            yield key, None, str(exc)
 
 
 class Lease:

@@ -95,6 +95,25 @@ class Refs:
             except MalformedRef:
                 yield ref, None
 
+    def scan_keys(self) -> Iterator[tuple[str, str | None, str | None]]:
+        """``(name, manifest id, None)`` for every object under ``refs/``, or ``(name,
+        None, reason)`` where its key is no valid ref or it holds no manifest id; ``name``
+        is ``NAME:TAG``, or the key where that does not parse. For those who must not skip
+        what is malformed (the collector, ``thaw check``)."""
+        for key in self.objects.list(PREFIX):
+            name, _, tag = key[len(PREFIX):].rpartition("/")
+            try:
+                ref = parse_ref(f"{name}:{tag}")
+            except UsageError:
+                yield key, None, "not a valid ref"
+                continue
+            try:
+                text = self.objects.get(key).decode("ascii", "replace").strip()
+            except NotFound:
+                continue  # removed meanwhile
+            yield ((str(ref), text, None) if is_blob_id(text)
+                   else (str(ref), None, "holds no manifest id"))
+
     def resolve(self, text: str) -> str:
         """The manifest id that ``text`` (``NAME:TAG`` or a manifest id) names."""
         if is_blob_id(text):
