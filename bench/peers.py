@@ -9,14 +9,18 @@ model's safetensors (all-MiniLM-L6-v2). Each runs on node 1 with every cache emp
 on node 2 (its cache empty too), in the same run: time, S3 GETs (all of the cluster's,
 counted by the proxy: node 1's misses are read through by the chunks' owners), the bytes
 this node read from S3 itself, and the ratios.
-Then all three nodes start the Debian workload at once, on empty caches: S3 GETs against
-the distinct chunks they read. Page caches dropped before each start; needs root.
+Twice: with ``--no-hints`` (the peers alone), and with the defaults, where node 1 (no hints
+yet: they are cleared first) records the order it read and node 2 prefetches it from the
+peers. Then all three nodes start the Debian workload at once, on empty caches, without
+hints: S3 GETs against the distinct chunks they read. Page caches dropped before each
+start; needs root.
 Usage: python bench/peers.py [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -31,6 +35,7 @@ from pathlib import Path
 
 from common import REPO, debian_tar, drop_caches, human, model_file, run_thaw, table
 
+from blobstore.url import open_store
 from tests.proxy import RemoteLikeProxy
 from tests.seaweed import SeaweedServer, free_ports
 
@@ -74,10 +79,11 @@ class Cluster:
             p.wait(30)
         self.servers = []
 
-    def mount(self, i: int, ref: str) -> Path:
+    def mount(self, i: int, ref: str, hints: bool = False) -> Path:
         mnt = self.work / f"mnt{i}"
         mnt.mkdir(exist_ok=True)
-        thaw("mount", ref, str(mnt), "--background", "--no-hints", "--cache-dir",
+        thaw("mount", ref, str(mnt), "--background", *([] if hints else ["--no-hints"]),
+             "--cache-dir",
              str(self.cache(i)), "--peers", f"@{self.work / 'peers'}", "--self", self.urls[i],
              "--peer-token-file", str(self.token))
         return mnt
@@ -106,11 +112,12 @@ def read_model(mnt: Path) -> None:
             pass
 
 
-def start(cluster: Cluster, proxy: RemoteLikeProxy, i: int, ref: str, workload) -> dict:
+def start(cluster: Cluster, proxy: RemoteLikeProxy, i: int, ref: str, workload,
+          hints: bool) -> dict:
     drop_caches()
     before = proxy.count("GET", "/blobs/")
     t0 = time.perf_counter()
-    mnt = cluster.mount(i, ref)
+    mnt = cluster.mount(i, ref, hints)
     try:
         workload(mnt)
         elapsed = time.perf_counter() - t0
@@ -119,10 +126,18 @@ def start(cluster: Cluster, proxy: RemoteLikeProxy, i: int, ref: str, workload) 
         unmount(mnt)
 
 
-def sequential(cluster: Cluster, proxy: RemoteLikeProxy, ref: str, workload) -> list[dict]:
+def sequential(cluster: Cluster, proxy: RemoteLikeProxy, ref: str, workload,
+               hints: bool) -> list[dict]:
+    objects = open_store(STORE)
+    objects.delete_many(list(objects.list("hints/")))  # node 1 starts a cold cluster
     cluster.start()
     try:
-        return [start(cluster, proxy, 0, ref, workload), start(cluster, proxy, 1, ref, workload)]
+        first = start(cluster, proxy, 0, ref, workload, hints)
+        deadline = time.monotonic() + 30
+        while hints and not list(objects.list("hints/")):  # saved as node 1's mount ends
+            assert time.monotonic() < deadline, "node 1 saved no hints"
+            time.sleep(0.05)
+        return [first, start(cluster, proxy, 1, ref, workload, hints)]
     finally:
         cluster.stop()
 
@@ -161,6 +176,7 @@ def main() -> None:
     shutil.copy(model_file(), model_dir / "model.safetensors")
     with SeaweedServer(work / "seaweed") as s3:
         ENV.update(s3.env())
+        os.environ.update(s3.env())  # for this process's own store calls (hints)
         thaw("push", str(debian_tar()), "debian:12")
         thaw("push", str(model_dir), "model:1")
         host, port = s3.endpoint.removeprefix("http://").split(":")
@@ -168,9 +184,12 @@ def main() -> None:
             ENV["AWS_ENDPOINT_URL"] = proxy.endpoint
             cluster = Cluster(work)
             rows, ratios = [], []
-            for name, ref, workload in (("import numpy (Debian)", "debian:12", import_numpy),
-                                        ("read the model", "model:1", read_model)):
-                runs = [sequential(cluster, proxy, ref, workload) for _ in range(args.rounds)]
+            for (name, ref, workload), hints in itertools.product(
+                    (("import numpy (Debian)", "debian:12", import_numpy),
+                     ("read the model", "model:1", read_model)), (False, True)):
+                runs = [sequential(cluster, proxy, ref, workload, hints)
+                        for _ in range(args.rounds)]
+                name = f"{name}, {'hints' if hints else 'no hints'}"
                 med = [{k: statistics.median(r[n][k] for r in runs) for k in runs[0][0]}
                        for n in (0, 1)]
                 for n, m in enumerate(med):

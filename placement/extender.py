@@ -18,8 +18,15 @@ keys are the capitalised field names), served at the root so that the scheduler'
 
 A pod names its thaw image with the annotation ``thaw.dev/image`` (``NAME:TAG`` or a
 manifest id), and the memory each GPU needs with ``thaw.dev/gpu-memory`` (``40G``); a pod
-without them is passed through with scores 0. Not built: placing pending pods jointly
-with the LP (each pod is scored on its own). The scoring is pure
+without them is passed through with scores 0.
+
+GPU pods are also placed jointly (``plan.py``): the extender remembers the pods it is asked
+about, and ``replan`` (every ``replan`` seconds, from a thread the command starts) places
+them together with the MILP. While that plan is fresh (``stale`` seconds), a pod in it gets
+10 on its planned node and at most 9 elsewhere, and ``filter`` fails a node whose free GPUs,
+less those the plan keeps there for other pods, are too few for this one (when its own
+planned node is a candidate, so it always has somewhere to go). A pod not in the plan, or
+any pod when the plan is stale, is scored on its own. The scoring is pure
 (``filter_nodes``, ``scores``); ``Extender`` adds the store's view: node reports read at
 most every ``refresh`` seconds, refs and image sizes cached. The HTTP server is in the
 command-line layer (``thaw/extender.py``); this package stays numpy and scipy only.
@@ -33,6 +40,7 @@ import time
 from collections.abc import Callable
 
 from .model import Node
+from .plan import PendingPod, PendingPods, Plan, plan_pods
 
 log = logging.getLogger(__name__)
 ANNOTATION = "thaw.dev/image"
@@ -72,6 +80,11 @@ def pod_gpu_memory(pod: dict) -> int:
 
 def pod_image(pod: dict) -> str | None:
     return ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)
+
+
+def pod_uid(pod: dict) -> str:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("uid") or f"{meta.get('namespace', 'default')}/{meta.get('name', '')}")
 
 
 def node_names(args: dict) -> tuple[list[str], bool]:
@@ -115,12 +128,47 @@ class Extender:
 
     def __init__(self, reports: Callable[[], dict[str, Node]],
                  resolve: Callable[[str], tuple[str, int]], refresh: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, replan: float = 5.0) -> None:
         self._reports, self._resolve, self.refresh, self._clock = reports, resolve, refresh, clock
         self._nodes: dict[str, Node] = {}
         self._at = -1e18
         self._images: dict[str, tuple[float, tuple[str, int]]] = {}
         self._lock = threading.Lock()
+        self.replan_every, self.stale = replan, 3 * replan
+        self.pending = PendingPods()
+        self.plan = Plan()
+
+    def _note(self, pod: dict) -> PendingPod | None:
+        """Remember a GPU pod with a thaw image (for the joint plan); None for others."""
+        ref, gpus = pod_image(pod), pod_gpus(pod)
+        if not ref or not gpus:
+            return None
+        try:
+            mid, size = self.image(ref)
+        except Exception:  # noqa: BLE001 - an unknown image: scored on its own, said there
+            return None
+        seen = PendingPod(pod_uid(pod), mid, size, gpus, pod_gpu_memory(pod))
+        with self._lock:
+            self.pending.seen(seen, self._clock())
+        return seen
+
+    def replan(self, time_limit: float = 1.5) -> Plan:
+        """Place every pod asked about lately, together; the plan that ``filter`` and
+        ``prioritize`` follow until it is ``stale``."""
+        nodes = list(self.nodes().values())
+        with self._lock:
+            pods = self.pending.current(self._clock())
+        plan = plan_pods(pods, nodes, self._clock(), time_limit=time_limit)
+        with self._lock:
+            self.plan = plan
+        if pods:
+            log.info("joint plan: %d of %d pending GPU pods placed (%s)", len(plan.node_of),
+                     len(pods), plan.note)
+        return plan
+
+    def _fresh_plan(self) -> Plan | None:
+        with self._lock:
+            return self.plan if self._clock() - self.plan.at <= self.stale else None
 
     def nodes(self) -> dict[str, Node]:
         with self._lock:
@@ -146,7 +194,10 @@ class Extender:
         names, as_list = node_names(args)
         try:
             pod = args.get("Pod") or {}
-            failed = filter_nodes(names, pod_gpus(pod), self.nodes(), pod_gpu_memory(pod))
+            nodes = self.nodes()
+            failed = filter_nodes(names, pod_gpus(pod), nodes, pod_gpu_memory(pod))
+            if self._note(pod) is not None:
+                failed.update(self._kept(pod_uid(pod), pod_gpus(pod), names, nodes, failed))
         except ValueError as exc:
             return {"Nodes": None, "NodeNames": None, "FailedNodes": {},
                     "FailedAndUnresolvableNodes": {}, "Error": str(exc)}
@@ -159,14 +210,38 @@ class Extender:
                     **result}
         return {"Nodes": None, "NodeNames": keep, **result}
 
+    def _kept(self, uid: str, gpus: int, names: list[str], nodes: dict[str, Node],
+              failed: dict[str, str]) -> dict[str, str]:
+        """Nodes whose room a fresh plan keeps for other pods, when this pod's own planned
+        node is among the candidates that pass."""
+        plan = self._fresh_plan()
+        mine = plan.node_of.get(uid) if plan else None
+        if mine is None or mine not in names or mine in failed:
+            return {}
+        out = {}
+        for name in names:
+            node, kept = nodes.get(name), plan.kept_for_others(uid, name)
+            if name != mine and node is not None and kept and node.gpus_free - kept < gpus:
+                out[name] = (f"thaw: the joint plan keeps {kept} of its {node.gpus_free} free "
+                             f"GPUs for other pending pods; this pod is planned on {mine}")
+        return out
+
     def prioritize(self, args: dict) -> list[dict]:
         names, _ = node_names(args)
-        ref = pod_image(args.get("Pod") or {})
+        pod = args.get("Pod") or {}
+        ref = pod_image(pod)
         if not ref:
             return scores(names, None, 0, {})
         try:
             mid, size = self.image(ref)
+            self._note(pod)
         except Exception as exc:  # noqa: BLE001 - an unknown image scores 0 everywhere
             log.warning("pod image %s: %s; scoring every node 0", ref, exc)
             return scores(names, None, 0, {})
-        return scores(names, mid, size, self.nodes())
+        alone = scores(names, mid, size, self.nodes())
+        plan = self._fresh_plan()
+        planned = plan.node_of.get(pod_uid(pod)) if plan else None
+        if planned is None:
+            return alone
+        return [{"Host": s["Host"], "Score": MAX_SCORE if s["Host"] == planned
+                 else min(MAX_SCORE - 1, s["Score"])} for s in alone]

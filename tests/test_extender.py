@@ -184,3 +184,51 @@ def test_a_dead_store_gives_well_formed_answers_and_the_pod_schedules(tmp_path):
         status, result = post(port, "/prioritize", json.dumps(args).encode())
         assert status == 200 and result == [{"Host": "a", "Score": 0}, {"Host": "b",
                                                                         "Score": 0}]
+
+
+def test_pods_pending_together_are_placed_jointly_and_a_stale_plan_falls_back():
+    from placement.extender import Extender
+
+    class Clock:
+        now = 1000.0
+
+        def __call__(self):
+            return self.now
+
+    clock = Clock()
+    gib = 1 << 30
+    # a holds both images and has one GPU free; b holds only x's. One at a time, the x pod
+    # could take a (a tie at 10) and leave the y pod to fetch its image on b.
+    nodes = {"a": Node("a", "H200", 1, 80 * gib, {"x": 10 * gib, "y": 10 * gib}),
+             "b": Node("b", "H200", 1, 80 * gib, {"x": 10 * gib})}
+    ext = Extender(lambda: nodes, lambda ref: (ref.split(":")[0], 10 * gib), clock=clock)
+
+    def a_pod(image: str, uid: str) -> dict:
+        p = pod(f"{image}:1", gpus=1)
+        p["metadata"]["uid"] = uid
+        return p
+
+    px, py = a_pod("x", "uid-x"), a_pod("y", "uid-y")
+    names = {"NodeNames": ["a", "b"]}
+    for p in (px, py):  # the scheduler asks about both; each fits both nodes
+        assert ext.filter({"Pod": p, **names})["NodeNames"] == ["a", "b"]
+    assert ext.prioritize({"Pod": px, **names}) == [{"Host": "a", "Score": 10},
+                                                    {"Host": "b", "Score": 10}]
+    plan = ext.replan()
+    assert plan.node_of == {"uid-x": "b", "uid-y": "a"}
+    out = ext.filter({"Pod": px, **names})
+    assert out["NodeNames"] == ["b"] and "planned on b" in out["FailedNodes"]["a"]
+    assert ext.prioritize({"Pod": px, **names}) == [{"Host": "a", "Score": 9},
+                                                    {"Host": "b", "Score": 10}]
+    assert ext.filter({"Pod": py, **names})["NodeNames"] == ["a"]  # b's GPU is x's
+    assert ext.prioritize({"Pod": py, **names}) == [{"Host": "a", "Score": 10},
+                                                    {"Host": "b", "Score": 0}]
+    clock.now += ext.stale + 1  # no plan since: each pod on its own again
+    assert ext.filter({"Pod": px, **names})["NodeNames"] == ["a", "b"]
+    assert ext.prioritize({"Pod": px, **names})[0] == {"Host": "a", "Score": 10}
+    clock.now += ext.pending.forget + 1  # neither asked about since: forgotten
+    assert ext.replan().node_of == {}
+    other = a_pod("x", "uid-z")  # a pod that is not in the plan is scored on its own
+    ext.filter({"Pod": px, **names})
+    ext.replan()
+    assert ext.prioritize({"Pod": other, **names})[0]["Score"] == 10

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from blobstore.errors import UsageError
@@ -86,7 +88,26 @@ def register(sub, common) -> None:
     p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen")
     p.add_argument("--ttl", type=float, default=DEFAULT_TTL,
                    help=f"ignore reports older than this many seconds (default {DEFAULT_TTL:g})")
+    p.add_argument("--replan", type=float, default=5.0, metavar="SECONDS",
+                   help="place the GPU pods asked about lately jointly, this often (default "
+                        "5; 0: score each pod on its own)")
     p.set_defaults(func=cmd_extender)
+
+
+def keep_planning(extender: Extender, every: float) -> threading.Thread:
+    """A daemon thread that replans every ``every`` seconds; a failure is logged and the
+    last plan goes stale (the pods are then scored on their own)."""
+    def run() -> None:
+        while True:
+            time.sleep(every)
+            try:
+                extender.replan(time_limit=min(1.5, every / 2))
+            except Exception:  # noqa: BLE001 - never let planning stop the extender
+                log.exception("joint plan failed; scoring pods on their own")
+
+    thread = threading.Thread(target=run, daemon=True, name="thaw-replan")
+    thread.start()
+    return thread
 
 
 def cmd_extender(args, console) -> int:
@@ -107,8 +128,13 @@ def cmd_extender(args, console) -> int:
         mid, manifest = open_image(objects, ref)
         return mid, sum({c.id: c.size for c in manifest.chunks}.values())
 
+    if args.replan < 0:
+        raise UsageError("--replan must be 0 (off) or a number of seconds")
+    extender = Extender(reports, resolve, replan=args.replan)
+    if args.replan > 0:
+        keep_planning(extender, args.replan)
     try:
-        serve(Extender(reports, resolve), host, port, on_ready=lambda:
+        serve(extender, host, port, on_ready=lambda:
               console.note(f"scheduler extender on http://{args.listen} (store {objects})"))
     except OSError as exc:
         raise UsageError(f"cannot listen on {args.listen}: {exc.strerror}") from None
