@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .milp import solve
 from .model import Node, Workload
 
 
@@ -78,6 +77,8 @@ def plan_pods(pods: list[tuple[PendingPod, float]], nodes: list[Node], now: floa
     plan = Plan(at=now)
     if not workloads or not nodes:
         return plan
+    from .milp import solve  # scipy: only the extender's planning thread pays its import
+
     result = solve(workloads, nodes, time_limit=time_limit)
     plan.note = result.note
     queues = {f"g{i}": [uid for _, uid in groups[key]] for i, key in enumerate(keys)}

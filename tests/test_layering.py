@@ -79,3 +79,16 @@ def test_readme_and_docs_name_no_path_outside_the_repository():
     outside = [f"{p.name}: {m.group(0)}" for p in texts
                for m in re.finditer(r"\.\./[\w./-]*|\bshared/\w+", p.read_text())]
     assert outside == []
+
+
+def test_the_command_line_imports_no_heavy_library_until_a_command_needs_it():
+    """Every `thaw` command (a mount above all) starts in the interpreter's time plus ours:
+    scipy (~0.6 s), boto3 (~0.3 s), aiohttp and torch load only in the commands using them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, thaw.main; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'scipy', 'numpy', 'boto3', 'botocore', 'aiohttp', 'torch', 'pyfuse3', 'trio'}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "[]"
