@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import json
 import os
-import select
 import shutil
 import statistics
 import subprocess
@@ -38,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import debian_tar, drop_caches, extract, human, run_thaw, table
+from common import debian_tar, drop_caches, extract, human, run_thaw, table, unmount_and_wait
 
 from tests.proxy import RemoteLikeProxy
 from tests.seaweed import SeaweedServer
@@ -67,17 +66,6 @@ def run_in(root: Path) -> None:
 def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     return path
-
-
-def unmount_and_wait(mnt: Path) -> None:
-    """Unmount, and wait until the mount's process has exited (it saves hints as it goes)."""
-    pids = subprocess.run(["pgrep", "-f", f"thaw.* {mnt}( |$)"], capture_output=True,
-                          text=True).stdout.split()
-    fds = [os.pidfd_open(int(p)) for p in pids]
-    subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
-    for fd in fds:
-        select.select([fd], [], [], 60)
-        os.close(fd)
 
 
 def counts(mnt: Path) -> dict:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import select
 import shutil
 import subprocess
 import sys
@@ -72,3 +74,14 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
 
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(list(headers)), rule] + [line(r) for r in cells])
+
+
+def unmount_and_wait(mnt: Path) -> None:
+    """Unmount, and wait until the mount's process has exited (it saves hints as it goes)."""
+    pids = subprocess.run(["pgrep", "-f", f"thaw.* {mnt}( |$)"], capture_output=True,
+                          text=True).stdout.split()
+    fds = [os.pidfd_open(int(p)) for p in pids]
+    subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+    for fd in fds:
+        select.select([fd], [], [], 60)
+        os.close(fd)

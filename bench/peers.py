@@ -2,16 +2,18 @@
 """Cache peers: a second node's cold start after a first one, and three nodes at once.
 
 S3 is SeaweedFS behind ``tests.proxy.RemoteLikeProxy`` (20 ms before each request, 100 MB/s
-per connection); the three nodes are ``thaw serve`` on 127.0.0.2-4 (the local link) and a
-``thaw mount`` each, with its own disk cache shared with its server and the same peer list.
-Workloads: ``python3 -c 'import numpy'`` in a chroot of the Debian image, and reading a
-model's safetensors (all-MiniLM-L6-v2). Each runs on node 1 with every cache empty, then
-on node 2 (its cache empty too), in the same run: time, S3 GETs (all of the cluster's,
-counted by the proxy: node 1's misses are read through by the chunks' owners), the bytes
-this node read from S3 itself, and the ratios.
-Twice: with ``--no-hints`` (the peers alone), and with the defaults, where node 1 (no hints
-yet: they are cleared first) records the order it read and node 2 prefetches it from the
-peers. Then all three nodes start the Debian workload at once, on empty caches, without
+per connection); the three nodes are ``thaw serve`` on 127.0.0.2-4 (the local link), each
+with its own disk cache, shared with the node's mount, and the same peer list. Workloads:
+``python3 -c 'import numpy'`` in a chroot of the Debian image, and reading a model's
+safetensors (all-MiniLM-L6-v2). Each runs on node 1 with every cache empty, then on node 2
+(its cache empty too), in the same run: time, S3 GETs (all of the cluster's, counted by
+the proxy: node 1's misses are read through by the chunks' owners), the bytes this node
+read from S3 itself, and the ratios. Three ways a node starts it: ``thaw mount
+--no-hints`` then the workload (the peers alone); ``thaw mount`` then the workload (node 1,
+with no hints yet, as they are cleared first, records the order it read, and node 2
+prefetches it from the peers); and the workload on a running ``thaw daemon`` (a fleet node:
+the daemon is up before the clock starts; the time includes its first lookup of the
+image). Then all three nodes start the Debian workload at once, on empty caches, without
 hints: S3 GETs against the distinct chunks they read. Page caches dropped before each
 start; needs root.
 Usage: python bench/peers.py [--rounds N]
@@ -33,7 +35,16 @@ import threading
 import time
 from pathlib import Path
 
-from common import REPO, debian_tar, drop_caches, human, model_file, run_thaw, table
+from common import (
+    REPO,
+    debian_tar,
+    drop_caches,
+    human,
+    model_file,
+    run_thaw,
+    table,
+    unmount_and_wait,
+)
 
 from blobstore.url import open_store
 from tests.proxy import RemoteLikeProxy
@@ -43,6 +54,8 @@ THAW = [sys.executable, "-m", "thaw"]
 STORE = "s3://thaw/peers"
 ENV = dict(os.environ)
 HOSTS = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+MODES = {"mount": "thaw mount --no-hints", "mount hints": "thaw mount",
+         "daemon hints": "running thaw daemon"}
 
 
 def thaw(*args: str) -> str:
@@ -79,18 +92,28 @@ class Cluster:
             p.wait(30)
         self.servers = []
 
+    def node_args(self, i: int, hints: bool) -> list[str]:
+        return [*([] if hints else ["--no-hints"]), "--cache-dir", str(self.cache(i)),
+                "--peers", f"@{self.work / 'peers'}", "--self", self.urls[i],
+                "--peer-token-file", str(self.token)]
+
+    def daemon(self, i: int, hints: bool) -> Path:
+        """A running node: ``thaw daemon`` (ready before the clock starts)."""
+        root = self.work / f"node{i}"
+        root.mkdir(exist_ok=True)
+        thaw("daemon", "--mountpoint", str(root), "--background", "--node-id", f"node{i}",
+             "--gpus", "1xCPU:1G", *self.node_args(i, hints))
+        return root
+
     def mount(self, i: int, ref: str, hints: bool = False) -> Path:
         mnt = self.work / f"mnt{i}"
         mnt.mkdir(exist_ok=True)
-        thaw("mount", ref, str(mnt), "--background", *([] if hints else ["--no-hints"]),
-             "--cache-dir",
-             str(self.cache(i)), "--peers", f"@{self.work / 'peers'}", "--self", self.urls[i],
-             "--peer-token-file", str(self.token))
+        thaw("mount", ref, str(mnt), "--background", *self.node_args(i, hints))
         return mnt
 
 
 def unmount(mnt: Path) -> None:
-    subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+    unmount_and_wait(mnt)  # and its hints saved
 
 
 def stats(mnt: Path) -> dict:
@@ -113,13 +136,17 @@ def read_model(mnt: Path) -> None:
 
 
 def start(cluster: Cluster, proxy: RemoteLikeProxy, i: int, ref: str, workload,
-          hints: bool) -> dict:
+          mode: str) -> dict:
+    """One cold start on node ``i``: ``thaw mount`` then the workload (``mount``, ``mount
+    hints``), or the workload on a running ``thaw daemon`` (``daemon hints``)."""
+    hints = "hints" in mode
+    root = cluster.daemon(i, hints) if mode.startswith("daemon") else None
     drop_caches()
     before = proxy.count("GET", "/blobs/")
     t0 = time.perf_counter()
-    mnt = cluster.mount(i, ref, hints)
+    mnt = cluster.mount(i, ref, hints) if root is None else root
     try:
-        workload(mnt)
+        workload(mnt if root is None else root / "refs" / ref.replace(":", "/"))
         elapsed = time.perf_counter() - t0
         return {"time": elapsed, "gets": proxy.count("GET", "/blobs/") - before, **stats(mnt)}
     finally:
@@ -127,17 +154,15 @@ def start(cluster: Cluster, proxy: RemoteLikeProxy, i: int, ref: str, workload,
 
 
 def sequential(cluster: Cluster, proxy: RemoteLikeProxy, ref: str, workload,
-               hints: bool) -> list[dict]:
+               mode: str) -> list[dict]:
     objects = open_store(STORE)
     objects.delete_many(list(objects.list("hints/")))  # node 1 starts a cold cluster
     cluster.start()
     try:
-        first = start(cluster, proxy, 0, ref, workload, hints)
-        deadline = time.monotonic() + 30
-        while hints and not list(objects.list("hints/")):  # saved as node 1's mount ends
-            assert time.monotonic() < deadline, "node 1 saved no hints"
-            time.sleep(0.05)
-        return [first, start(cluster, proxy, 1, ref, workload, hints)]
+        first = start(cluster, proxy, 0, ref, workload, mode)
+        if "hints" in mode:  # saved as node 1's mount ended
+            assert list(objects.list("hints/")), "node 1 saved no hints"
+        return [first, start(cluster, proxy, 1, ref, workload, mode)]
     finally:
         cluster.stop()
 
@@ -184,12 +209,12 @@ def main() -> None:
             ENV["AWS_ENDPOINT_URL"] = proxy.endpoint
             cluster = Cluster(work)
             rows, ratios = [], []
-            for (name, ref, workload), hints in itertools.product(
+            for (name, ref, workload), mode in itertools.product(
                     (("import numpy (Debian)", "debian:12", import_numpy),
-                     ("read the model", "model:1", read_model)), (False, True)):
-                runs = [sequential(cluster, proxy, ref, workload, hints)
+                     ("read the model", "model:1", read_model)), MODES):
+                runs = [sequential(cluster, proxy, ref, workload, mode)
                         for _ in range(args.rounds)]
-                name = f"{name}, {'hints' if hints else 'no hints'}"
+                name = f"{name}: {MODES[mode]}"
                 med = [{k: statistics.median(r[n][k] for r in runs) for k in runs[0][0]}
                        for n in (0, 1)]
                 for n, m in enumerate(med):
@@ -203,7 +228,7 @@ def main() -> None:
             together = [at_once(cluster, proxy) for _ in range(args.rounds)]
     print(f"\nS3 {args.delay_ms:g} ms away (100 MB/s per connection), peers on loopback, "
           f"median of {args.rounds} rounds\n")
-    print(table(["workload", "node", "time (mount + run)", "S3 GETs (cluster)",
+    print(table(["workload", "node", "time", "S3 GETs (cluster)",
                  "S3 bytes (this node)", "chunks from peers"], rows))
     print()
     print(table(["workload", "node 2 time / node 1", "node 2 S3 GETs / node 1",
