@@ -13,9 +13,7 @@ from blobstore.refs import parse_ref
 from blobstore.url import open_store
 
 from .chunker import DEFAULT, parse_chunker
-from .export import export_tree, write_file
-from .push import push_tree
-from .sources import FORMATS, open_source
+from .sources import FORMATS
 
 
 def register(sub, common) -> None:
@@ -52,6 +50,9 @@ def register(sub, common) -> None:
 
 def cmd_push(args, console) -> int:
     started = time.monotonic()
+    from .push import push_tree  # here, not at the top: a mount never pays for it
+    from .sources import open_source
+
     ref = parse_ref(args.ref)
     params = parse_chunker(args.chunker)
     objects = open_store(args.store, timeout=args.store_timeout)
@@ -73,6 +74,8 @@ def cmd_push(args, console) -> int:
 
 
 def cmd_export(args, console) -> int:
+    from .export import export_tree
+
     objects = open_store(args.store, timeout=args.store_timeout)
     mid, manifest = open_image(objects, args.ref)
     with console.progress(manifest.data_size, f"export {args.ref}") as on_bytes:
@@ -88,6 +91,8 @@ def cmd_export(args, console) -> int:
 
 
 def cmd_cat(args, console) -> int:
+    from .export import write_file
+
     objects = open_store(args.store, timeout=args.store_timeout)
     _, manifest = open_image(objects, args.ref)
     write_file(manifest, BlobStore(objects), args.path, sys.stdout.buffer)

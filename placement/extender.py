@@ -152,7 +152,7 @@ class Extender:
             self.pending.seen(seen, self._clock())
         return seen
 
-    def replan(self, time_limit: float = 1.5) -> Plan:
+    def replan(self, time_limit: float = 2.0) -> Plan:
         """Place every pod asked about lately, together; the plan that ``filter`` and
         ``prioritize`` follow until it is ``stale``."""
         nodes = list(self.nodes().values())

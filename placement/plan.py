@@ -60,7 +60,7 @@ class Plan:
 
 
 def plan_pods(pods: list[tuple[PendingPod, float]], nodes: list[Node], now: float, *,
-              time_limit: float = 1.5) -> Plan:
+              time_limit: float = 2.0) -> Plan:
     """One node per pod that the MILP places (pods it leaves pending are not in the plan)."""
     groups: dict[tuple, list[tuple[float, str]]] = {}
     for pod, first in pods:

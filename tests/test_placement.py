@@ -125,9 +125,50 @@ def test_lower_bound_is_below_every_policy(seed):
 def test_a_second_relaxation_round_is_valid_and_no_worse_than_greedy():
     work, nodes = make_cluster(300, 80, load="tight", seed=1)  # where the second round wins
     r = solve(work, nodes, exact=False)  # account() inside checks every node's capacity
-    assert r.note == "LP relaxation, rounded, twice"
+    assert r.note.startswith("LP relaxation, rounded, twice")
     g = greedy(work, nodes)
     assert (r.pending_replicas, r.bytes_to_fetch) <= (g.pending_replicas, g.bytes_to_fetch)
+
+
+def test_consolidation_moves_replicas_to_where_their_image_already_goes():
+    from placement.account import account
+    from placement.improve import consolidate
+    from placement.prices import Prices
+
+    work = [wl("a", "x", replicas=1), wl("b", "x", replicas=2), wl("c", "y", gpus=8)]
+    nodes = [node("n1", free=4), node("n2", free=4), node("n3", free=8, cached={"y": 10 * GB})]
+    prices = Prices(nodes, {"x", "y"})
+    spread = [(0, 0, 1), (1, 1, 2), (2, 2, 1)]  # x fetched onto n1 and n2
+    assert account("p", work, nodes, spread).bytes_to_fetch == 20 * GB
+    better = account("p", work, nodes, consolidate(work, prices, spread))
+    assert better.bytes_to_fetch == 10 * GB and better.pending_replicas == 0
+    assert len({a.node for a in better.assignments if a.workload != "c"}) == 1
+
+
+@pytest.mark.parametrize("seed, load", [(0, "normal"), (1, "tight"), (2, "normal")])
+def test_consolidation_keeps_every_replica_and_never_costs_more(seed, load):
+    from placement.account import account
+    from placement.improve import consolidate
+    from placement.prices import Prices
+
+    work, nodes = make_cluster(200, 60, load=load, seed=seed)
+    g = greedy(work, nodes)
+    index = {w.name: i for i, w in enumerate(work)}
+    ids = {n.id: i for i, n in enumerate(nodes)}
+    placed = [(index[a.workload], ids[a.node], a.replicas) for a in g.assignments]
+    def starts(result) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for a in result.assignments:
+            out[a.node] = out.get(a.node, 0) + a.replicas
+        return out
+
+    prices = Prices(nodes, {w.image for w in work})
+    for cap in (None, 2):  # account() checks every node's capacity and fit
+        after = account("c", work, nodes, consolidate(work, prices, placed, max_starts=cap))
+        assert after.pending == g.pending and after.bytes_to_fetch <= g.bytes_to_fetch
+        before = starts(g)
+        assert cap is None or all(k <= max(cap, before.get(n, 0))
+                                  for n, k in starts(after).items())  # none moved past it
 
 
 def test_no_lower_bound_when_not_everything_fits():

@@ -13,7 +13,6 @@ import json
 import logging
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from blobstore.errors import UsageError
 from placement.extender import MAX_BODY, Extender
@@ -23,6 +22,8 @@ log = logging.getLogger(__name__)
 
 
 def make_handler(extender: Extender):
+    from http.server import BaseHTTPRequestHandler  # only the extender pays for it
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         timeout = 30  # a client that stops sending is dropped
@@ -70,6 +71,8 @@ def make_handler(extender: Extender):
 
 
 def serve(extender: Extender, host: str, port: int, on_ready=lambda: None) -> None:
+    from http.server import ThreadingHTTPServer
+
     server = ThreadingHTTPServer((host, port), make_handler(extender))
     server.daemon_threads = True
     on_ready()
@@ -101,7 +104,7 @@ def keep_planning(extender: Extender, every: float) -> threading.Thread:
         while True:
             time.sleep(every)
             try:
-                extender.replan(time_limit=min(1.5, every / 2))
+                extender.replan(time_limit=min(2.0, every / 2))
             except Exception:  # noqa: BLE001 - never let planning stop the extender
                 log.exception("joint plan failed; scoring pods on their own")
 
