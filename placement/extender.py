@@ -141,7 +141,7 @@ class Extender:
     def _note(self, pod: dict) -> PendingPod | None:
         """Remember a GPU pod with a thaw image (for the joint plan); None for others."""
         ref, gpus = pod_image(pod), pod_gpus(pod)
-        if not ref or not gpus:
+        if not ref or not gpus or self.replan_every <= 0:  # (0: no joint plan, keep none)
             return None
         try:
             mid, size = self.image(ref)
