@@ -13,12 +13,14 @@ A slow or dead peer costs little: connecting gets ``connect_timeout``, the answe
 ``read_timeout`` (an owner may have to read through first); a failure moves on to the
 chunk's second owner, then gives up to the store (``FirstHit``). A request to the first
 owner that is slower than that peer's recent p90 is hedged: the second owner is asked too,
-and the first good answer wins (Spegel's hedging; the store is asked only when both fail,
-since every store GET counts). A transfer that breaks midway is resumed once with a
-``Range`` request for the rest. A peer that fails ``trip`` times in a row is skipped for
-``cool_down`` seconds, then one request probes it (a circuit breaker). Bytes from a peer are
-decoded and verified here, so a peer that serves wrong bytes is named in the log once and
-skipped like a dead one; nothing it sends reaches a cache.
+and the first good answer wins (Spegel's hedging). The hedge asks only for what the
+second owner holds already (``X-Thaw-Cached-Only``), so a slow owner never makes two store
+GETs of one chunk; the store is asked only when both fail, since every GET counts. A
+transfer that breaks midway is resumed once with a ``Range`` request for the rest. A peer
+that fails ``trip`` times in a row is skipped for ``cool_down`` seconds, then one request
+probes it (a circuit breaker). Bytes from a peer are decoded and verified here, so a peer
+that serves wrong bytes is named in the log once and skipped like a dead one; nothing it
+sends reaches a cache.
 
 Membership (``Membership``): a fixed list, a file re-read when it changes, or the fresh
 ``peer_url`` of the node reports in the store. Thread-safe: the fetch threads share one
@@ -44,6 +46,7 @@ from .tiers import BlobTier, Fetched
 
 log = logging.getLogger(__name__)
 API = "/v1/blobs/"
+CACHED_ONLY = "X-Thaw-Cached-Only"  # a request header: answer from the disk cache or 404
 MIN_HEDGE = 0.02  # seconds: never hedge sooner than this
 HEDGE_SAMPLES = 20  # answers from a peer before its p90 is trusted
 
@@ -236,11 +239,11 @@ class PeerTier(BlobTier):
         if conn is not None:
             conn.close()
 
-    def _ask(self, peer: str, id: str) -> bytes | None:
+    def _ask(self, peer: str, id: str, cached_only: bool = False) -> bytes | None:
         """The stored bytes from ``peer``; None for a 404; OSError when it fails. A body
         cut off midway is resumed once from where it broke."""
         try:
-            return self._request(peer, id)
+            return self._request(peer, id, cached_only=cached_only)
         except http.client.IncompleteRead as exc:
             self._drop(peer)
             got = bytes(exc.partial)
@@ -249,10 +252,13 @@ class PeerTier(BlobTier):
                 raise OSError("the blob went away while it was resumed") from None
             return got + rest
 
-    def _request(self, peer: str, id: str, start: int = 0) -> bytes | None:
+    def _request(self, peer: str, id: str, start: int = 0, cached_only: bool = False
+                 ) -> bytes | None:
         headers = {"Authorization": f"Bearer {self.token}", "Accept-Encoding": "identity"}
         if start:
             headers["Range"] = f"bytes={start}-"
+        if cached_only:
+            headers[CACHED_ONLY] = "1"
         for attempt in (0, 1):
             conn = self._connection(peer)
             fresh = conn.sock is None
@@ -284,11 +290,12 @@ class PeerTier(BlobTier):
             raise OSError(f"HTTP {resp.status}")
         raise AssertionError("unreachable")
 
-    def _try(self, peer: str, id: str, max_size: int) -> Fetched | None:
+    def _try(self, peer: str, id: str, max_size: int, cached_only: bool = False
+             ) -> Fetched | None:
         """The verified blob from ``peer``, or None (recorded, and said once)."""
         started = self._clock()
         try:
-            stored = self._ask(peer, id)
+            stored = self._ask(peer, id, cached_only)
         except OSError as exc:
             self._record(peer, False)
             self._warn(peer, f"cannot fetch blob {id}: {exc}")
@@ -329,8 +336,10 @@ class PeerTier(BlobTier):
 
     def _hedged(self, peers: list[str], id: str, max_size: int, delay: float
                 ) -> Fetched | None:
-        """Ask the first owner; if it has not answered within ``delay``, the second too;
-        the first good answer wins (the slower request is left to finish on its own)."""
+        """Ask the first owner; if it has not answered within ``delay``, the second too, for
+        what it holds already (a hedge never costs a store GET); the first good answer wins
+        (the slower request is left to finish on its own). If neither has it, the first
+        failed: the second owner is asked again, reading through, as without a hedge."""
         first = self._pool.submit(self._try, peers[0], id, max_size)
         try:
             got = first.result(timeout=delay)
@@ -339,11 +348,11 @@ class PeerTier(BlobTier):
             pass
         with self._lock:
             self.hedged += 1
-        second = self._pool.submit(self._try, peers[1], id, max_size)
+        second = self._pool.submit(self._try, peers[1], id, max_size, True)
         for fut in concurrent.futures.as_completed([first, second]):
             if (got := fut.result()) is not None:
                 return got
-        return None
+        return self._try(peers[1], id, max_size)
 
     def get_stored(self, id: str) -> bytes:
         return self.fetch(id).stored  # verified here: a peer is not believed

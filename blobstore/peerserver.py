@@ -2,7 +2,9 @@
 
 ``GET`` and ``HEAD /v1/blobs/{id}`` answer a blob's stored bytes (as the store holds them,
 so the client verifies them again), with ``ETag`` (the id), ``Content-Length`` and a single
-``Range`` honoured (206; 416 past the end; 400 when malformed). What is served was read
+``Range`` honoured (206; 416 past the end; 400 when malformed). A request with
+``X-Thaw-Cached-Only`` (a client's hedge) is answered from the disk cache alone, 404 on a
+miss, so it never causes a store read. What is served was read
 through the node's tiers, so it was verified on its way out of the cache (a corrupt entry
 is dropped and fetched again, never served); a miss is read through from the store and
 kept in the cache, and concurrent misses of one chunk, in this process and in the node's
@@ -34,7 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily
 
 from .errors import BlobCorrupt, BlobNotFound, StoreUnavailable, ThawError
-from .peers import API
+from .peers import API, CACHED_ONLY
 from .tiers import NodeTiers
 
 log = logging.getLogger(__name__)
@@ -158,7 +160,7 @@ class PeerServer:
         async with self._slots:
             try:
                 stored = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self._stored, id)
+                    self._pool, self._stored, id, CACHED_ONLY in request.headers)
             except BlobNotFound:
                 return web.Response(status=404, text="no such blob\n")
             except (StoreUnavailable, BlobCorrupt) as exc:
@@ -183,8 +185,13 @@ class PeerServer:
         self.sent.inc(last + 1 - first)
         return web.Response(status=206, body=stored[first:last + 1], headers=headers)
 
-    def _stored(self, id: str) -> bytes:
-        return self.tiers.stack.fetch(id).stored
+    def _stored(self, id: str, cached_only: bool = False) -> bytes:
+        """Verified stored bytes: read through the node's tiers, or (a hedged request) from
+        its disk cache only, BlobNotFound on a miss."""
+        tier = self.tiers.disk if cached_only else self.tiers.stack
+        if tier is None:
+            raise BlobNotFound(f"blob {id}: no disk cache here")
+        return tier.fetch(id).stored
 
     async def run(self, host: str, port: int, on_ready=lambda: None) -> None:
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,

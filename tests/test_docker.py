@@ -50,5 +50,35 @@ def test_a_local_cluster_serves_a_pushed_image_through_its_peers(images):
         assert "json from /mnt/thaw/refs/demo/1/json/__init__.py" in out.stdout
         peer = next(line for line in out.stdout.splitlines() if line.strip().startswith("peer"))
         assert int(peer.split()[1]) > 0  # chunks came from the other nodes
+        s3_gets_per_chunk_with_three_nodes_reading_at_once()
     finally:
         subprocess.run([*COMPOSE, "down", "-v"], cwd=REPO, capture_output=True)
+
+
+def in_node(node: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(["podman", "exec", f"docker_{node}_1", *cmd], capture_output=True,
+                          text=True, check=True, **kw)
+
+
+def s3_gets() -> int:
+    """Successful S3 GETs SeaweedFS has answered (its Prometheus counter)."""
+    text = in_node("node1", "python3", "-c", "import urllib.request; print(urllib.request."
+                   "urlopen('http://s3:9327/metrics', timeout=10).read().decode())").stdout
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
+               if line.startswith("SeaweedFS_s3_request_total{")
+               and 'bucket="thaw"' in line and 'code="200"' in line and 'type="GET"' in line)
+
+
+def s3_gets_per_chunk_with_three_nodes_reading_at_once() -> None:
+    """Every file of an image read on all three nodes at once: S3 sends each chunk into the
+    cluster about once (the tags, manifests and hints each node reads count too)."""
+    in_node("node1", "thaw", "push", "/opt/thaw", "venv:1", timeout=600)
+    chunks = json.loads(in_node("node1", "thaw", "inspect", "venv:1", "--json").stdout)
+    before = s3_gets()
+    readers = [subprocess.Popen(["podman", "exec", f"docker_{n}_1", "sh", "-c",
+                                 "find /mnt/thaw/refs/venv/1/ -type f -exec cat {} + "
+                                 ">/dev/null"]) for n in ("node1", "node2", "node3")]
+    assert all(r.wait(600) == 0 for r in readers)
+    gets = s3_gets() - before
+    assert chunks["unique_chunks"] > 50  # enough that a few other GETs do not decide it
+    assert gets <= 1.1 * chunks["unique_chunks"], (gets, chunks["unique_chunks"])

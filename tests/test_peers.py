@@ -102,6 +102,10 @@ def request(url: str, path: str, headers: dict | None = None) -> tuple[int, byte
     return resp.status, resp.read(), dict(resp.getheaders())
 
 
+def cache_has(cache: Path, id: str) -> bool:
+    return (cache / id[:2] / id).exists()
+
+
 @pytest.fixture
 def pushed(thaw, rich_tree, store_url):
     thaw("push", str(rich_tree), "rich:1", "--chunker", "fastcdc:64K")
@@ -122,7 +126,10 @@ def test_serve_refuses_what_it_must_and_never_reads_outside_the_cache(thaw, push
     secret.write_text("SECRET-NEXT-TO-THE-CACHE")
     with serving(thaw, cache, "127.0.0.2", "--header-timeout", "2") as (url, _):
         auth = {"Authorization": f"Bearer {TOKEN}"}
+        only = {**auth, "X-Thaw-Cached-Only": "1"}  # a hedge: not cached here, no store read
+        assert request(url, f"/v1/blobs/{id}", only)[0] == 404 and not cache_has(cache, id)
         status, body, headers = request(url, f"/v1/blobs/{id}", auth)
+        assert cache_has(cache, id) and request(url, f"/v1/blobs/{id}", only)[:2] == (200, body)
         assert status == 200 and body == BlobStore(objects).get_stored(id)
         assert headers["ETag"] == f'"{id}"' and int(headers["Content-Length"]) == len(body)
         for bad in ({}, {"Authorization": "Bearer nope"},
@@ -287,6 +294,7 @@ class FaultyPeer(BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802 - the stdlib's name
         srv = self.server
         srv.requests.append(self.headers.get("Range"))
+        srv.cached_only.append(self.headers.get("X-Thaw-Cached-Only"))
         if srv.hold is not None:
             srv.hold.wait(10)
         body, status = srv.stored, 200
@@ -314,6 +322,7 @@ def faulty_peers(n: int, stored: bytes):
     for i in range(n):
         srv = ThreadingHTTPServer((f"127.0.0.{6 + i}", 0), FaultyPeer)
         srv.stored, srv.hold, srv.cut, srv.requests = stored, None, False, []
+        srv.cached_only = []
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
     try:
@@ -344,6 +353,7 @@ def test_a_slow_first_owner_is_hedged_to_the_second():
         peers[first].hold = threading.Event()  # and now it hangs
         assert tier.fetch(id).data == data
         assert tier.hedged == 1 and peers[second].requests == [None]
+        assert peers[second].cached_only == ["1"]  # a hedge never makes a store GET there
         assert tier.hedge_after(second) is None  # too few answers yet to hedge it
 
 
