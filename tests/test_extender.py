@@ -232,3 +232,9 @@ def test_pods_pending_together_are_placed_jointly_and_a_stale_plan_falls_back():
     ext.filter({"Pod": px, **names})
     ext.replan()
     assert ext.prioritize({"Pod": other, **names})[0]["Score"] == 10
+    off = Extender(lambda: nodes, lambda ref: (ref.split(":")[0], 10 * gib), clock=clock,
+                   replan=0)  # --replan 0: each pod on its own, none remembered
+    for p in (px, py):
+        assert off.filter({"Pod": p, **names})["NodeNames"] == ["a", "b"]
+    assert not off.pending.pods and off.replan().node_of == {}
+    assert off.prioritize({"Pod": px, **names})[1] == {"Host": "b", "Score": 10}

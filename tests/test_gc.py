@@ -443,10 +443,16 @@ def test_gc_cache_dir_drops_what_the_store_lost_but_never_a_leased_images_blobs(
 
     dry = json.loads(thaw("gc", "--cache-dir", str(cache_dir), "--dry-run", "--json").stdout)
     assert dry["dropped"] == len(only_a) + 1 and cache.has(next(iter(only_a)))
+    recent = sorted(only_a)[0]  # read just now, as the run lists the store: left for later
+    future = time.time() + 3600
+    os.utime(cache_dir / recent[:2] / recent, (future, future))
     out = json.loads(thaw("gc", "--cache-dir", str(cache_dir), "--json").stdout)
-    assert set(out["dropped_ids"]) == only_a | {mid_a}
+    assert set(out["dropped_ids"]) == (only_a - {recent}) | {mid_a} and cache.has(recent)
+    os.utime(cache_dir / recent[:2] / recent)
+    out = json.loads(thaw("gc", "--cache-dir", str(cache_dir), "--json").stdout)
+    assert out["dropped_ids"] == [recent]
     assert not any(cache.has(i) for i in only_a)
-    assert out["only_copies"] == [lost] and cache.has(lost)  # the only copy: kept
+    assert out["only_copies"] == [lost] and cache.has(lost)  # the only copy: kept, each run
     assert all(cache.has(c.id) for c in manifest_b.chunks) and cache.has(mid_b)
     assert objects.has(f"blobs/{mid_b[:2]}/{mid_b}")  # the store is never written
     proc = thaw("gc", "--cache-dir", str(tmp_path / "nope"), check=False)
