@@ -47,7 +47,7 @@ def register(sub, common) -> None:
     p = sub.add_parser("gc", parents=[common], help="delete what no tag or lease references",
                        description="Condemn unreferenced blobs older than the grace; delete "
                                    "them at a later run, at least the grace after.")
-    p.add_argument("--grace", default="24h", metavar="DURATION",
+    p.add_argument("--grace", default=None, metavar="DURATION",
                    help="how old an unreferenced object must be, and how long it stays "
                         "condemned before it is deleted (default 24h; e.g. 90m, 2d)")
     p.add_argument("--force", action="store_true", help="allow a grace under 1h (tests)")
@@ -173,6 +173,12 @@ def _duration(text: str) -> float:
 def cmd_gc(args, console) -> int:
     from .gc import MIN_GRACE, collect
 
+    if args.cache_dir is not None:
+        if args.grace is not None or args.force:
+            raise UsageError("--grace and --force are for collecting the store; "
+                             "--cache-dir prunes a cache by what the store holds now")
+        return _gc_cache(args, console, open_store(args.store, timeout=args.store_timeout))
+    args.grace = args.grace or "24h"
     grace = _duration(args.grace)
     if grace < 0:
         raise UsageError("--grace cannot be negative")
@@ -180,8 +186,6 @@ def cmd_gc(args, console) -> int:
         raise UsageError(f"--grace {args.grace} is under 1h: a push or mount that started "
                          "before this run could lose blobs; add --force if you mean it")
     objects = open_store(args.store, timeout=args.store_timeout)
-    if args.cache_dir is not None:
-        return _gc_cache(args, console, objects)
     result = collect(objects, grace=grace, dry_run=args.dry_run)
     doc = result.as_json()
     if console.json_output:

@@ -457,3 +457,5 @@ def test_gc_cache_dir_drops_what_the_store_lost_but_never_a_leased_images_blobs(
     assert objects.has(f"blobs/{mid_b[:2]}/{mid_b}")  # the store is never written
     proc = thaw("gc", "--cache-dir", str(tmp_path / "nope"), check=False)
     assert proc.returncode == 2 and b"not a directory" in proc.stderr
+    proc = thaw("gc", "--cache-dir", str(cache_dir), "--grace", "0", "--force", check=False)
+    assert proc.returncode == 2 and b"--grace and --force are for" in proc.stderr
