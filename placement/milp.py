@@ -234,22 +234,19 @@ def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
         again = _again(workloads, prices, *plans[0][0], burst, left / 2)
         if again is not None:
             plans.append((again, "LP relaxation, rounded, twice"))
-    tries = []
+    tries = []  # (result, its placements)
     for (placed, elsewhere, pending), note in plans:
         for widest in (True, False):
             done = complete(workloads, nodes, prices, placed, elsewhere, max_starts, widest)
             done = complete(workloads, nodes, prices, done, pending, max_starts, widest)
-            tries.append(account("milp", workloads, nodes, done, 0.0, note))
-    best = min(tries, key=lambda r: (r.pending_replicas, r.bytes_to_fetch))
+            tries.append((account("milp", workloads, nodes, done, 0.0, note), done))
+    best, done = min(tries, key=lambda t: (t[0].pending_replicas, t[0].bytes_to_fetch))
     deadline = started + time_limit
     if time.perf_counter() < deadline:  # the best plan, its costliest fetches undone
-        index = {w.name: c for c, w in enumerate(workloads)}
-        node_index = {n.id: i for i, n in enumerate(nodes)}
-        placed = [(index[a.workload], node_index[a.node], a.replicas) for a in best.assignments]
-        tries.append(account("milp", workloads, nodes,
-                             consolidate(workloads, prices, placed, max_starts, deadline), 0.0,
-                             best.note + ", consolidated"))
-    result = min(tries, key=lambda r: (r.pending_replicas, r.bytes_to_fetch))
+        better = consolidate(workloads, prices, done, max_starts, deadline)
+        tries.append((account("milp", workloads, nodes, better, 0.0,
+                              best.note + ", consolidated"), better))
+    result = min((r for r, _ in tries), key=lambda r: (r.pending_replicas, r.bytes_to_fetch))
     result.seconds = time.perf_counter() - started
     if (fallback.pending_replicas, fallback.bytes_to_fetch) < (result.pending_replicas,
                                                                result.bytes_to_fetch):
