@@ -114,7 +114,7 @@ def test_ls_lists_a_broken_tag_as_broken_and_exits_1(thaw, store_url, rich_tree)
     ["push", "{src}", "a:1"], ["ls"], ["inspect", "a:1"], ["export", "a:1", "{tmp}/out"],
     ["mount", "a:1", "{tmp}/mnt"], ["place", "--workloads", "{tmp}/w.json"],
     ["snapshot", "{tmp}/w.safetensors", "a:1"], ["restore", "a:1"],
-    ["tag", "a:1", "b:1"], ["rm", "a:1"], ["gc"], ["check"],
+    ["tag", "a:1", "b:1"], ["rm", "a:1"], ["gc"], ["gc", "--cache-dir", "{tmp}"], ["check"],
 ])
 def test_dead_store_is_one_line(thaw, rich_tree, tmp_path, args):
     from .seaweed import free_ports
