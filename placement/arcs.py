@@ -53,6 +53,7 @@ def build_arcs(workloads: list[Workload], prices: Prices, fits: np.ndarray, *,
         by_image.setdefault(w.image, []).append(c)
     share = max(fewest, budget // max(1, len(workloads)))
     parts: dict[str, list[np.ndarray]] = {k: [] for k in Arcs.__dataclass_fields__}
+    groups = _ByModel(prices)
     for code, classes in enumerate(by_image.values()):
         w0 = workloads[classes[0]]
         miss = prices.missing(w0)
@@ -66,6 +67,7 @@ def build_arcs(workloads: list[Workload], prices: Prices, fits: np.ndarray, *,
         chosen[cand] = True
         smallest = min(workloads[c].gpus for c in classes)
         together = sum(workloads[c].replicas for c in classes)
+        cheapest = _Cheapest(miss, groups)
         for c in classes:
             w = workloads[c]
             nodes = cand[fits[c, cand]]
@@ -75,13 +77,16 @@ def build_arcs(workloads: list[Workload], prices: Prices, fits: np.ndarray, *,
             parts["miss"].append(miss[nodes])
             parts["image"].append(np.full(len(nodes), code))
             rest = fits[c] & ~chosen
-            for m in np.unique(prices.model[rest]):
-                on = rest & (prices.model == m)
+            count, most_free, least = groups.summary(rest, cheapest.miss_grouped)
+            for m in np.flatnonzero(count).tolist():
                 if bound:
-                    per_node = max(1, min(together, int(prices.free[on].max()) // smallest))
-                    price = miss[on].min() / per_node
+                    per_node = max(1, min(together, int(most_free[m]) // smallest))
+                    price = least[m] / per_node
                 else:
-                    price = _expected(miss[on], prices.free[on], w)
+                    per_node = max(1, min(w.replicas, int(most_free[m]) // w.gpus))
+                    k = -(-w.replicas // per_node)  # nodes the replicas fill, packed
+                    sum_k = least[m] if k == 1 else cheapest.sum(rest, m, k)
+                    price = sum_k / (min(k, int(count[m])) * per_node)
                 parts["rest_cls"].append(np.array([c]))
                 parts["rest_model"].append(np.array([m]))
                 parts["rest_price"].append(np.array([price]))
@@ -92,8 +97,41 @@ def build_arcs(workloads: list[Workload], prices: Prices, fits: np.ndarray, *,
     return Arcs(**arrays)
 
 
-def _expected(miss: np.ndarray, free: np.ndarray, w: Workload) -> float:
-    """Bytes per replica if ``w``'s replicas went to the cheapest of these nodes, packed."""
-    per_node = max(1, min(w.replicas, int(free.max()) // w.gpus))
-    k = min(len(miss), -(-w.replicas // per_node))
-    return float(np.partition(miss, k - 1)[:k].sum()) / (k * per_node)
+class _ByModel:
+    """The nodes grouped by GPU model, so what rest arcs need per class and model (how
+    many nodes, the most free GPUs, the fewest missing bytes) is one reduction per class
+    over all models, not a pass over the cluster per model."""
+
+    def __init__(self, prices: Prices) -> None:
+        self.model = prices.model
+        self.order = np.argsort(prices.model, kind="stable")
+        self.starts = np.searchsorted(prices.model[self.order],
+                                      np.arange(len(prices.model_code)))
+        self.free = prices.free[self.order]
+
+    def summary(self, on: np.ndarray, miss: np.ndarray):
+        """Per model: nodes ``on``, their most free GPUs, their fewest missing bytes
+        (``miss`` in this grouping's order)."""
+        if not len(self.starts):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+        on = on[self.order]
+        return (np.add.reduceat(on, self.starts), np.maximum.reduceat(
+                    np.where(on, self.free, 0), self.starts),
+                np.minimum.reduceat(np.where(on, miss, np.inf), self.starts))
+
+
+class _Cheapest:
+    """The ``k`` smallest missing bytes among some of one image's nodes of one model: the
+    nodes are sorted once per image, and only when an answer needs more than the
+    smallest."""
+
+    def __init__(self, miss: np.ndarray, groups: _ByModel) -> None:
+        self.miss, self.groups = miss, groups
+        self.miss_grouped = miss[groups.order]
+        self.by_miss: np.ndarray | None = None
+
+    def sum(self, on: np.ndarray, model: int, k: int) -> float:
+        if self.by_miss is None:
+            self.by_miss = np.argsort(self.miss, kind="stable")
+        on = on & (self.groups.model == model)
+        return float(self.miss[self.by_miss[on[self.by_miss]][:k]].sum())

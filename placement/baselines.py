@@ -28,6 +28,7 @@ class _Cluster:
         self.free = self.prices.free.copy()
         self.starts = np.zeros(len(nodes), dtype=np.int64)
         self._missing: dict[str, np.ndarray] = {}
+        self._suits: dict[tuple[int, str | None], np.ndarray] = {}
 
     def missing(self, w: Workload) -> np.ndarray:
         if w.image not in self._missing:
@@ -35,11 +36,18 @@ class _Cluster:
         return self._missing[w.image]
 
     def feasible(self, w: Workload) -> np.ndarray:
-        p = self.prices
-        ok = (self.free >= w.gpus) & (p.mem >= w.gpu_memory)
-        if w.gpu_model is not None:
-            ok &= p.model == p.model_code.get(w.gpu_model, -1)
-        return ok
+        return (self.free >= w.gpus) & self._suited(w)
+
+    def _suited(self, w: Workload) -> np.ndarray:
+        """Nodes whose GPUs are of ``w``'s model and memory, placements aside."""
+        key = (w.gpu_memory, w.gpu_model)
+        if key not in self._suits:
+            p = self.prices
+            ok = p.mem >= w.gpu_memory
+            if w.gpu_model is not None:
+                ok &= p.model == p.model_code.get(w.gpu_model, -1)
+            self._suits[key] = ok
+        return self._suits[key]
 
     def place(self, w: Workload, n: int, k: int = 1) -> None:
         self.free[n] -= w.gpus * k
@@ -92,9 +100,10 @@ def _run(name: str, workloads: list[Workload], nodes: list[Node], choose,
 
 
 def _fewest_bytes(c: _Cluster, w: Workload, ok: np.ndarray) -> int:
-    leftover = (c.free - w.gpus).astype(np.float64)
-    score = np.where(ok, c.missing(w) * 64 + leftover, np.inf)  # bytes first, then fit
-    return int(np.argmin(score))
+    """Bytes first, then the tightest fit, then the lowest index."""
+    miss = np.where(ok, c.missing(w), np.inf)
+    best = np.flatnonzero(miss == miss.min())
+    return int(best[np.argmin(c.free[best])] if len(best) > 1 else best[0])
 
 
 def greedy(workloads: list[Workload], nodes: list[Node], prices: Prices | None = None,

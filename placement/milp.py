@@ -234,16 +234,22 @@ def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
         again = _again(workloads, prices, *plans[0][0], burst, left / 2)
         if again is not None:
             plans.append((again, "LP relaxation, rounded, twice"))
-    tries = []  # (result, its placements)
+    deadline = started + time_limit
+    tries, took, counting = [], 0.0, 0.0  # (result, placements); a try's, an account's time
     for (placed, elsewhere, pending), note in plans:
         for widest in (True, False):
+            begun = time.perf_counter()
+            if tries and begun + took > deadline:  # the first is owed; the others, if time
+                break
             done = complete(workloads, nodes, prices, placed, elsewhere, max_starts, widest)
             done = complete(workloads, nodes, prices, done, pending, max_starts, widest)
+            counted = time.perf_counter()
             tries.append((account("milp", workloads, nodes, done, 0.0, note), done))
+            took, counting = (max(took, time.perf_counter() - begun),
+                              time.perf_counter() - counted)
     best, done = min(tries, key=lambda t: (t[0].pending_replicas, t[0].bytes_to_fetch))
-    deadline = started + time_limit
-    if time.perf_counter() < deadline:  # the best plan, its costliest fetches undone
-        better = consolidate(workloads, prices, done, max_starts, deadline)
+    if time.perf_counter() + counting < deadline:  # the best plan, costliest fetches undone
+        better = consolidate(workloads, prices, done, max_starts, deadline - counting)
         tries.append((account("milp", workloads, nodes, better, 0.0,
                               best.note + ", consolidated"), better))
     result = min((r for r, _ in tries), key=lambda r: (r.pending_replicas, r.bytes_to_fetch))

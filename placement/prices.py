@@ -25,20 +25,29 @@ class Prices:
         self.model_code = {m: i for i, m in enumerate(models)}
         self.model = np.array([self.model_code[n.gpu_model] for n in nodes], dtype=np.int64)
         # Reports list every image a node holds part of (thousands, when base layers are
-        # shared); only the asked-about ones are indexed, found by a C-level key
-        # intersection per node, then grouped by image with numpy.
+        # shared); only the asked-about ones are indexed. A node holding many of them is
+        # read as a dense row (a C-level dict.get per asked image; a size of 0 holds no
+        # part), one holding few by a key intersection; then numpy groups them by image.
         if images is None:
             images = {image for n in nodes for image in n.cached}
-        codes = {image: k for k, image in enumerate(sorted(images))}
-        count, code_of, size_of = array("q"), array("q"), array("q")
-        for n in nodes:  # per node, the per-image work runs in C (set &, map, extend)
-            keys = n.cached.keys() & codes.keys()
-            count.append(len(keys))
-            code_of.extend(map(codes.__getitem__, keys))
-            size_of.extend(map(n.cached.__getitem__, keys))
-        node_arr = np.repeat(np.arange(len(nodes)), np.frombuffer(count, np.int64))
-        code_arr = np.frombuffer(code_of, np.int64)
-        size_arr = np.frombuffer(size_of, np.int64)
+        names = sorted(images)
+        codes = {image: k for k, image in enumerate(names)}
+        absent = [0] * len(names)
+        node_of, code_of, size_of = [], [], []
+        for i, n in enumerate(nodes):
+            if 2 * len(n.cached) >= len(names):
+                held = np.frombuffer(array("q", map(n.cached.get, names, absent)), np.int64)
+                code = np.flatnonzero(held)
+                size = held[code]
+            else:
+                keys = n.cached.keys() & codes.keys()
+                code = np.frombuffer(array("q", map(codes.__getitem__, keys)), np.int64)
+                size = np.frombuffer(array("q", map(n.cached.__getitem__, keys)), np.int64)
+            node_of.append(np.full(len(code), i))
+            code_of.append(code)
+            size_of.append(size)
+        node_arr, code_arr, size_arr = (np.concatenate(x) if x else np.empty(0, np.int64)
+                                        for x in (node_of, code_of, size_of))
         by_code = np.argsort(code_arr, kind="stable")
         bounds = np.searchsorted(code_arr[by_code], np.arange(len(codes) + 1))
         self.holders = {}
