@@ -181,6 +181,44 @@ def test_solver_time_limit_still_gives_a_valid_answer():
     assert r.pending_replicas <= greedy(work, nodes).pending_replicas
 
 
+def test_rest_arcs_are_priced_as_packing_onto_the_cheapest_nodes_of_each_model():
+    """The grouped reduction in build_arcs against a per-class, per-model recount."""
+    import numpy as np
+
+    from placement.arcs import build_arcs, fits_matrix
+    from placement.prices import Prices
+
+    work, nodes = make_cluster(300, 60, load="normal", seed=5)
+    prices = Prices(nodes, {w.image for w in work})
+    fits = fits_matrix(work, prices)
+    arcs = build_arcs(work, prices, fits, budget=600)
+    warm = {(int(c), int(n)) for c, n in zip(arcs.cls, arcs.node, strict=True)}
+    listed = {}  # image -> nodes offered to its classes
+    for c, n in warm:
+        listed.setdefault(work[c].image, set()).add(n)
+    for c, m, price in zip(arcs.rest_cls, arcs.rest_model, arcs.rest_price, strict=True):
+        w = work[c]
+        on = [n for n in np.flatnonzero(fits[c]) if prices.model[n] == m
+              and n not in listed.get(w.image, ())]
+        miss = sorted(prices.missing(w)[on])
+        per_node = max(1, min(w.replicas, int(prices.free[on].max()) // w.gpus))
+        k = min(len(miss), -(-w.replicas // per_node))
+        assert price == pytest.approx(sum(miss[:k]) / (k * per_node))
+
+
+def test_a_time_limit_spent_before_the_optional_tries_skips_them(monkeypatch):
+    """Past the deadline, solve completes the first plan once and consolidates nothing."""
+    import placement.milp as milp
+
+    work, nodes = make_cluster(200, 40, load="normal", seed=1)
+    calls = []
+    real = milp.complete
+    monkeypatch.setattr(milp, "complete", lambda *a: calls.append(a[-1]) or real(*a))
+    r = solve(work, nodes, time_limit=1e-4, exact=False)
+    assert calls in ([True, True], [])  # one try (two steps), or greedy's fallback
+    assert "consolidated" not in r.note
+
+
 # -- reports and inputs --------------------------------------------------------------------
 
 
