@@ -10,8 +10,11 @@
    (goal: at most 1.5x).
 4. Peak resident memory of the mount while reading a 4 GiB file at `--memory 256M`
    (the README promises at most --memory + 100 MB).
+5. `find` and `ls -lR` of a 100k-entry image (100 directories of 990 files and 10
+   symlinks), the first time and again, against the local tree (goal: again within 3x);
+   the same image with one xattr, where the kernel must ask the daemon every `getxattr`.
 
-    python bench/scale.py [--quick] [--only mount|listing|random|memory]
+    python bench/scale.py [--quick] [--only mount|listing|random|memory|walk]
     # --quick: no 1M-entry image, a 1 GiB file in (4)
 """
 
@@ -196,10 +199,51 @@ def memory(work: Path, size: int) -> list[list[object]]:
              f"{peak / bound:.2f}x"]]
 
 
+# -- 5: walking a tree ----------------------------------------------------------------------
+
+
+def _timed(*cmd: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def _walks(root: Path) -> list[float]:
+    """find first, find again, ls -lR first, ls -lR again (the best of three)."""
+    find = [_timed("find", str(root)) for _ in range(4)]
+    ls = [_timed("ls", "-lR", str(root)) for _ in range(4)]
+    return [find[0], min(find[1:]), ls[0], min(ls[1:])]
+
+
+def walk(work: Path) -> list[list[object]]:
+    store = f"file://{work / 'store'}"
+    local = work / "walk"
+    for d in range(100):
+        sub = local / f"d{d:03d}"
+        sub.mkdir(parents=True)
+        for f in range(990):
+            (sub / f"f{f:04d}").write_bytes(b"x" * 100 if f % 10 == 0 else b"")
+        for link in range(10):
+            (sub / f"l{link:02d}").symlink_to(f"f{link:04d}")
+    thaw(store, "push", str(local), "walk:plain")
+    os.setxattr(local / "d000" / "f0000", "user.thaw-bench", b"1")
+    thaw(store, "push", str(local), "walk:xattr")
+    drop_caches()
+    rows = [["local tree", *_walks(local)]]
+    for tag, label in (("plain", "thaw mount"), ("xattr", "thaw mount, one xattr")):
+        mnt = work / f"mnt-walk-{tag}"
+        mount(store, f"walk:{tag}", mnt, work / f"cache-walk-{tag}")
+        rows.append([label, *_walks(mnt)])
+        umount(mnt)
+    base = rows[0]
+    return [[r[0], *(f"{t:.2f}" for t in r[1:]), f"{r[2] / base[2]:.1f}x",
+             f"{r[4] / base[4]:.1f}x"] for r in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", choices=["mount", "listing", "random", "memory"])
+    parser.add_argument("--only", choices=["mount", "listing", "random", "memory", "walk"])
     args = parser.parse_args()
 
     def run(part: str) -> bool:
@@ -225,6 +269,10 @@ def main() -> None:
             print("\n## 4. Resident memory reading a big file at --memory 256M\n")
             print(table(["file", "--memory", "peak resident", "over the bound",
                          "peak / bound"], memory(work, (1 if args.quick else 4) << 30)))
+        if run("walk"):
+            print("\n## 5. find and ls -lR of a 100k-entry image (s), against the local tree\n")
+            print(table(["tree", "find", "find again", "ls -lR", "ls -lR again",
+                         "find again / local", "ls -lR again / local"], walk(work)))
 
 
 if __name__ == "__main__":

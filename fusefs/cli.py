@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
@@ -203,20 +202,26 @@ def _image_path(mountpoint: str, ref: str) -> str:
 
 
 def cmd_warm(args, console) -> int:
-    from .ops import WARM_XATTR
+    from .control import warm_name
 
     _check_workload(args.hints)
     read_stats(args.mountpoint)  # a thaw mount, answering
     path = _image_path(args.mountpoint, args.ref)
     try:
-        doc = json.loads(os.getxattr(path, WARM_XATTR + args.hints.encode()))
+        image_ino = os.stat(path).st_ino
     except FileNotFoundError:
         raise UsageError(f"{args.ref}: no such image in the store the daemon at "
                          f"{args.mountpoint} serves (see `thaw ls`)") from None
     except OSError as exc:
-        if exc.errno == errno.ENODATA:
-            raise UsageError(f"{args.mountpoint} is a single-image mount or an older daemon; "
-                             "`thaw warm` needs `thaw daemon`") from None
+        raise MountError(f"the daemon at {args.mountpoint} could not find {args.ref}: "
+                         f"{exc.strerror} (its log says why)") from None
+    try:
+        with open(os.path.join(args.mountpoint, warm_name(image_ino, args.hints)), "rb") as f:
+            doc = json.loads(f.read())
+    except FileNotFoundError:
+        raise UsageError(f"{args.mountpoint} is a single-image mount or an older daemon; "
+                         "`thaw warm` needs `thaw daemon`") from None
+    except OSError as exc:
         raise MountError(f"the daemon at {args.mountpoint} could not warm {args.ref}: "
                          f"{exc.strerror} (its log says why)") from None
     if console.json_output:
@@ -234,11 +239,12 @@ def cmd_warm(args, console) -> int:
 
 
 def read_stats(mountpoint: str) -> dict:
-    from .ops import STATS_XATTR
+    from .control import STATS_NAME
 
     try:
-        return json.loads(os.getxattr(mountpoint, STATS_XATTR))
-    except OSError:
+        with open(os.path.join(mountpoint, STATS_NAME), "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
         raise UsageError(f"{mountpoint} is not a thaw mount (or it is not answering)") from None
 
 

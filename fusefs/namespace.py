@@ -42,6 +42,7 @@ IDLE = 60.0  # seconds since its last request before a tree may be dropped
 class SingleImage:
     def __init__(self, manifest_id: str, tree: FsTree) -> None:
         self.manifest_id, self.tree = manifest_id, tree
+        self._xattrs: bool | None = None
 
     async def ready(self, ino: int) -> None:
         """The one tree is always loaded."""
@@ -67,6 +68,12 @@ class SingleImage:
 
     def tree_of(self, ino: int) -> FsTree:
         return self.tree
+
+    def carries_xattrs(self) -> bool:
+        """Whether any entry of the image has one (the answer for every getxattr if not)."""
+        if self._xattrs is None:
+            self._xattrs = any(e.xattrs for e in self.tree.manifest.entries)
+        return self._xattrs
 
     def totals(self) -> tuple[int, int]:
         return self.tree.manifest.data_size, self.tree.inode_count
@@ -245,6 +252,11 @@ class StoreImages:
 
     def tree_of(self, ino: int) -> FsTree:
         return self._tree_for(ino)
+
+    def carries_xattrs(self) -> bool:
+        """Always: an image loaded later may carry some, and the kernel's answer to an
+        ENOSYS holds for the rest of the mount."""
+        return True
 
     def totals(self) -> tuple[int, int]:
         return (sum(t.manifest.data_size for t in self.trees.values()),

@@ -30,6 +30,7 @@ import trio
 from blobstore.errors import ThawError
 from blobstore.manifest import FILE
 
+from . import control
 from .errors import FsError, NoSuchHandle
 from .fetch import ChunkFetcher, Priority
 from .readahead import StreamReadAhead
@@ -38,8 +39,6 @@ from .tree import Attrs, FsTree
 
 log = logging.getLogger(__name__)
 TIMEOUT = 24 * 3600.0  # images never change: let the kernel keep entries and attributes
-STATS_XATTR = b"user.thaw.stats"  # served on the root, never listed (rsync -X ignores it)
-WARM_XATTR = b"user.thaw.warm."  # + a workload, on an image: queue its hints (`thaw warm`)
 READ_AHEAD_MIN, READ_AHEAD_MAX = 1 << 20, 16 << 20
 CACHE_DIR = 1 << 63  # in an opendir handle: the kernel may cache the listing
 LISTED_ENTRIES = 100_000  # directory entries whose attributes readdir keeps (~30 MB)
@@ -57,6 +56,7 @@ class Namespace(Protocol):
     def xattrs(self, ino: int) -> tuple[tuple[bytes, bytes], ...]: ...
     def tree_of(self, ino: int) -> FsTree: ...
     def totals(self) -> tuple[int, int]: ...
+    def carries_xattrs(self) -> bool: ...
 
 
 @dataclass
@@ -98,17 +98,26 @@ def entry_attributes(a: Attrs) -> pyfuse3.EntryAttributes:
     return e
 
 
+def _control_attributes(ino: int) -> pyfuse3.EntryAttributes:
+    """A control file: read-only, its size unknown (read to the end: direct I/O), never
+    cached, so every lookup and open reaches the daemon."""
+    e = pyfuse3.EntryAttributes()
+    e.st_ino, e.generation, e.entry_timeout, e.attr_timeout = ino, 0, 0, 0
+    e.st_mode, e.st_nlink, e.st_size, e.st_blksize = 0o100444, 1, 0, 4096
+    return e
+
+
 class ImageOps(pyfuse3.Operations):
     supports_dot_lookup = True
     enable_writeback_cache = False
-    enable_acl = False
+    enable_acl = True
 
     def __init__(self, namespace: Namespace, fetcher: ChunkFetcher,
                  on_chunk_read: Callable[[FsTree, int], None] | None = None,
                  statistics: Callable[[], MountStats] | None = None,
                  on_warm: Callable[[FsTree, str], Awaitable[dict]] | None = None) -> None:
-        """``statistics``: the mount's record, served as the root's ``user.thaw.stats``;
-        ``on_warm``: what ``user.thaw.warm.WORKLOAD`` on an image's inode starts."""
+        """``statistics``: the mount's record, served as the root's ``.thaw-stats``;
+        ``on_warm``: what opening ``.thaw-warm.INO.WORKLOAD`` starts (``control.py``)."""
         super().__init__()
         self.ns, self.fetcher, self.statistics = namespace, fetcher, statistics
         self.on_warm = on_warm
@@ -121,6 +130,8 @@ class ImageOps(pyfuse3.Operations):
         self._streams: weakref.WeakKeyDictionary[FsTree, StreamReadAhead] = \
             weakref.WeakKeyDictionary()  # dropped with the image's tree
         self._next_fh = 1
+        self._control = control.ControlInodes()
+        self._control_data: dict[int, bytes] = {}  # handle -> an opened control file's bytes
         self._logged: set[str] = set()
         self.initialized = trio.Event()
 
@@ -140,6 +151,10 @@ class ImageOps(pyfuse3.Operations):
             return entry_attributes(self.ns.attrs(parent_inode))
         if name == b"..":
             raise pyfuse3.FUSEError(errno.ENOENT)  # the kernel resolves '..' itself
+        if parent_inode == pyfuse3.ROOT_INODE and name.startswith(b".thaw-"):
+            c = control.parse(name)
+            if c is not None and (self.statistics if c.kind == "stats" else self.on_warm):
+                return _control_attributes(self._control.add(c))
         ino = await self.ns.lookup(parent_inode, name)
         if ino is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -147,6 +162,8 @@ class ImageOps(pyfuse3.Operations):
 
     @fuse_errors
     async def getattr(self, inode, ctx=None):
+        if self._control.get(inode):
+            return _control_attributes(inode)
         await self.ns.ready(inode)
         return entry_attributes(self.ns.attrs(inode))
 
@@ -206,6 +223,11 @@ class ImageOps(pyfuse3.Operations):
     async def open(self, inode, flags, ctx):
         if flags & (os.O_WRONLY | os.O_RDWR):
             raise pyfuse3.FUSEError(errno.EROFS)
+        c = self._control.get(inode)
+        if c is not None:
+            fh, self._next_fh = self._next_fh, self._next_fh + 1
+            self._control_data[fh] = await self._control_file(c)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=True)
         await self.ns.ready(inode)
         tree = self.ns.tree_of(inode)
         if tree.entry(inode).type != FILE:
@@ -214,8 +236,21 @@ class ImageOps(pyfuse3.Operations):
         self._handles[fh] = _Handle(tree, inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
 
+    async def _control_file(self, c: control.Control) -> bytes:
+        if c.kind == "stats":
+            doc = replace(self.statistics(), readdir_requests=self.readdir_requests).as_json()
+        else:
+            await self.ns.ready(c.image_ino)
+            if not self.ns.immutable(c.image_ino):
+                raise pyfuse3.FUSEError(errno.EINVAL)  # the root or refs/: not an image
+            doc = await self.on_warm(self.ns.tree_of(c.image_ino), c.workload)
+        return json.dumps(doc, sort_keys=True).encode()
+
     @fuse_errors
     async def read(self, fh, off, size):
+        data = self._control_data.get(fh)
+        if data is not None:
+            return data[off:off + size]
         h = self._handle(fh)
         try:
             return await self._read(h, off, size)
@@ -288,6 +323,7 @@ class ImageOps(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh):
         self._handles.pop(fh, None)
+        self._control_data.pop(fh, None)
 
     @fuse_errors
     async def releasedir(self, fh):
@@ -297,19 +333,20 @@ class ImageOps(pyfuse3.Operations):
     async def access(self, inode, mode, ctx):
         if mode & os.W_OK:
             raise pyfuse3.FUSEError(errno.EROFS)
+        if self._control.get(inode):
+            return
         await self.ns.ready(inode)
         self.ns.attrs(inode)  # ENOENT for an unknown inode; permissions: default_permissions
 
     @fuse_errors
     async def getxattr(self, inode, name, ctx):
-        if name == STATS_XATTR and inode == pyfuse3.ROOT_INODE and self.statistics:
-            stats = replace(self.statistics(), readdir_requests=self.readdir_requests)
-            return json.dumps(stats.as_json(), sort_keys=True).encode()
+        if not self.ns.carries_xattrs():
+            # The kernel then answers every getxattr of this mount itself (no data)
+            # instead of asking the daemon twice for each file `ls -l` shows.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
+        if self._control.get(inode):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         await self.ns.ready(inode)
-        if name.startswith(WARM_XATTR) and self.on_warm and self.ns.immutable(inode):
-            workload = name[len(WARM_XATTR):].decode("ascii", "replace")
-            doc = await self.on_warm(self.ns.tree_of(inode), workload)
-            return json.dumps(doc, sort_keys=True).encode()
         for key, value in self.ns.xattrs(inode):
             if key == name:
                 return value
@@ -317,6 +354,8 @@ class ImageOps(pyfuse3.Operations):
 
     @fuse_errors
     async def listxattr(self, inode, ctx):
+        if self._control.get(inode):
+            return []
         await self.ns.ready(inode)
         return [key for key, _ in self.ns.xattrs(inode)]
 
@@ -332,4 +371,6 @@ class ImageOps(pyfuse3.Operations):
         return s
 
     async def forget(self, inode_list):
-        """Inodes are fixed for the life of the mount; nothing to forget."""
+        """Image inodes are fixed for the life of the mount; control files are not."""
+        for ino, _ in inode_list:
+            self._control.forget(ino)

@@ -17,7 +17,7 @@ from blobstore.refs import parse_ref
 from blobstore.tiers import node_tiers
 from fusefs.fetch import ChunkFetcher, RetryPolicy
 from fusefs.namespace import SingleImage
-from fusefs.ops import STATS_XATTR, ImageOps
+from fusefs.ops import ImageOps
 from fusefs.stats import MountStats
 from fusefs.tree import FsTree
 from indexer.chunker import ChunkerParams
@@ -137,20 +137,60 @@ async def test_a_bug_in_a_handler_is_eio_not_a_dead_mount(image, caplog, bug):
     assert "bug in getattr" in caplog.text
 
 
-async def test_xattrs_and_hidden_stats(image):
+async def test_xattrs_and_the_hidden_stats_file(image):
     ops, _, manifest = image
     ping = await path_ino(ops, "bin/ping")
     assert await ops.listxattr(ping, None) == [b"security.capability"]
     assert len(await ops.getxattr(ping, b"security.capability", None)) == 20
-    root_names = await ops.listxattr(pyfuse3.ROOT_INODE, None)
-    assert STATS_XATTR not in root_names
-    await read_all(ops, ping, 1 << 20)
-    doc = json.loads(await ops.getxattr(pyfuse3.ROOT_INODE, STATS_XATTR, None))
-    assert doc["image_bytes"] == manifest.data_size
-    assert 3 << 20 <= doc["fetched_bytes"] < manifest.data_size
     with pytest.raises(pyfuse3.FUSEError) as e:
         await ops.getxattr(ping, b"user.none", None)
     assert e.value.errno == pyfuse3.ENOATTR
+    await read_all(ops, ping, 1 << 20)
+    listed = [name async for name in _names(ops, pyfuse3.ROOT_INODE)]
+    assert b".thaw-stats" not in listed and b"bin" in listed
+    stats = await path_ino(ops, ".thaw-stats")
+    fh = (await ops.open(stats, os.O_RDONLY, None)).fh
+    pieces = [bytes(await ops.read(fh, off, 7)) for off in range(0, 1 << 16, 7)]
+    await ops.release(fh)
+    doc = json.loads(b"".join(pieces))  # in small reads: made once, at open
+    assert doc["image_bytes"] == manifest.data_size
+    assert 3 << 20 <= doc["fetched_bytes"] < manifest.data_size
+    assert (await ops.getattr(stats)).attr_timeout == 0  # the kernel asks every time
+    with pytest.raises(pyfuse3.FUSEError) as e:  # only at the root
+        await path_ino(ops, "bin/.thaw-stats")
+    assert e.value.errno == errno.ENOENT
+    with pytest.raises(pyfuse3.FUSEError) as e:  # a single-image mount cannot warm
+        await path_ino(ops, f".thaw-warm.{ping}.boot")
+    assert e.value.errno == errno.ENOENT
+
+
+async def test_an_image_without_xattrs_lets_the_kernel_answer_getxattr(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"x")
+    objects = MemoryStore()
+    with open_source(str(tmp_path / "src")) as src:
+        push_tree(src, objects, parse_ref("plain:1"))
+    mid, manifest = open_image(objects, "plain:1")
+    ns = SingleImage(mid, FsTree(manifest, image_id=mid))
+    ops = ImageOps(ns, ChunkFetcher(lambda id, size: objects.get(id)))
+    for name in (b"security.selinux", b"system.posix_acl_access"):
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.getxattr(pyfuse3.ROOT_INODE, name, None)
+        assert e.value.errno == errno.ENOSYS  # the kernel stops asking: no data, always
+    assert await ops.listxattr(pyfuse3.ROOT_INODE, None) == []
+
+
+async def _names(ops, ino):
+    fh = await ops.opendir(ino, None)
+    replies = []
+    real = pyfuse3.readdir_reply
+    pyfuse3.readdir_reply = lambda token, name, attrs, nxt: replies.append(name) or True
+    try:
+        await ops.readdir(fh, 0, None)
+    finally:
+        pyfuse3.readdir_reply = real
+    for name in replies:
+        yield name
 
 
 async def test_statfs_and_links(image):

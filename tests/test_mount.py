@@ -377,6 +377,32 @@ def test_a_repeated_listing_of_an_image_directory_is_answered_by_the_kernel(thaw
     assert first > 10 and again == first
 
 
+def test_an_image_without_xattrs_has_the_kernel_answer_getxattr(thaw, tmp_path):
+    """The daemon answers the first getxattr ENOSYS; from then on the kernel answers each
+    itself (EOPNOTSUPP, which ls and cp take as no xattrs; ENODATA, no ACL, for an ACL's
+    name), and the control file that `thaw stats` reads still works and is never
+    listed."""
+    import errno
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"data")
+    thaw("push", str(src), "plain:1")
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "plain:1", str(mnt), *cache_args(tmp_path)):
+        for name in ("security.selinux", "user.any", "security.selinux"):
+            with pytest.raises(OSError) as e:
+                os.getxattr(mnt / "d" / "f", name)
+            assert e.value.errno == errno.EOPNOTSUPP, name
+        with pytest.raises(OSError) as e:
+            os.getxattr(mnt / "d" / "f", "system.posix_acl_access")
+        assert e.value.errno == errno.ENODATA
+        assert (mnt / "d" / "f").read_bytes() == b"data"
+        assert os.listdir(mnt) == ["d"]
+        stats = json.loads(thaw("stats", str(mnt), "--json").stdout)
+        assert stats["fetched_bytes"] == 4
+
+
 def test_a_background_mount_logs_to_the_state_directory_not_the_cache(thaw, pushed,
                                                                       tmp_path):
     """A cache that fills its disk must not silence the log that says so."""
