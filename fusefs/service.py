@@ -31,7 +31,6 @@ from blobstore.tiers import NodeTiers, node_tiers
 
 from .fetch import ChunkFetcher, RetryPolicy
 from .learn import Learners
-from .metrics import SnapshotCollector, start_metrics
 from .mount import serve
 from .namespace import SingleImage, StoreImages
 from .ops import Namespace
@@ -143,7 +142,12 @@ def _serve(namespace: Namespace, tiers: NodeTiers, fetcher: ChunkFetcher,
            leased: Callable[[], Iterable[str]] = lambda: ()) -> None:
     """``leased``: the manifests to hold against ``thaw gc`` (every image served so far:
     a tree the daemon dropped while idle may still be in a pod's use)."""
-    collector = SnapshotCollector()
+    collector = None
+    if opts.metrics:  # prometheus_client costs 60-300 ms to import: only when asked for
+        from .metrics import SnapshotCollector, start_metrics
+
+        collector = SnapshotCollector()
+        start_metrics(opts.metrics, collector)
     if objects is not None:
         lease = Lease(objects, "mount")
         extra = (*extra, lambda task_status=trio.TASK_STATUS_IGNORED: keep_lease(
@@ -154,10 +158,9 @@ def _serve(namespace: Namespace, tiers: NodeTiers, fetcher: ChunkFetcher,
                                   learners.hinted() if learners else 0)
 
     def publish() -> None:
-        collector.snapshot = statistics()
+        if collector is not None:
+            collector.snapshot = statistics()
 
-    if opts.metrics:
-        start_metrics(opts.metrics, collector)
     trio.run(lambda: serve(namespace, fetcher, mountpoint, on_ready=on_ready,
                            publish=publish, statistics=statistics,
                            extra=(*extra, learners.run) if learners else extra,

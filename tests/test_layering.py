@@ -92,3 +92,15 @@ def test_the_command_line_imports_no_heavy_library_until_a_command_needs_it():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_a_mount_imports_no_metrics_library_unless_asked_for_metrics():
+    """prometheus_client takes 60-300 ms to import; a mount without --metrics skips it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fusefs.service, fusefs.cli, blobstore.peers; "
+            "print('prometheus_client' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == "False"
