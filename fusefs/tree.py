@@ -70,21 +70,26 @@ class FsTree:
     def _index_children(self, entries: tuple[Entry, ...]) -> None:
         first_of_group: dict[int, int] = {}
         group_size: dict[int, int] = {}
+        children, nlink, canonical = self._children, self._nlink, self._canonical
+        index_of = self.manifest.index_of_stored
         for i, e in enumerate(entries):
             if e.link_group:
-                self._canonical[i] = first_of_group.setdefault(e.link_group, i)
+                canonical[i] = first_of_group.setdefault(e.link_group, i)
                 group_size[e.link_group] = group_size.get(e.link_group, 0) + 1
-            if e.type == DIR:
-                self._children[i] = {}
-                self._nlink[i] = 2
+            is_dir = e.type == DIR
+            if is_dir:
+                children[i] = {}
+                nlink[i] = 2
             if i:
-                parent = self.manifest.index_of(e.parent)
-                self._children[parent][os.fsencode(e.name)] = self._canonical[i]
-                if e.type == DIR:
-                    self._nlink[parent] += 1
-        for i, e in enumerate(entries):
-            if e.link_group:
-                self._nlink[i] = group_size[e.link_group]
+                parent_path, _, name = e.path.rpartition("/")
+                parent = index_of(parent_path)
+                children[parent][os.fsencode(name)] = canonical[i]
+                if is_dir:
+                    nlink[parent] += 1
+        if group_size:
+            for i, e in enumerate(entries):
+                if e.link_group:
+                    nlink[i] = group_size[e.link_group]
 
     # -- inode numbers -----------------------------------------------------------------------
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import msgpack
@@ -46,7 +45,7 @@ def sample() -> Manifest:
 
 def replace_entry(m: Manifest, i: int, **changes) -> Manifest:
     entries = list(m.entries)
-    entries[i] = dataclasses.replace(entries[i], **changes)
+    entries[i] = entries[i]._replace(**changes)
     return Manifest(m.header, m.chunks, tuple(entries))
 
 
@@ -80,6 +79,54 @@ def test_lookup_by_path():
 def test_invalid_entries_are_refused(change, message):
     with pytest.raises(ManifestInvalid, match=message):
         encode(replace_entry(sample(), 2, **change))
+
+
+def plain() -> Manifest:
+    """No xattrs: every entry takes validate's fast path."""
+    chunks = (ChunkRef(A, 100, 60), ChunkRef(B, 50, 51))
+    entries = (
+        Entry("", DIR, 0o755, 0, 0, 1),
+        Entry("bin", DIR, 0o755, 0, 0, 2),
+        Entry("bin/sh", FILE, 0o755, 0, 0, 3, 120, spans=(Span(0, 10, 90), Span(1, 0, 30))),
+        Entry("lib", SYMLINK, 0o777, 0, 0, 4, 7, target="usr/lib"),
+    )
+    return Manifest(Header("image", "tar", {}, 5), chunks, entries)
+
+
+@pytest.mark.parametrize("index, change, message", [
+    (2, dict(size=121), "spans' sum"),
+    (2, dict(spans=(Span(5, 0, 120),)), "outside the chunks"),
+    (2, dict(spans=(Span(0, 90, 30), Span(1, 0, 90))), "past its chunk"),
+    (2, dict(spans=(Span(0, 0, 0), Span(0, 10, 90), Span(1, 0, 30))), "outside the chunks"),
+    (2, dict(target="x"), "link target on a non-symlink"),
+    (2, dict(rdev=5), "rdev on a non-device"),
+    (2, dict(path="bin/."), "not normalised"),
+    (2, dict(path="bin/.."), "not normalised"),
+    (2, dict(path="bin/" + "x" * 256), "not normalised"),
+    (2, dict(path="bin/a\0b"), "NUL in path"),
+    (3, dict(path="/lib"), "not normalised"),
+    (3, dict(path="lib/"), "not normalised"),
+    (3, dict(size=8), "target's length"),
+    (3, dict(spans=(Span(0, 0, 7),)), "only regular files"),
+    (3, dict(target="", size=0), "bad symlink target"),
+    (1, dict(size=1), "size on a 'd' entry"),
+    (1, dict(link_group=2), "hard-linked directory"),
+])
+def test_invalid_entries_without_xattrs_are_refused(index, change, message):
+    encode(plain())  # valid as it is
+    with pytest.raises(ManifestInvalid, match=message):
+        encode(replace_entry(plain(), index, **change))
+
+
+def test_a_path_longer_than_4096_bytes_is_refused():
+    dirs = [("d" * 200 + str(i)) for i in range(21)]
+    entries = [Entry("", DIR, 0o755, 0, 0, 1)]
+    for k in range(1, len(dirs) + 1):
+        entries.append(Entry("/".join(dirs[:k]), DIR, 0o755, 0, 0, 1))
+    m = Manifest(Header("image", "tar", {}, 5), (), tuple(entries[:20]))
+    encode(m)  # 19 levels: 3,837 bytes
+    with pytest.raises(ManifestInvalid, match="path too long"):
+        encode(Manifest(m.header, (), tuple(entries)))
 
 
 def test_parent_must_exist_and_order_hold():
