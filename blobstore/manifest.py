@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import gc
 import itertools
+import operator
 import os
 import sys
 import threading
@@ -43,6 +44,7 @@ MAX_MANIFEST_SIZE = 1 << 30
 _U32 = (1 << 32) - 1
 _I64 = 1 << 63
 _FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
+_PATH = operator.itemgetter(0)  # an Entry's path
 
 
 class Span(NamedTuple):
@@ -101,7 +103,7 @@ class Manifest:
 
     def __post_init__(self) -> None:
         if not self._by_path:
-            self._by_path.update((e.path, i) for i, e in enumerate(self.entries))
+            self._by_path.update(zip(map(_PATH, self.entries), itertools.count()))
 
     def index_of(self, path: str) -> int:
         """The entry index of ``path`` ('' or '/' for the root); KeyError if absent."""
@@ -231,7 +233,8 @@ def _decode_chunk(c: object, n: int) -> ChunkRef:
 
 
 def _decode_entry(e: object, n: int) -> Entry:
-    _check(isinstance(e, list) and len(e) == 12, f"entry {n} does not have 12 fields")
+    if not (isinstance(e, list) and len(e) == 12):
+        _check(False, f"entry {n} does not have 12 fields")
     path, typ, mode, uid, gid, mtime, size, target, rdev, xattrs, group, flat = e  # type: ignore
     if not (type(path) is bytes and type(target) is bytes and type(xattrs) is list
             and type(flat) is list and len(flat) % 3 == 0
@@ -241,7 +244,8 @@ def _decode_entry(e: object, n: int) -> Entry:
             and type(size) is int and 0 <= size < _I64
             and type(rdev) is int and 0 <= rdev < _I64
             and type(group) is int and 0 <= group <= _U32
-            and all(type(v) is int and 0 <= v < _I64 for v in flat)):
+            and (not flat or (set(map(type, flat)) == {int}
+                              and min(flat) >= 0 and max(flat) < _I64))):
         _explain_entry(e, n)  # one entry in thousands: say exactly what is wrong with it
     # the common case, checked in one pass above: no message is built for a good entry
     if xattrs and not all(type(x) is list and len(x) == 2 and type(x[0]) is bytes
