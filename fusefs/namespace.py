@@ -116,11 +116,13 @@ class StoreImages:
             return self.trees[mid]
         self._loading[mid] = trio.Event()
         try:
-            m = await trio.to_thread.run_sync(load_manifest, BlobStore(self.objects), mid)
             k = self._ranges.setdefault(mid, len(self._ranges) + 1)
-            tree = FsTree(m, base=k << _RANGE, image_id=mid)
+            blobs = BlobStore(self.objects)
+            # The tree too is built in the worker: the trio thread keeps answering others.
+            tree = await trio.to_thread.run_sync(
+                lambda: FsTree(load_manifest(blobs, mid), base=k << _RANGE, image_id=mid))
             self.trees[mid] = self._by_range[k] = tree
-            self._image_of[k], self._sizes[mid] = mid, m.data_size
+            self._image_of[k], self._sizes[mid] = mid, tree.manifest.data_size
             self._touch(mid)
             self._on_image(tree)
             self._shrink(keep=mid)
