@@ -8,9 +8,15 @@ PY := $(VENV)/bin/python
 APT_PACKAGES := fuse3 libfuse3-dev pkg-config mmdebstrap rsync attr tar zstd ca-certificates strace podman runc g++ python3-dev
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-quick demo bench lint clean fuzz docker cluster cluster-down
+.PHONY: install bytecode test test-quick demo bench lint clean fuzz docker cluster cluster-down
 
-install: $(STAMP)
+install: $(STAMP) bytecode
+
+# Every thaw process (a mount above all) starts from compiled modules even where
+# PYTHONDONTWRITEBYTECODE is set: compiling thaw's sources took a fifth of a mount's start.
+# Incremental: only changed sources are compiled again.
+bytecode: $(STAMP)
+	@$(PY) -m compileall -q -j0 blobstore fusefs indexer placement restorer thaw >/dev/null
 
 $(STAMP): pyproject.toml Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
