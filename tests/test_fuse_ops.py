@@ -301,3 +301,14 @@ async def test_a_listing_in_many_requests_builds_each_entrys_attributes_once(
             break
     assert names == sorted(f"f{i:03d}".encode() for i in range(200))
     assert len(built) <= 200 + 11  # one extra per page at most, never per request x size
+
+
+def test_control_file_names():
+    from fusefs import control
+
+    assert control.parse(b".thaw-stats") == control.Control("stats")
+    assert control.parse(control.warm_name(4294967297, "boot").encode()) == \
+        control.Control("warm", 4294967297, "boot")
+    for bad in (b".thaw-stats2", b".thaw-warm.12", b".thaw-warm.x.boot", b".thaw-warm.1.-x",
+                b".thaw-warm.1." + b"w" * 65, b".thaw-warm.1.a/b"):
+        assert control.parse(bad) is None, bad
