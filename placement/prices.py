@@ -43,6 +43,7 @@ class Prices:
                 keys = n.cached.keys() & codes.keys()
                 code = np.frombuffer(array("q", map(codes.__getitem__, keys)), np.int64)
                 size = np.frombuffer(array("q", map(n.cached.__getitem__, keys)), np.int64)
+                code, size = code[size > 0], size[size > 0]  # as the dense row reads them
             node_of.append(np.full(len(code), i))
             code_of.append(code)
             size_of.append(size)
