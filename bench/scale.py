@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, human, table
+from common import REPO, drop_caches, human, table
 
 from blobstore.images import open_image
 from blobstore.local import LocalStore
@@ -71,11 +71,6 @@ def status(pid: int, field: str) -> int:
         return next(int(line.split()[1]) << 10 for line in f if line.startswith(field))
 
 
-def drop_caches() -> None:
-    subprocess.run(["sync"], check=True)
-    Path("/proc/sys/vm/drop_caches").write_text("3")
-
-
 # -- 1: mount time and memory ---------------------------------------------------------------
 
 
@@ -104,10 +99,15 @@ def mount_scale(work: Path, sizes: list[int]) -> list[list[object]]:
 # -- 2: listing one big directory -----------------------------------------------------------
 
 
-def ls_f(path: Path) -> float:
+def timed(*cmd: str) -> float:
+    """Seconds ``cmd`` takes, its output discarded."""
     started = time.perf_counter()
-    subprocess.run(["ls", "-f", str(path)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
+
+
+def ls_f(path: Path) -> float:
+    return timed("ls", "-f", str(path))
 
 
 def listing(work: Path, sizes: list[int]) -> list[list[object]]:
@@ -202,16 +202,10 @@ def memory(work: Path, size: int) -> list[list[object]]:
 # -- 5: walking a tree ----------------------------------------------------------------------
 
 
-def _timed(*cmd: str) -> float:
-    started = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
-
-
 def _walks(root: Path) -> list[float]:
     """find first, find again, ls -lR first, ls -lR again (the best of three)."""
-    find = [_timed("find", str(root)) for _ in range(4)]
-    ls = [_timed("ls", "-lR", str(root)) for _ in range(4)]
+    find = [timed("find", str(root)) for _ in range(4)]
+    ls = [timed("ls", "-lR", str(root)) for _ in range(4)]
     return [find[0], min(find[1:]), ls[0], min(ls[1:])]
 
 

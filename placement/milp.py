@@ -245,8 +245,8 @@ def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
             done = complete(workloads, nodes, prices, done, pending, max_starts, widest)
             counted = time.perf_counter()
             tries.append((account("milp", workloads, nodes, done, 0.0, note), done))
-            took, counting = (max(took, time.perf_counter() - begun),
-                              time.perf_counter() - counted)
+            now = time.perf_counter()
+            took, counting = max(took, now - begun), now - counted
     best, done = min(tries, key=lambda t: (t[0].pending_replicas, t[0].bytes_to_fetch))
     if time.perf_counter() + counting < deadline:  # the best plan, costliest fetches undone
         better = consolidate(workloads, prices, done, max_starts, deadline - counting)
