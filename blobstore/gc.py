@@ -3,25 +3,31 @@
 Two phases, as kopia and rustic do, never deleting in the run that marks. Each run:
 
 1. takes ``gc/lock`` with a conditional write (create-if-absent), so one collector runs at
-   a time; a lock older than ``LOCK_TTL`` by the store's clock was left by a dead collector
-   and is taken over;
-2. finds the roots, failing closed: every ref under ``refs/`` (one that does not parse, or
-   holds no manifest id, aborts the run), every unexpired lease (``leases.py``; an
-   unparsable one aborts), every manifest they name (one that is missing or invalid
-   aborts); the live blobs are those manifests and their chunks, and the leases' blobs;
+   a time. The lock says when the run started and is written again every ``LOCK_REFRESH``
+   seconds; one not written for ``LOCK_STALE`` by the store's clock was left by a dead
+   collector and is taken over (and a collector that could not renew its own stops before
+   it deletes);
+2. finds the roots, failing closed: every unexpired lease (``leases.py``; an unparsable one
+   aborts), then every ref under ``refs/`` (one that does not parse, or holds no manifest
+   id, aborts the run), every manifest they name (one that is missing or invalid aborts);
+   the live blobs are those manifests and their chunks, and the leases' blobs. Leases are
+   read before refs because a writer tags before it drops its lease: one of the two is seen;
 3. sweeps what an earlier run condemned (``gc/condemned.json``): a key that is live again,
    or was written again since it was condemned (a push re-uploads a condemned blob, a node
-   writes its report again), is released; one condemned at least ``grace`` ago is deleted;
+   writes its report again), is released; one condemned at least ``grace`` ago is doomed;
 4. marks: every key under ``blobs/``, ``hints/`` (of manifests not live), ``nodes/`` and
    ``leases/`` (expired ones) that is not live and was last written at least ``grace`` ago,
-   by the store's own timestamps, is condemned, with the time and its timestamp then.
+   by the store's own timestamps, is condemned, with the time and its timestamp then;
+5. writes the record, naming what it is about to delete (``deleting``), then deletes.
 
-So a blob goes only after two runs at least ``grace`` apart, and a push that relied on it
-in between either leased it (a lease is renewed far more often than any grace) or finds it
-condemned when it starts and uploads it again. ``clock`` is the store's "now": by default
-the timestamp the store gives a probe object it has just written (``store_clock``); tests
-pass a fake one and set a directory store's timestamps themselves. Temporaries of a
-directory store (``.tmp/``) are swept by the store itself (``tempfiles``). Synchronous.
+So a blob goes only after two runs at least ``grace`` apart. A writer that relied on it in
+between, or uploaded it again while a run was between its listing and its deletes, is
+caught by the writer's fence (``fence.py``), which reads the lock and the record before it
+tags. ``clock`` is the store's "now": by default the timestamp the store gives a probe
+object it has just written (``store_clock``); tests pass a fake one and set a directory
+store's timestamps themselves. Temporaries of a
+directory store (``.tmp/``) are swept by the store itself (``tempfiles``). Synchronous, but
+for the thread that renews the lock.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,7 +55,8 @@ log = logging.getLogger(__name__)
 LOCK = "gc/lock"
 CONDEMNED = "gc/condemned.json"
 CLOCK = "gc/clock"
-LOCK_TTL = 6 * 3600.0
+LOCK_REFRESH = 60.0  # seconds between writes of a held lock
+LOCK_STALE = 600.0  # a lock not written again for this long was left by a dead collector
 COLLECTED = (BLOBS, "hints/", "nodes/", LEASES)
 MIN_GRACE = 3600.0
 
@@ -98,37 +107,107 @@ class GcResult:
 
 
 class _Lock:
+    """``gc/lock``: taken by a conditional write, renewed by a daemon thread (``_beat``)."""
+
     def __init__(self, objects: ObjectStore, clock: Callable[[], float]) -> None:
         self.objects, self.clock = objects, clock
-        self.holder = f"{socket.gethostname()}:{os.getpid()}"
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        self.renewed = 0.0  # time.monotonic() of the last write that worked
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
     def acquire(self) -> None:
-        doc = json.dumps({"holder": self.holder}).encode()
+        doc = json.dumps({"holder": self.holder, "started": self.clock()}).encode()
         for _ in range(2):
             if self.objects.create(LOCK, doc):
+                self.renewed = time.monotonic()
+                self._thread = threading.Thread(target=self._beat, args=(doc,), daemon=True,
+                                                name="thaw-gc-lock")
+                self._thread.start()
                 return
-            held = next((i for i in self.objects.list_info("gc/") if i.key == LOCK), None)
+            held = lock_info(self.objects)
             if held is None:
                 continue  # released meanwhile
-            try:
-                holder = json.loads(self.objects.get(LOCK)).get("holder", "?")
-            except (NotFound, ValueError, AttributeError):
-                holder = "?"
             age = self.clock() - held.mtime
-            if age < LOCK_TTL:
-                raise GcLocked(f"another `thaw gc` is running: {LOCK} is held by {holder} "
-                               f"since {age / 60:.0f} minutes ago; it is taken over after "
-                               f"{LOCK_TTL / 3600:.0f} h")
-            log.warning("taking over %s from %s, %.0f h old", LOCK, holder, age / 3600)
+            if age < LOCK_STALE:
+                raise GcLocked(f"another `thaw gc` is running: {LOCK} is held by {held.holder},"
+                               f" last renewed {age:.0f} s ago; it is taken over once "
+                               f"{LOCK_STALE / 60:.0f} minutes pass without a renewal")
+            log.warning("taking over %s from %s, not renewed for %.0f minutes", LOCK,
+                        held.holder, age / 60)
             self.objects.delete(LOCK)
         raise GcLocked(f"another `thaw gc` took {LOCK} at the same moment")
 
-    def release(self) -> None:
+    def _beat(self, doc: bytes) -> None:
+        while not self._stop.wait(LOCK_REFRESH) and self._renew(doc):
+            pass
+
+    def _renew(self, doc: bytes) -> bool:
+        """Write the lock again unless it was taken over; whether to go on renewing."""
         try:
-            self.objects.delete(LOCK)
+            if not self._ours():
+                log.error("%s was taken over; this run stops before deleting", LOCK)
+                return False  # never write over the new holder's lock
+            self.objects.put(LOCK, doc)
+            self.renewed = time.monotonic()
         except StoreError as exc:
-            log.warning("%s not released (the next run takes it over after %.0f h): %s",
-                        LOCK, LOCK_TTL / 3600, exc)
+            log.error("%s not renewed: %s; the run stops before deleting if this lasts",
+                      LOCK, exc)
+        return True
+
+    def _ours(self) -> bool:
+        held = lock_info(self.objects)
+        return held is not None and held.holder == self.holder
+
+    def check(self) -> None:
+        """GcAborted unless the lock is still this run's and renewed well within its
+        staleness: a collector that may have been taken over must not delete."""
+        held = lock_info(self.objects)
+        if held is None or held.holder != self.holder:
+            raise GcAborted(f"{LOCK} was taken over by {held.holder if held else 'nobody'}; "
+                            "this run stops before deleting anything")
+        if time.monotonic() - self.renewed > LOCK_STALE / 2:
+            raise GcAborted(f"{LOCK} could not be renewed for "
+                            f"{(time.monotonic() - self.renewed) / 60:.0f} minutes; this run "
+                            "stops before deleting anything")
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            if self._ours():  # a lock taken over is the new holder's to remove
+                self.objects.delete(LOCK)
+        except StoreError as exc:
+            log.warning("%s not released (the next run takes it over after %.0f minutes): %s",
+                        LOCK, LOCK_STALE / 60, exc)
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    holder: str
+    started: float  # the run's start, by the store's clock
+    mtime: float  # its last renewal, by the store's clock
+
+
+def lock_info(objects: ObjectStore) -> LockInfo | None:
+    """The collector's lock, or None when no collector holds it. A lock that does not parse
+    counts as one that started at its timestamp."""
+    held = next((i for i in objects.list_info("gc/") if i.key == LOCK), None)
+    if held is None:
+        return None
+    try:
+        doc = json.loads(objects.get(LOCK))
+    except NotFound:
+        return None
+    except ValueError:
+        doc = {}
+    doc = doc if isinstance(doc, dict) else {}
+    try:
+        started = float(doc.get("started", held.mtime))
+    except (ValueError, TypeError):
+        started = held.mtime
+    return LockInfo(str(doc.get("holder", "?"))[:200], started, held.mtime)
 
 
 @dataclass
@@ -141,17 +220,17 @@ class _Roots:
 def _roots(objects: ObjectStore, now: float) -> _Roots:
     """What tags and unexpired leases hold; GcAborted for anything unreadable."""
     roots = _Roots()
-    for name, mid, error in Refs(objects).scan_keys():
-        if error is not None:
-            raise GcAborted(f"tag {name} {error}; remove or fix it before collecting")
-        roots.manifests.add(mid)
-    for key, lease, error in scan_leases(objects):
+    for key, lease, error in scan_leases(objects):  # before the refs: see the docstring
         if error is not None:
             raise GcAborted(f"{key}: {error}; remove it before collecting")
         if lease["expires"] > now:
             roots.manifests.update(lease["manifests"])
             roots.blobs.update(lease["blobs"])
             roots.leases.add(key)
+    for name, mid, error in Refs(objects).scan_keys():
+        if error is not None:
+            raise GcAborted(f"tag {name} {error}; remove or fix it before collecting")
+        roots.manifests.add(mid)
     return roots
 
 
@@ -168,24 +247,33 @@ def _live_blobs(objects: ObjectStore, manifests: set[str]) -> set[str]:
     return live
 
 
-def _read_condemned(objects: ObjectStore) -> dict[str, tuple[float, float]]:
+@dataclass(frozen=True)
+class Record:
+    """``gc/condemned.json``: what is condemned (key -> (marked at, its timestamp then)),
+    and what the run that wrote it was about to delete."""
+
+    objects: dict[str, tuple[float, float]]
+    deleting: frozenset[str] = frozenset()
+    raw: bytes = b""
+
+    def blob_ids(self) -> set[str]:
+        """The blobs condemned or being deleted."""
+        return {k.rsplit("/", 1)[-1] for k in (*self.objects, *self.deleting)
+                if k.startswith(BLOBS)}
+
+
+def read_record(objects: ObjectStore) -> Record:
+    """The record (empty if there is none); GcAborted if it does not parse."""
     try:
-        doc = json.loads(objects.get(CONDEMNED))
-        return {k: (float(v[0]), float(v[1])) for k, v in doc["objects"].items()}
+        raw = objects.get(CONDEMNED)
+        doc = json.loads(raw)
+        return Record({k: (float(v[0]), float(v[1])) for k, v in doc["objects"].items()},
+                      frozenset(str(k) for k in doc.get("deleting", [])), raw)
     except NotFound:
-        return {}
+        return Record({})
     except (ValueError, KeyError, TypeError, AttributeError, IndexError):
         raise GcAborted(f"{CONDEMNED} is unreadable; remove it (the next runs mark again)") \
             from None
-
-
-def condemned_blobs(objects: ObjectStore) -> set[str]:
-    """The ids of the blobs a collector has condemned (a push uploads them again); none if
-    the record is missing or unreadable (a push never fails on it)."""
-    try:
-        return {k.rsplit("/", 1)[-1] for k in _read_condemned(objects) if k.startswith(BLOBS)}
-    except GcAborted:
-        return set()
 
 
 def _is_live(key: str, live: set[str], roots: _Roots) -> bool:
@@ -203,26 +291,26 @@ def collect(objects: ObjectStore, *, grace: float, clock: Callable[[], float] | 
             dry_run: bool = False) -> GcResult:
     """One run of the collector; see the module's docstring."""
     clock = clock or store_clock(objects)
-    lock = _Lock(objects, clock)
-    if not dry_run:
+    lock = None if dry_run else _Lock(objects, clock)
+    if lock is not None:
         lock.acquire()
     try:
-        return _run(objects, grace, clock, dry_run)
+        return _run(objects, grace, clock, lock)
     finally:
-        if not dry_run:
+        if lock is not None:
             lock.release()
 
 
 def _run(objects: ObjectStore, grace: float, clock: Callable[[], float],
-         dry_run: bool) -> GcResult:
+         lock: _Lock | None) -> GcResult:
     now = clock()
     roots = _roots(objects, now)
     live = _live_blobs(objects, roots.manifests) | roots.blobs
     listing: dict[str, ObjectInfo] = {}
     for prefix in COLLECTED:
         listing.update((i.key, i) for i in objects.list_info(prefix))
-    condemned = _read_condemned(objects)
-    result = GcResult(dry_run, len(roots.manifests), len(live))
+    condemned = read_record(objects).objects
+    result = GcResult(lock is None, len(roots.manifests), len(live))
     kept: dict[str, tuple[float, float]] = {}
     doomed: list[str] = []
 
@@ -239,15 +327,17 @@ def _run(objects: ObjectStore, grace: float, clock: Callable[[], float],
         else:
             kept[key] = (marked_at, mtime)
             result.waiting += 1
-    if not dry_run:
-        objects.delete_many(doomed)  # S3 takes a thousand a request
     for key, info in sorted(listing.items()):  # mark
         if key in condemned or now - info.mtime < grace or _is_live(key, live, roots):
             continue
         kept[key] = (now, info.mtime)
         result.marked.append(key)
         result.marked_bytes += info.size
-    if not dry_run:
-        objects.put(CONDEMNED, json.dumps({"version": 1, "objects": kept},
-                                          sort_keys=True).encode())
+    if lock is not None:
+        # Named before they go, so a writer's fence that reads the record sees them.
+        objects.put(CONDEMNED, json.dumps({"version": 1, "run": lock.holder, "objects": kept,
+                                           "deleting": doomed}, sort_keys=True).encode())
+        if doomed:
+            lock.check()
+            objects.delete_many(doomed)  # S3 takes a thousand a request
     return result

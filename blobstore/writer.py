@@ -6,8 +6,9 @@ Threading: ``submit`` is called from one producer thread (it hashes, the caller 
 did); compression and upload run in a pool of ``jobs`` threads, with at most ``2 * jobs``
 chunks in flight, which bounds memory. A chunk submitted twice is uploaded once. A store
 error in a worker reaches the producer at its next ``submit`` (``raise_failed``) or at
-``finish``. The tag is written after every chunk and the manifest are stored, so an
-interrupted write never leaves a tag that names missing blobs.
+``finish``. The tag is written after every chunk and the manifest are stored, and after the
+writer's ``GcFence`` (``fence.py``) has made sure no collector deleted or may still delete
+any of them, so a tag never names missing blobs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from .blobs import BlobStore
 from .digest import blob_id
 from .errors import BlobNotFound, StoreUnavailable
+from .fence import GcFence
 from .leases import Lease
 from .manifest import ChunkRef, Manifest, encode
 from .refs import Ref, Refs
@@ -81,11 +83,12 @@ class ImageWriter:
 
     def __init__(self, blobs: BlobStore, *, jobs: int = 8, known: KnownBlobs | None = None,
                  thread_name: str = "thaw-upload", lease: Lease | None = None,
-                 condemned: set[str] = frozenset()) -> None:
+                 fence: GcFence | None = None) -> None:
         """``lease``: the writer's lease, told every blob it relies on without uploading;
-        ``condemned``: blobs a collector condemned, uploaded again whether present or not."""
-        self.blobs, self.known, self.lease = blobs, known, lease
-        self.condemned = condemned
+        ``fence``: crossed before the tag; the blobs it says a collector condemned are
+        uploaded again whether present or not. Both or neither."""
+        self.blobs, self.known, self.lease, self.fence = blobs, known, lease, fence
+        self.condemned = fence.condemned if fence is not None else frozenset()
         self.pool = ThreadPoolExecutor(jobs, thread_name_prefix=thread_name)
         self.slots = threading.BoundedSemaphore(2 * jobs)
         self.by_id: dict[str, Future] = {}
@@ -136,8 +139,12 @@ class ImageWriter:
         """Store the manifest, then point ``ref`` at it (last); the manifest id."""
         raw = encode(manifest)
         mid = blob_id(raw)
+        stored = (self.blobs.put_new(mid, raw) if mid in self.condemned
+                  else self.blobs.ensure(mid, raw)[1])
         with self._lock:
-            self.uploaded_bytes += self.blobs.ensure(mid, raw)[1]
+            self.uploaded_bytes += stored
+        if self.fence is not None and self.lease is not None:
+            self.fence.cross(self.lease, {mid, *(c.id for c in manifest.chunks)})
         if ref is not None:
             Refs(self.blobs.objects).set(ref, mid)
         return mid

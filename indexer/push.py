@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.digest import blob_id
-from blobstore.gc import condemned_blobs
+from blobstore.fence import GcFence
 from blobstore.leases import Lease, LeaseKeeper
 from blobstore.manifest import (
     DIR,
@@ -123,10 +123,12 @@ def push_tree(tree: SourceTree, objects: ObjectStore, ref: Ref | None = None, *,
     # this push relies on, and the blobs a collector has condemned are uploaded again.
     keeper = LeaseKeeper(Lease(objects, "push")).start()
     try:
+        fence = GcFence(objects)
         # Listing beyond a few times the image's chunk count costs more than asking per chunk.
         known = KnownBlobs(blobs, limit=4 * (pos // params.min_size + 1),
-                           condemned=condemned_blobs(objects))
-        with ImageWriter(blobs, jobs=jobs, known=known, lease=keeper.lease) as writer:
+                           condemned=fence.condemned)
+        with ImageWriter(blobs, jobs=jobs, known=known, lease=keeper.lease,
+                         fence=fence) as writer:
             table = writer.table(_chunk_stream(tree, files, writer, params, on_bytes))
         manifest = build_manifest(tree, table, offsets, params)
         mid = writer.finish(manifest, ref)

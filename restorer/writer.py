@@ -16,7 +16,7 @@ from concurrent.futures import Future
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.digest import blob_id
-from blobstore.gc import condemned_blobs
+from blobstore.fence import GcFence
 from blobstore.leases import Lease, LeaseKeeper
 from blobstore.manifest import DIR, FILE, Entry, Header, Manifest, Span
 from blobstore.refs import Ref
@@ -31,7 +31,7 @@ class SnapshotWriter:
         # As a push: leased before it looks at the store; condemned blobs uploaded again.
         self.keeper = LeaseKeeper(Lease(objects, "snapshot")).start()
         self.writer = ImageWriter(BlobStore(objects), jobs=jobs, thread_name="thaw-snapshot",
-                                  lease=self.keeper.lease, condemned=condemned_blobs(objects))
+                                  lease=self.keeper.lease, fence=GcFence(objects))
         self.chunks: list[tuple[str, int, Future]] = []
         self.files: dict[str, tuple[int, tuple[Span, ...]]] = {}
 

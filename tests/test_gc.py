@@ -15,7 +15,7 @@ import uuid
 import pytest
 
 from blobstore.blobs import BlobStore
-from blobstore.gc import CONDEMNED, LOCK, LOCK_TTL, GcAborted, GcLocked, collect
+from blobstore.gc import CONDEMNED, LOCK, LOCK_STALE, GcAborted, GcLocked, collect
 from blobstore.images import open_image
 from blobstore.leases import Lease
 from blobstore.local import LocalStore
@@ -155,7 +155,7 @@ def test_one_collector_at_a_time_and_a_dead_ones_lock_is_taken_over(two_images, 
     clock = Clock()
     with pytest.raises(GcLocked, match="held by node-7:1234"):
         collect(objects, grace=HOUR, clock=clock)
-    clock.now += LOCK_TTL + 60
+    clock.now += LOCK_STALE + 60
     collect(objects, grace=HOUR, clock=clock)  # a lock older than its TTL: taken over
     assert not objects.has(LOCK) and objects.has(CONDEMNED)
 
@@ -188,10 +188,13 @@ def test_two_collectors_at_once_on_seaweedfs(s3_env):
     objects = S3Store("thaw", f"gc-{uuid.uuid4().hex[:8]}")
     objects.put("nodes/x.json", b"{}")
     inside, go_on = threading.Event(), threading.Event()
+    calls = []
 
-    def slow_clock() -> float:
-        inside.set()
-        go_on.wait(30)
+    def slow_clock() -> float:  # the first call stamps the lock; the second runs, held
+        calls.append(1)
+        if len(calls) > 1:
+            inside.set()
+            go_on.wait(30)
         return time.time()
 
     first = threading.Thread(target=lambda: collect(objects, grace=HOUR, clock=slow_clock))
@@ -332,7 +335,7 @@ def test_a_crash_at_every_step_of_gc_and_push_loses_nothing_and_the_next_gc_fini
             store.left = 1 << 30
             assert readable(store, "b:1")
             later = Clock()
-            later.now = clock.now + LOCK_TTL + 60  # a crashed run's lock is stale by then
+            later.now = clock.now + LOCK_STALE + 60  # a crashed run's lock is stale by then
             for _ in range(2):
                 collect(store, grace=HOUR, clock=later)
             assert readable(store, "b:1") and not store.has(LOCK)
@@ -408,7 +411,7 @@ def test_kill_9_in_the_middle_of_a_push_and_of_a_gc_loses_nothing(thaw, two_imag
     assert locked.returncode == 3 and b"held by" in locked.stderr  # the dead one's lock
 
     clock = Clock()
-    clock.now += LOCK_TTL + HOUR  # its lock and the push's lease are stale by then
+    clock.now += LOCK_STALE + HOUR  # its lock and the push's lease are stale by then
     for _ in range(2):
         collect(objects, grace=0, clock=clock)
     assert readable(objects, "b:1") and not objects.has(LOCK)
