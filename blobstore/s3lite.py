@@ -1,4 +1,4 @@
-"""A lean S3 path: signed GET, HEAD and PUT over ``http.client``, for the mount's calls.
+"""A lean S3 path: signed GET, HEAD, PUT and DELETE over ``http.client``, for the mount's calls.
 
 boto3 costs ~0.3 s to import and set up a client, and ~2.5 ms of CPU (held under the GIL)
 per 120 KB GET; a cold start that fetches 170 chunks spends more time there than on the
