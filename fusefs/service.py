@@ -14,19 +14,17 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import trio
 
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.diskcache import DiskCache
-from blobstore.hints import START
 from blobstore.leases import REFRESH, Lease
 from blobstore.manifest import Manifest
 from blobstore.nodereport import peer_urls
 from blobstore.peers import Membership, PeerTier
-from blobstore.retrying import DEFAULT_BUDGET, without_retries
+from blobstore.retrying import without_retries
 from blobstore.tiers import NodeTiers, node_tiers
 
 from .fetch import ChunkFetcher, RetryPolicy
@@ -34,45 +32,11 @@ from .learn import Learners
 from .mount import serve
 from .namespace import SingleImage, StoreImages
 from .ops import Namespace
+from .options import MountOptions, NodeOptions
 from .prefetch import Warmer, queue_image
 from .reporter import NodeReporter
 from .stats import MountStats
 from .tree import FsTree
-
-
-@dataclass(frozen=True)
-class MountOptions:
-    """What ``thaw mount`` and ``thaw daemon`` share."""
-
-    cache_dir: str
-    cache_bytes: int = 10 << 30
-    memory_bytes: int = 256 << 20
-    metrics: str | None = None  # HOST:PORT for Prometheus
-    hints: str | None = START  # the workload whose starts are learnt and replayed
-    hints_window: float = 60.0
-    store_timeout: float = DEFAULT_BUDGET
-    prefetch: str = "hints"  # what else is fetched ahead: hints, all (the image), none
-    prefetch_budget: int | None = None  # bytes of --prefetch all; None: a quarter of the cache
-    peers: str | None = None  # --peers: URL,URL | @FILE | store; None: no cache peers
-    self_url: str | None = None  # --self: this node's own peer URL
-    peer_token: str = ""  # the bearer token peers want
-
-    def image_budget(self, disk: DiskCache) -> int:
-        """Bytes ``--prefetch all`` may fetch now: within the budget and the disk cache's
-        free room, so that it never evicts what mounted images use."""
-        budget = self.cache_bytes // 4 if self.prefetch_budget is None else self.prefetch_budget
-        return max(0, min(budget, disk.max_bytes - disk.size))
-
-
-@dataclass(frozen=True)
-class NodeOptions:
-    """What only the daemon has: the node's report to placement."""
-
-    node_id: str | None = None
-    gpus: Callable[[], list[dict] | None] = lambda: None
-    report_interval: float = 5.0
-    peer_url: str | None = None  # where this node's `thaw serve` answers
-
 
 log = logging.getLogger(__name__)
 _M_ARENA_MAX = -8  # glibc's mallopt parameter
@@ -187,10 +151,11 @@ def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: 
 
 
 def run_daemon(objects: ObjectStore, mountpoint: str, opts: MountOptions,
-               node: NodeOptions = NodeOptions(),
+               node: NodeOptions | None = None,
                on_ready: Callable[[], None] = lambda: None) -> None:
     """Serve every image of the store under ``mountpoint``: ``<id>/`` and ``refs/``; write
     this node's report to ``nodes/<node id>.json`` every ``report_interval`` seconds."""
+    node = node or NodeOptions()
     tiers, fetcher, learners, warmer = _read_path(objects, opts)
     assert tiers.disk is not None
     reporter = NodeReporter(objects, tiers.disk.inner, node_id=node.node_id, gpus=node.gpus,

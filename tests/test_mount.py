@@ -20,7 +20,7 @@ from blobstore.codec import encode_blob
 from blobstore.hints import load_hints
 from blobstore.images import open_image
 from blobstore.local import LocalStore
-from fusefs.mount import is_mounted
+from fusefs.mountpoint import is_mounted
 
 from .conftest import REPO, Mounted, mount_pid, rsync_diff
 from .seaweed import free_ports
