@@ -66,6 +66,9 @@ def register(sub, common) -> None:
     p.add_argument("--cache-size", default="10G", help="bound of the disk cache (default 10G)")
     p.add_argument("--token-file", required=True, metavar="FILE",
                    help="the bearer token clients must send")
+    p.add_argument("--memory", default="256M", metavar="SIZE",
+                   help="recently served chunks kept in memory, so that a chunk many peers "
+                        "ask for is read and verified once (default 256M; 0: none)")
     p.add_argument("--in-flight", type=int, default=64, metavar="N",
                    help="blob requests answered at once (default 64)")
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
@@ -91,7 +94,7 @@ def cmd_serve(args, console) -> int:
     if not args.header_timeout > 0:
         raise UsageError("--header-timeout must be a number of seconds > 0")
     server = PeerServer(tiers, token, in_flight=args.in_flight,
-                        header_timeout=args.header_timeout)
+                        header_timeout=args.header_timeout, memory_bytes=parse_size(args.memory))
     try:
         asyncio.run(server.run(host, port, on_ready=lambda: console.note(
             f"serving {args.cache_dir} on http://{args.listen} (store {objects})")))

@@ -13,9 +13,10 @@ mount, cause one store read (the disk cache's per-chunk fill lock). ``/healthz``
 needs ``Authorization: Bearer TOKEN``, compared in constant time (401). An id that is not 64
 lowercase hex is 400 before anything touches the disk: no path is ever built from a
 request. Bounded: ``in_flight`` blob requests at a time (memory: that many times the
-largest blob), header size and count, a header that takes longer than ``header_timeout``
-closes the connection (slow-loris), idle keep-alive connections close after
-``keepalive``. SIGTERM and SIGINT stop it gracefully.
+largest blob, plus ``memory_bytes`` of recently served blobs, ``recent.py``, so a chunk
+many peers ask for is read and verified once), header size and count, a header that
+takes longer than ``header_timeout`` closes the connection (slow-loris), idle keep-alive
+connections close after ``keepalive``. SIGTERM and SIGINT stop it gracefully.
 
 asyncio (aiohttp), in its own process, never in trio; blocking tier calls run in a thread
 pool of ``in_flight`` threads.
@@ -37,12 +38,14 @@ from prometheus_client.core import CounterMetricFamily
 
 from .errors import BlobCorrupt, BlobNotFound, StoreUnavailable, ThawError
 from .peers import API, CACHED_ONLY
+from .recent import RecentStored
 from .tiers import NodeTiers
 
 log = logging.getLogger(__name__)
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 MAX_HEADER = 8 << 10
+MEMORY = 256 << 20  # bytes of recently served blobs kept in memory (``recent.py``)
 
 
 class SlowClientGuard(asyncio.Protocol):
@@ -97,12 +100,14 @@ class SlowClientGuard(asyncio.Protocol):
 
 
 class _TierCollector:
-    """Cache hits and read-throughs from the tiers' own counters."""
+    """Memory and disk cache hits and read-throughs, from their own counters."""
 
-    def __init__(self, tiers: NodeTiers) -> None:
-        self.tiers = tiers
+    def __init__(self, tiers: NodeTiers, recent: RecentStored) -> None:
+        self.tiers, self.recent = tiers, recent
 
     def collect(self):
+        yield CounterMetricFamily("thaw_serve_memory_hits", "Blobs served from memory",
+                                  value=self.recent.hits)
         for name, tier in (("hits", self.tiers.disk), ("read_throughs", self.tiers.store)):
             if tier is not None:
                 snap = tier.stats.snapshot().as_dict()
@@ -112,8 +117,10 @@ class _TierCollector:
 
 class PeerServer:
     def __init__(self, tiers: NodeTiers, token: str, *, in_flight: int = 64,
-                 header_timeout: float = 10.0, keepalive: float = 30.0) -> None:
+                 header_timeout: float = 10.0, keepalive: float = 30.0,
+                 memory_bytes: int = MEMORY) -> None:
         self.tiers, self._token = tiers, f"Bearer {token}".encode()
+        self.recent = RecentStored(memory_bytes)
         self.in_flight, self.header_timeout, self.keepalive = in_flight, header_timeout, keepalive
         self._slots = asyncio.Semaphore(in_flight)
         self._pool = concurrent.futures.ThreadPoolExecutor(in_flight, "thaw-serve")
@@ -123,7 +130,7 @@ class PeerServer:
         self.sent = Counter("thaw_serve_sent_bytes", "Blob bytes sent", registry=self.registry)
         self.latency = Histogram("thaw_serve_latency_seconds", "Blob request latency",
                                  registry=self.registry)
-        self.registry.register(_TierCollector(tiers))
+        self.registry.register(_TierCollector(tiers, self.recent))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=0)
@@ -186,12 +193,17 @@ class PeerServer:
         return web.Response(status=206, body=stored[first:last + 1], headers=headers)
 
     def _stored(self, id: str, cached_only: bool = False) -> bytes:
-        """Verified stored bytes: read through the node's tiers, or (a hedged request) from
-        its disk cache only, BlobNotFound on a miss."""
+        """Verified stored bytes: from memory (``recent``), else read through the node's
+        tiers, or (a hedged request) from its disk cache only, BlobNotFound on a miss."""
+        stored = self.recent.cached(id)
+        if stored is not None:
+            return stored
         tier = self.tiers.disk if cached_only else self.tiers.stack
         if tier is None:
             raise BlobNotFound(f"blob {id}: no disk cache here")
-        return tier.fetch(id).stored
+        stored = tier.fetch(id).stored
+        self.recent.keep(id, stored)
+        return stored
 
     async def run(self, host: str, port: int, on_ready=lambda: None) -> None:
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,

@@ -23,6 +23,7 @@ from blobstore.blobs import BlobStore
 from blobstore.errors import UsageError
 from blobstore.images import open_image
 from blobstore.peers import Membership, normalise_url, owners
+from blobstore.recent import RecentStored
 
 from .conftest import REPO, Mounted
 from .proxy import RemoteLikeProxy
@@ -58,6 +59,49 @@ def test_a_fourth_node_moves_about_a_quarter_of_the_owners():
     assert 0.2 < len(moved) / len(ids) < 0.3
     assert all(owners(four, id, 1) == ["http://10.0.0.4:8740"] for id in moved)
     assert owners(list(reversed(four)), ids[0]) == owners(four, ids[0])  # order-free
+
+
+def test_recent_stored_keeps_the_most_recently_used_within_its_bound():
+    recent = RecentStored(250)
+    recent.keep("a", b"x" * 100)
+    recent.keep("b", b"y" * 100)
+    assert recent.cached("a") == b"x" * 100  # now the most recent
+    recent.keep("c", b"z" * 100)  # over the bound: b, the least recent, goes
+    assert recent.cached("b") is None and recent.cached("a") and recent.cached("c")
+    assert recent.size == 200 and recent.hits == 3
+    recent.keep("big", b"w" * 300)  # larger than the bound: never kept
+    assert recent.cached("big") is None and recent.size == 200
+
+
+@pytest.mark.allow_log_warnings  # the damaged entry, dropped when nothing remembers it
+@pytest.mark.parametrize("memory", [1 << 20, 0])
+def test_serve_reads_and_verifies_a_chunk_many_peers_ask_for_once(tmp_path, memory):
+    from blobstore.digest import blob_id
+    from blobstore.diskcache import DiskCache
+    from blobstore.memory import MemoryStore
+    from blobstore.peerserver import PeerServer
+    from blobstore.tiers import node_tiers
+
+    data = os.urandom(100_000)
+    id = blob_id(data)
+    blobs = BlobStore(MemoryStore())
+    blobs.put_new(id, data)
+    tiers = node_tiers(blobs, DiskCache(tmp_path / "cache", 1 << 30))
+    server = PeerServer(tiers, TOKEN, memory_bytes=memory)
+    try:
+        first = server._stored(id)  # read through, verified, kept
+        tiers.disk.inner._path(id).write_bytes(first[:-1] + b"!")  # damaged on disk later
+        for _ in range(5):  # ninety-nine peers, in short
+            assert server._stored(id) == first
+            assert server._stored(id, cached_only=True) == first
+        disk_reads = tiers.disk.stats.snapshot().as_dict()["chunks"]
+        store_reads = tiers.store.stats.snapshot().as_dict()["chunks"]
+        if memory:  # once from the store, never again from the (damaged) disk
+            assert (server.recent.hits, store_reads, disk_reads) == (10, 1, 0)
+        else:  # the damaged entry dropped and fetched again, never served
+            assert server.recent.hits == 0 and store_reads == 2
+    finally:
+        server._pool.shutdown()
 
 
 def test_a_peer_file_is_read_again_when_it_changes(tmp_path):
