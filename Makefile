@@ -14,9 +14,11 @@ install: $(STAMP) bytecode
 
 # Every thaw process (a mount above all) starts from compiled modules even where
 # PYTHONDONTWRITEBYTECODE is set: compiling thaw's sources took a fifth of a mount's start.
-# Incremental: only changed sources are compiled again.
+# Incremental: only changed sources are compiled again. Then thaw/startup-files.txt
+# (thaw/warmup.py) names what a mount imports, so a cold node reads it in parallel.
 bytecode: $(STAMP)
 	@$(PY) -m compileall -q -j0 blobstore fusefs indexer placement restorer thaw >/dev/null
+	@$(PY) -m thaw.warmup >/dev/null  # the files a mount imports, read ahead on a cold node
 
 $(STAMP): pyproject.toml Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \

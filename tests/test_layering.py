@@ -104,3 +104,26 @@ def test_a_mount_imports_no_metrics_library_unless_asked_for_metrics():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                          text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_the_warm_up_list_names_what_a_mount_imports_and_leaves_no_thread(tmp_path):
+    """`python -m thaw.warmup` lists the files a mount imports (pyfuse3's extension, trio's
+    bytecode); reading ahead a list with a vanished file is quiet, and ``wait`` leaves no
+    thread behind for a background mount's fork."""
+    import subprocess
+    import sys
+
+    listing = tmp_path / "files.txt"
+    code = f"from thaw import warmup; print(warmup.record({str(listing)!r}))"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True)
+    files = listing.read_text().split()
+    assert any("pyfuse3" in f and f.endswith(".so") for f in files)
+    assert any("/trio/" in f and f.endswith(".pyc") for f in files)
+    assert all(Path(f).is_file() for f in files)
+    listing.write_text("\n".join([str(tmp_path / "gone.pyc"), *files[:20]]) + "\n")
+    code = ("import threading; from thaw import warmup; "
+            f"warmup.start({str(listing)!r}); warmup.wait(); "
+            "print(threading.active_count())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True,
+                         capture_output=True, text=True)
+    assert out.stdout.strip() == "1" and out.stderr == ""

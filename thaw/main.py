@@ -5,7 +5,12 @@ is ``func(args, console) -> int``. A ``ThawError`` prints one line and exits wit
 anything else is a bug and prints its traceback.
 """
 
+# ruff: noqa: E402 - the warm-up starts before the imports it reads ahead for
 from __future__ import annotations
+
+from . import warmup
+
+warmup.start()  # before the imports below: a cold node reads their files in parallel
 
 import argparse
 import logging
@@ -73,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    warmup.wait()  # no thread of its own outlives this point (a background mount forks)
     for name, default in (("store", None), ("json", False), ("verbose", False),
                           ("store_timeout", DEFAULT_BUDGET)):
         if not hasattr(args, name):
