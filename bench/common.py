@@ -83,5 +83,7 @@ def unmount_and_wait(mnt: Path) -> None:
     fds = [os.pidfd_open(int(p)) for p in pids]
     subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
     for fd in fds:
-        select.select([fd], [], [], 60)
+        waiter = select.poll()  # not select(): the proxy's sockets push fds past 1024
+        waiter.register(fd, select.POLLIN)
+        waiter.poll(60_000)
         os.close(fd)
