@@ -45,16 +45,23 @@ def _write_read_ahead(mountpoint: str, kb: int) -> bool:
         return True  # nothing more to try
 
 
-async def raise_read_ahead(ops: ImageOps, mountpoint: str, kb: int = READ_AHEAD_KB) -> None:
-    """The kernel sets read-ahead from the INIT reply, so set ours after it has landed."""
+async def raise_read_ahead(ops: ImageOps, mountpoint: str, kb: int = READ_AHEAD_KB,
+                           on_done: Callable[[], None] = lambda: None) -> None:
+    """The kernel sets read-ahead from the INIT reply, so set ours after it has landed, then
+    ``on_done``: the mount is ready only then. A workload let in before, with the kernel's
+    128 KiB read-ahead, made the fetcher fetch 60% more of an image (226 chunks, not 137, for
+    `python3 -c 'import json'`), many times what the wait costs."""
     await ops.initialized.wait()
     settled = 0
-    for _ in range(40):
-        await trio.sleep(0.05)
+    for _ in range(200):
+        await trio.sleep(0.01)
         settled = settled + 1 if await trio.to_thread.run_sync(
             _write_read_ahead, mountpoint, kb) else 0
         if settled == 2:
-            return
+            break
+    else:
+        log.warning("the read-ahead of %s did not settle at %d KiB", mountpoint, kb)
+    on_done()  # not when cancelled: a mount that ended before it was ready never was
 
 
 async def _watch_signals(cancel: trio.CancelScope) -> None:
@@ -97,8 +104,7 @@ async def serve(namespace: Namespace, fetcher: ChunkFetcher, mountpoint: str, *,
                 await nursery.start(task)
             nursery.start_soon(_watch_signals, nursery.cancel_scope)
             nursery.start_soon(_publish, publish)
-            nursery.start_soon(raise_read_ahead, ops, mountpoint)
-            on_ready()
+            nursery.start_soon(raise_read_ahead, ops, mountpoint, READ_AHEAD_KB, on_ready)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
         clean = True

@@ -54,6 +54,23 @@ def test_mount_is_identical_to_the_source(thaw, pushed, rich_tree, tmp_path):
         assert stats["fetched_bytes"] <= stats["image_bytes"]
 
 
+@pytest.mark.parametrize("kind", ["mount", "daemon"])
+def test_a_mount_is_ready_only_once_its_read_ahead_is_raised(thaw, pushed, tmp_path, kind):
+    """A workload let in with the kernel's 128 KiB read-ahead made a mount fetch 60% more
+    of an image: `--background` returns only after the mount's read-ahead is 1 MiB."""
+    from fusefs.mount import READ_AHEAD_KB
+    from fusefs.mountpoint import mount_device
+
+    mnt = tmp_path / "mnt"
+    args = ("mount", "rich:1", str(mnt)) if kind == "mount" else (
+        "daemon", "--mountpoint", str(mnt), "--gpus", "1xCPU:1G")
+    with Mounted(thaw, mnt, *args, *cache_args(tmp_path)):
+        bdi = Path("/sys/class/bdi") / mount_device(os.path.realpath(mnt)) / "read_ahead_kb"
+        if not os.access(bdi, os.W_OK):
+            pytest.skip(f"{bdi} cannot be written here")
+        assert int(bdi.read_text()) == READ_AHEAD_KB  # at once: no wait, no retry
+
+
 def test_sigterm_unmounts_cleanly(thaw, pushed, tmp_path):
     mnt = tmp_path / "mnt"
     with Mounted(thaw, mnt, "mount", "rich:1", str(mnt), *cache_args(tmp_path)):
