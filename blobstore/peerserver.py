@@ -13,7 +13,7 @@ mount, cause one store read (the disk cache's per-chunk fill lock). ``/healthz``
 needs ``Authorization: Bearer TOKEN``, compared in constant time (401). An id that is not 64
 lowercase hex is 400 before anything touches the disk: no path is ever built from a
 request. Bounded: ``in_flight`` blob requests at a time (memory: that many times the
-largest blob, plus ``memory_bytes`` of recently served blobs, ``recent.py``, so a chunk
+largest blob, plus ``memory_bytes`` of recently served blobs, ``lru.py``, so a chunk
 many peers ask for is read and verified once), header size and count, a header that
 takes longer than ``header_timeout`` closes the connection (slow-loris), idle keep-alive
 connections close after ``keepalive``. SIGTERM and SIGINT stop it gracefully.
@@ -37,15 +37,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily
 
 from .errors import BlobCorrupt, BlobNotFound, StoreUnavailable, ThawError
+from .lru import BytesLRU
 from .peers import API, CACHED_ONLY
-from .recent import RecentStored
 from .tiers import NodeTiers
 
 log = logging.getLogger(__name__)
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 MAX_HEADER = 8 << 10
-MEMORY = 256 << 20  # bytes of recently served blobs kept in memory (``recent.py``)
+MEMORY = 256 << 20  # bytes of recently served blobs kept in memory (``lru.py``)
 
 
 class SlowClientGuard(asyncio.Protocol):
@@ -102,7 +102,7 @@ class SlowClientGuard(asyncio.Protocol):
 class _TierCollector:
     """Memory and disk cache hits and read-throughs, from their own counters."""
 
-    def __init__(self, tiers: NodeTiers, recent: RecentStored) -> None:
+    def __init__(self, tiers: NodeTiers, recent: BytesLRU) -> None:
         self.tiers, self.recent = tiers, recent
 
     def collect(self):
@@ -120,7 +120,7 @@ class PeerServer:
                  header_timeout: float = 10.0, keepalive: float = 30.0,
                  memory_bytes: int = MEMORY) -> None:
         self.tiers, self._token = tiers, f"Bearer {token}".encode()
-        self.recent = RecentStored(memory_bytes)
+        self.recent = BytesLRU(memory_bytes)
         self.in_flight, self.header_timeout, self.keepalive = in_flight, header_timeout, keepalive
         self._slots = asyncio.Semaphore(in_flight)
         self._pool = concurrent.futures.ThreadPoolExecutor(in_flight, "thaw-serve")
@@ -195,14 +195,14 @@ class PeerServer:
     def _stored(self, id: str, cached_only: bool = False) -> bytes:
         """Verified stored bytes: from memory (``recent``), else read through the node's
         tiers, or (a hedged request) from its disk cache only, BlobNotFound on a miss."""
-        stored = self.recent.cached(id)
+        stored = self.recent.get(id)
         if stored is not None:
             return stored
         tier = self.tiers.disk if cached_only else self.tiers.stack
         if tier is None:
             raise BlobNotFound(f"blob {id}: no disk cache here")
         stored = tier.fetch(id).stored
-        self.recent.keep(id, stored)
+        self.recent.put(id, stored)
         return stored
 
     async def run(self, host: str, port: int, on_ready=lambda: None) -> None:

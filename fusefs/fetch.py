@@ -28,13 +28,14 @@ import logging
 import math
 import random
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 
 from blobstore.errors import StoreUnavailable
+from blobstore.lru import BytesLRU
 from blobstore.manifest import ChunkRef
 from blobstore.tiers import percentiles
 
@@ -102,9 +103,7 @@ class ChunkFetcher:
         prefetched for the disk only is not fetched again (``thaw warm`` twice)."""
         self._on_disk = on_disk
         self._fetch_sync = fetch_sync  # (id, size) -> verified bytes; blocking
-        self._memory: OrderedDict[str, bytes] = OrderedDict()
-        self._memory_bytes = 0
-        self.memory_limit = memory_bytes
+        self._memory = BytesLRU(memory_bytes)
         self._inflight: dict[str, _Flight] = {}
         self._failed: dict[str, float] = {}  # id -> until when it gets one short attempt
         self._limiters = {Source.DEMAND: trio.CapacityLimiter(demand_threads),
@@ -142,19 +141,10 @@ class ChunkFetcher:
     # -- memory ------------------------------------------------------------------------------
 
     def cached(self, id: str) -> bytes | None:
-        data = self._memory.get(id)
-        if data is not None:
-            self._memory.move_to_end(id)
-        return data
+        return self._memory.get(id)
 
     def _remember(self, id: str, data: bytes) -> None:
-        if id in self._memory or len(data) > self.memory_limit:
-            return
-        self._memory[id] = data
-        self._memory_bytes += len(data)
-        while self._memory_bytes > self.memory_limit:
-            _, old = self._memory.popitem(last=False)
-            self._memory_bytes -= len(old)
+        self._memory.put(id, data)
 
     # -- fetching ----------------------------------------------------------------------------
 
@@ -289,7 +279,7 @@ class ChunkFetcher:
                 log.debug("prefetch of %s failed: %s", chunk.id, exc)
 
     def statistics(self) -> FetcherStats:
-        return FetcherStats(**self.counts, memory_cached_bytes=self._memory_bytes,
+        return FetcherStats(**self.counts, memory_cached_bytes=self._memory.size,
                             prefetched_unread_bytes=self._unread_bytes,
                             prefetch_queued=len(self._queued),
                             fetch_latency_ms=percentiles(sorted(self._latencies)))

@@ -22,8 +22,8 @@ import pytest
 from blobstore.blobs import BlobStore
 from blobstore.errors import UsageError
 from blobstore.images import open_image
+from blobstore.lru import BytesLRU
 from blobstore.peers import Membership, normalise_url, owners
-from blobstore.recent import RecentStored
 
 from .conftest import REPO, Mounted
 from .proxy import RemoteLikeProxy
@@ -61,16 +61,17 @@ def test_a_fourth_node_moves_about_a_quarter_of_the_owners():
     assert owners(list(reversed(four)), ids[0]) == owners(four, ids[0])  # order-free
 
 
-def test_recent_stored_keeps_the_most_recently_used_within_its_bound():
-    recent = RecentStored(250)
-    recent.keep("a", b"x" * 100)
-    recent.keep("b", b"y" * 100)
-    assert recent.cached("a") == b"x" * 100  # now the most recent
-    recent.keep("c", b"z" * 100)  # over the bound: b, the least recent, goes
-    assert recent.cached("b") is None and recent.cached("a") and recent.cached("c")
+def test_a_bytes_lru_keeps_the_most_recently_used_within_its_bound():
+    recent = BytesLRU(250)
+    recent.put("a", b"x" * 100)
+    recent.put("b", b"y" * 100)
+    assert recent.get("a") == b"x" * 100  # now the most recent
+    recent.put("c", b"z" * 100)  # over the bound: b, the least recent, goes
+    assert recent.get("b") is None and recent.get("a") and recent.get("c")
+    assert "b" not in recent and "a" in recent
     assert recent.size == 200 and recent.hits == 3
-    recent.keep("big", b"w" * 300)  # larger than the bound: never kept
-    assert recent.cached("big") is None and recent.size == 200
+    recent.put("big", b"w" * 300)  # larger than the bound: never kept
+    assert recent.get("big") is None and recent.size == 200
 
 
 @pytest.mark.allow_log_warnings  # the damaged entry, dropped when nothing remembers it
