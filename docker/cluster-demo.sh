@@ -8,7 +8,11 @@ for node in node1 node2 node3; do
         exec_in "$node" thaw stats /mnt/thaw >/dev/null 2>&1 && break
         sleep 1
     done
-    exec_in "$node" thaw stats /mnt/thaw >/dev/null || { echo "$node did not come up" >&2; exit 1; }
+    exec_in "$node" thaw stats /mnt/thaw >/dev/null || {
+        echo "$node did not come up; its last log lines:" >&2
+        podman logs --tail 30 "docker_${node}_1" >&2 || true
+        exit 1
+    }
 done
 echo "== node1: thaw push /usr/lib/python3.11 demo:1"
 exec_in node1 thaw push /usr/lib/python3.11 demo:1
