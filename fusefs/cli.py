@@ -10,7 +10,6 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -164,30 +163,32 @@ def _exit_now() -> None:
     os._exit(0)
 
 
-def _load_service() -> Callable[[], ModuleType]:
+class _Loading:
     """Import ``fusefs.service`` (pyfuse3 and trio: a third of a cold `thaw mount`) in a
     thread, while the caller reads the manifest, whose round trips leave the interpreter
-    idle; the returned function joins it (before any fork) and gives the module. The caller
-    imports nothing meanwhile that the thread might be importing too."""
-    done: list[BaseException | None] = []
+    idle. The caller imports nothing meanwhile that the thread might be importing too, and
+    joins it (``module``, or ``wait`` on an error path) before any fork."""
 
-    def load() -> None:
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._load, name="thaw-import", daemon=True)
+        self.thread.start()
+
+    def _load(self) -> None:
         try:
-            importlib.import_module("fusefs.service")
-            done.append(None)
+            importlib.import_module(self.name)
         except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
-            done.append(exc)
+            self.error = exc
 
-    thread = threading.Thread(target=load, name="thaw-import", daemon=True)
-    thread.start()
+    def wait(self) -> None:
+        self.thread.join()
 
-    def joined() -> ModuleType:
-        thread.join()
-        if done and done[0] is not None:
-            raise done[0]
-        return importlib.import_module("fusefs.service")
-
-    return joined
+    def module(self) -> ModuleType:
+        self.wait()
+        if self.error is not None:
+            raise self.error
+        return importlib.import_module(self.name)
 
 
 def cmd_mount(args, console) -> int:
@@ -196,9 +197,12 @@ def cmd_mount(args, console) -> int:
     options = _options(args)
     objects = open_store(args.store, timeout=args.store_timeout)
     prepare_mountpoint(args.mountpoint)
-    service = _load_service()  # after this, until joined, this thread imports nothing new
-    mid, manifest = open_image(objects, args.ref)
-    mount_image = service().mount_image
+    service = _Loading("fusefs.service")  # until joined, this thread imports nothing new
+    try:
+        mid, manifest = open_image(objects, args.ref)
+    finally:
+        service.wait()  # an error exits with no import half done behind it
+    mount_image = service.module().mount_image
     return _run(args, console, lambda ready: mount_image(
         objects, mid, manifest, args.mountpoint, options, on_ready=ready))
 
