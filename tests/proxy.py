@@ -133,9 +133,9 @@ class RemoteLikeProxy:
         """Server to client, paced at ``rate`` bytes a second on this connection."""
         try:
             while data := server.recv(_PIECE):
-                client.sendall(data)
-                if self.rate:
+                if self.rate:  # before the send: a piece arrives once its time has passed
                     self._sleep(len(data) / self.rate)
+                client.sendall(data)
         except OSError:
             return
         finally:
