@@ -97,6 +97,10 @@ class SeaweedServer:
                                    f"{self.data_dir / 'weed.log'}")
             try:
                 client.list_objects_v2(Bucket=self.bucket, MaxKeys=1)
+                # and writable: after a restart it lists at once, but its first writes can
+                # wait on the volume server for longer than a client's timeout
+                client.put_object(Bucket=self.bucket, Key=".ready-probe", Body=b"")
+                client.delete_object(Bucket=self.bucket, Key=".ready-probe")
                 return
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError):
                 time.sleep(0.2)
