@@ -79,11 +79,11 @@ class GcFence:
         waited = False
         while True:
             seen = _record(self.objects)
-            lease.add(blobs=tuple(used & seen.blob_ids()))
+            at_risk = used & seen.blob_ids()
+            lease.add(blobs=tuple(at_risk))
             written = _stamped_write(self.objects, lease)
             lock = lock_info(self.objects)
             settled = _digest(_record(self.objects)) == _digest(seen)
-            at_risk = used & seen.blob_ids()
             if settled and not (at_risk and _may_delete(lock, written)):
                 break
             if time.monotonic() >= deadline:

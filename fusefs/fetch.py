@@ -143,9 +143,6 @@ class ChunkFetcher:
     def cached(self, id: str) -> bytes | None:
         return self._memory.get(id)
 
-    def _remember(self, id: str, data: bytes) -> None:
-        self._memory.put(id, data)
-
     # -- fetching ----------------------------------------------------------------------------
 
     async def get(self, chunk: ChunkRef, source: Source = Source.DEMAND) -> bytes:
@@ -173,7 +170,7 @@ class ChunkFetcher:
             flight.data = await self._fetch_with_retries(chunk, source, self._policy(chunk.id))
             self._failed.clear()  # the store answers again
             if remember or flight.event.statistics().tasks_waiting:
-                self._remember(chunk.id, flight.data)
+                self._memory.put(chunk.id, flight.data)
             if source is Source.DEMAND:
                 self.counts["demand_fetches"] += 1
                 self._latencies.append(time.monotonic() - started)
