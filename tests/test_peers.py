@@ -219,7 +219,9 @@ def test_serve_bad_options_are_one_line(thaw, tmp_path):
             (["--listen", "127.0.0.2:1", "--token-file", str(tmp_path / "none")],
              "--token-file"),
             (["--listen", f"127.0.0.2:{port}", "--token-file", str(tmp_path / "token")],
-             "cannot listen on")):
+             "cannot listen on"),
+            (["--listen", "127.0.0.2:1", "--token-file", str(tmp_path / "token"),
+              "--memory", "lots"], "invalid size 'lots'")):
         proc = thaw("serve", *args, "--cache-dir", str(tmp_path / "c"), check=False)
         assert proc.returncode == 2 and message in proc.stderr.decode(), proc.stderr
         assert b"Traceback" not in proc.stderr
