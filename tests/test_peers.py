@@ -24,6 +24,7 @@ from blobstore.errors import UsageError
 from blobstore.images import open_image
 from blobstore.lru import BytesLRU
 from blobstore.peers import Membership, normalise_url, owners
+from blobstore.url import open_store
 
 from .conftest import REPO, Mounted
 from .proxy import RemoteLikeProxy
@@ -256,6 +257,10 @@ def test_three_nodes_fetch_each_chunk_from_the_store_once(thaw, rich_tree, s3_en
                                                           seaweed, tmp_path):
     store = "s3://thaw/peers-" + os.urandom(4).hex()
     thaw("push", str(rich_tree), "rich:1", "--chunker", "fastcdc:64K", store=store)
+    # Every file is read, so every chunk of the image: not what each node's stats say it
+    # fetched, since its own `thaw serve` fills its disk cache for the others, and a chunk
+    # it then reads from that cache is counted under neither the peers nor the store.
+    distinct = len({c.id for c in open_image(open_store(store), "rich:1")[1].chunks})
     host, port = seaweed.endpoint.removeprefix("http://").split(":")
     with RemoteLikeProxy((host, int(port)), delay=0, rate=1e12) as s3:
         thaw.env["AWS_ENDPOINT_URL"] = s3.endpoint
@@ -288,8 +293,6 @@ def test_three_nodes_fetch_each_chunk_from_the_store_once(thaw, rich_tree, s3_en
                 assert all(r == expected for r in results)
                 stats = [json.loads(thaw("stats", str(m.mountpoint), "--json").stdout)
                          for m in mounts]
-                distinct = max(s["tiers"]["store"]["chunks"] + s["tiers"]["peer"]["chunks"]
-                               for s in stats)
                 gets = s3.count("GET", "/blobs/")
                 assert gets <= 1.1 * distinct, (gets, distinct)
                 assert sum(s["tiers"]["peer"]["chunks"] for s in stats) > distinct
