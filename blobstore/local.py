@@ -126,20 +126,29 @@ class LocalStore(ObjectStore):
     def list_info(self, prefix: str = "") -> Iterator[ObjectInfo]:
         top = self.root / check_prefix(prefix)
         stack = [top] if top.is_dir() else []
+        while stack:
+            yield from self._list_dir(stack.pop(), stack, prefix)
+
+    def _list_dir(self, path: str | Path, stack: list, prefix: str) -> Iterator[ObjectInfo]:
+        """The files in one directory; its subdirectories go on ``stack``. What is removed
+        while listing is skipped, and only that: ending the listing there would hide every
+        key after it (the collector takes a listing for the store's whole contents)."""
         try:
-            while stack:
-                with os.scandir(stack.pop()) as entries:
-                    for e in entries:
-                        if e.name.startswith("."):
-                            continue  # temporaries of writes in progress
+            with os.scandir(path) as entries:
+                for e in entries:
+                    if e.name.startswith("."):
+                        continue  # temporaries of writes in progress
+                    try:
                         if e.is_dir(follow_symlinks=False):
                             stack.append(e.path)
                         elif e.is_file(follow_symlinks=False):
                             st = e.stat(follow_symlinks=False)
                             yield ObjectInfo(os.path.relpath(e.path, self.root), st.st_size,
                                              st.st_mtime)
+                    except FileNotFoundError:
+                        continue  # deleted since the directory was read
         except FileNotFoundError:
-            return  # a directory removed while listing
+            return  # the directory was removed while listing
         except OSError as exc:
             raise self._error(exc, f"list {prefix or '/'}") from None
 

@@ -121,6 +121,18 @@ class ObjectStoreContract:
             assert before - 60 < o.mtime < time.time() + 60
         assert dict(store.list_sizes("blobs/")) == {"blobs/aa/one": 5, "blobs/aa/two": 0}
 
+    def test_a_key_deleted_while_listing_hides_no_other_key(self, store: ObjectStore) -> None:
+        # The collector decides from one listing what the store holds: a listing that ended
+        # early at a key removed meanwhile would condemn, and in time delete, what it hid.
+        for n in range(12):
+            store.put(f"blobs/aa/k{n:02}", b"x")
+        order = [o.key for o in store.list_info("blobs/")]
+        listing = store.list_info("blobs/")
+        first = next(listing).key
+        store.delete(order[1])  # the next one, as the first listing gave them
+        seen = {first, *(o.key for o in listing)}
+        assert seen >= set(order) - {order[1]}
+
     def test_create_writes_only_if_absent(self, store: ObjectStore) -> None:
         assert store.create("gc/lock", b"first") is True
         assert store.create("gc/lock", b"second") is False
