@@ -106,6 +106,11 @@ class ObjectStore(ABC):
         """Keys under ``prefix``."""
         return (key for key, _ in self.list_sizes(prefix))
 
+    def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Set up, ahead of the first call, what calls need (a client, its imports): a
+        long-running process calls it as it starts, so its first request does not wait
+        for that. Blocking; thread-safe."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections; the store is not used afterwards."""
 

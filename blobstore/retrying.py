@@ -88,6 +88,9 @@ class Retrying(ObjectStore):
             yield head[0]
             yield from it
 
+    def prepare(self) -> None:
+        self.inner.prepare()
+
     def close(self) -> None:
         self.inner.close()
 

@@ -37,6 +37,12 @@ class ObjectStoreContract:
         store.put("blobs/ab/abc", b"\x00\x01payload")
         assert raw.get("blobs/ab/abc") == b"\x00\x01payload"
 
+    def test_prepare_may_come_first_and_changes_nothing(self, store: ObjectStore) -> None:
+        store.prepare()
+        store.put("refs/a/b", b"x")
+        store.prepare()  # again, after use
+        assert store.get("refs/a/b") == b"x" and list(store.list("refs/")) == ["refs/a/b"]
+
     def test_put_is_idempotent_and_overwrites(self, store: ObjectStore) -> None:
         store.put("refs/n/t", b"one")
         store.put("refs/n/t", b"one")

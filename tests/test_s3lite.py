@@ -107,3 +107,37 @@ def test_a_mounts_store_calls_never_import_boto3(s3_env):
             "s.delete('refs/a/b'); assert not s.has('refs/a/b'); s.delete('refs/a/b'); "
             "assert 'boto3' not in sys.modules, 'boto3 imported'")  # delete: a lease's release
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+@pytest.mark.s3
+def test_prepare_makes_the_listing_client_before_the_first_listing(s3_env):
+    store = S3Store("thaw", "prep")
+    assert store._boto is None
+    store.prepare()
+    client = store._boto
+    assert client is not None
+    assert list(store.list("refs/")) == [] and store._boto is client  # the same one, reused
+
+
+def test_the_daemon_prepares_its_store_before_it_is_ready():
+    """``prepare_store`` is a start-up task: ``started`` (and so the daemon's readiness)
+    comes after the store's set-up, and a set-up that fails is left to the listing."""
+    import trio
+
+    from blobstore.memory import MemoryStore
+    from fusefs.service import prepare_store
+
+    calls = []
+
+    class Failing(MemoryStore):
+        def prepare(self) -> None:
+            calls.append("prepare")
+            raise StoreConfigError("no region")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(prepare_store, Failing())
+            calls.append("started")
+
+    trio.run(main)
+    assert calls == ["prepare", "started"]
