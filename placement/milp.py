@@ -30,7 +30,8 @@ when that costs less. A solver without a solution, or a result worse than plain 
 its baseline.
 ``time_limit`` bounds the whole call. ``max_starts`` caps new replicas per node.
 ``lower_bound`` prices rest arcs at a bound instead, so its relaxation's optimum bounds the
-bytes of any placement: how far from the best a policy is. Pure; thread-safe.
+bytes of any placement (that leaves at most so many replicas pending): how far from the
+best a policy is. Pure; thread-safe.
 """
 
 from __future__ import annotations
@@ -285,12 +286,15 @@ def _again(workloads: list[Workload], prices: Prices, placed, elsewhere: dict[in
             {todo[c]: k for c, k in left.items()}, pending)
 
 
-def lower_bound(workloads: list[Workload], nodes: list[Node], *, budget: int = 500_000,
-                time_limit: float = 60.0) -> int | None:
-    """Bytes that no placement of every replica can go below: the optimum of the LP
-    relaxation with rest arcs priced at a lower bound (``arcs.py``). None when the
-    relaxation cannot place every replica (then no placement can), or runs out of time.
-    Slower than ``solve``: for judging policies, not for placing."""
+def lower_bound(workloads: list[Workload], nodes: list[Node], *, pending: int = 0,
+                budget: int = 500_000, time_limit: float = 60.0) -> int | None:
+    """Bytes that no placement leaving at most ``pending`` replicas unplaced can go below:
+    the optimum of the LP relaxation with rest arcs priced at a lower bound (``arcs.py``),
+    replicas left pending costing nothing but counted. With ``pending`` the count a policy
+    left (under tight load), it says how far from the best that policy's bytes are among
+    placements that start as many replicas. None when the relaxation cannot place that
+    many (then no placement can), or runs out of time. Slower than ``solve``: for judging
+    policies, not for placing."""
     if not workloads:
         return 0
     workloads = [workloads[i] for i in order(workloads)]
@@ -298,6 +302,12 @@ def lower_bound(workloads: list[Workload], nodes: list[Node], *, budget: int = 5
     arcs = build_arcs(workloads, prices, fits_matrix(workloads, prices), budget=budget,
                       bound=True)
     model = _Model(workloads, prices, arcs, True, None, False)
-    model.hi[:model.at[1]] = 0  # nothing pending
+    n_cls = model.at[1]
+    model.cost[:n_cls] = 0.0
+    if pending <= 0:
+        model.hi[:n_cls] = 0  # nothing pending
+    else:
+        model._add(np.zeros(n_cls, np.int64), np.arange(n_cls), np.ones(n_cls),
+                   [-np.inf], [float(pending)])
     res = model.solve(False, time_limit)
     return None if res.x is None else max(0, int(res.fun * GIB))

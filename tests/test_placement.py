@@ -175,6 +175,29 @@ def test_no_lower_bound_when_not_everything_fits():
     assert lower_bound([wl("big", "img", gpus=8)], [node("a", free=4)]) is None
 
 
+def test_lower_bound_counts_the_replicas_allowed_to_wait():
+    # Two replicas fit where the image is; the others need a fetch onto "cold".
+    nodes = [node("warm", free=2, cached={"img": 10 * GB}), node("cold", free=2)]
+    work = [wl("w", "img", replicas=4)]
+    assert lower_bound(work, nodes) == 10 * GB  # all four: two on "cold", one fetch
+    assert lower_bound(work, nodes, pending=2) == 0  # two may wait: none need a fetch
+    assert 0 < lower_bound(work, nodes, pending=1) <= 10 * GB
+    assert lower_bound([wl("big", "img", gpus=8)], [node("a", free=4)], pending=1) == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lower_bound_at_the_pending_a_policy_left_is_below_its_bytes(seed):
+    """Under tight load not every replica fits; the bound for placements that leave no more
+    pending than the MILP did is below the MILP's bytes, and allowing more to wait can only
+    lower it."""
+    work, nodes = make_cluster(120, 60, load="tight", seed=seed)
+    r = solve(work, nodes)
+    assert r.pending_replicas > 0 and lower_bound(work, nodes) is None
+    bound = lower_bound(work, nodes, pending=r.pending_replicas)
+    assert bound is not None and bound <= r.bytes_to_fetch
+    assert lower_bound(work, nodes, pending=r.pending_replicas + 5) <= bound
+
+
 def test_solver_time_limit_still_gives_a_valid_answer():
     work, nodes = make_cluster(200, 80, load="tight", seed=3)
     r = solve(work, nodes, time_limit=1e-4)
