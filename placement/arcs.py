@@ -5,10 +5,13 @@ list of that image's cheapest warm nodes (Quincy's pruning), the lists sized to 
 arcs that the LP solves in well under a second. The rest of the cluster is one *rest* arc
 per class and GPU model, priced at what packing the class onto the cheapest of those nodes
 costs per replica; or, for ``lower_bound``, at a bound: the fewest bytes missing there,
-shared by as many replicas of the image as one node can hold. Because the lists are per
-image, a rest node is a rest node for every class of its image, so no fetch is charged
-twice and the bound's relaxation stays a relaxation: its optimum bounds the bytes of any
-placement. Pure; thread-safe.
+shared among as many GPUs of the image's replicas as one node has free (a replica of g
+GPUs pays g of those shares: pricing per replica let an 8-GPU replica share a fetch with
+seven others, which no node can hold, and left the bound a fifth low at 1,000 nodes).
+Because the lists are per image, a rest node is a rest node for every class of its image,
+so no fetch is charged twice and the bound's relaxation stays a relaxation: its optimum
+bounds the bytes of any placement. With ``every`` (small, exact models) every node is an
+arc and there is no rest. Pure; thread-safe.
 """
 
 from __future__ import annotations
@@ -44,10 +47,13 @@ def fits_matrix(workloads: list[Workload], prices: Prices) -> np.ndarray:
 
 
 def build_arcs(workloads: list[Workload], prices: Prices, fits: np.ndarray, *,
-               budget: int = 50_000, fewest: int = 8, bound: bool = False) -> Arcs:
+               budget: int = 50_000, fewest: int = 8, bound: bool = False,
+               every: bool = False) -> Arcs:
     """Warm arcs to each image's cheapest nodes, about ``budget`` in all: an even share per
     class, pooled per image (at least ``fewest`` nodes), and a rest arc per class and GPU
-    model, priced at what the class would cost there (or a lower bound, with ``bound``)."""
+    model, priced at what the class would cost there (or a lower bound, with ``bound``).
+    With ``every`` (an exact program), an arc from every class to every node it fits, warm
+    or cold, and so no rest arcs: the program is the placement problem itself."""
     by_image: dict[str, list[int]] = {}
     for c, w in enumerate(workloads):
         by_image.setdefault(w.image, []).append(c)
@@ -58,15 +64,14 @@ def build_arcs(workloads: list[Workload], prices: Prices, fits: np.ndarray, *,
         w0 = workloads[classes[0]]
         miss = prices.missing(w0)
         usable = fits[classes].any(axis=0)
-        warm = np.flatnonzero(usable & (miss < w0.image_bytes))
+        warm = np.flatnonzero(usable if every else usable & (miss < w0.image_bytes))
         warm = warm[np.argsort(miss[warm], kind="stable")]
         # Every class of the image is offered every node of its list, so an image of
         # many workloads gets a shorter one.
-        cand = warm[:max(fewest, share // len(classes))]
+        cand = warm if every else warm[:max(fewest, share // len(classes))]
         chosen = np.zeros(len(miss), bool)
         chosen[cand] = True
-        smallest = min(workloads[c].gpus for c in classes)
-        together = sum(workloads[c].replicas for c in classes)
+        together = sum(workloads[c].replicas * workloads[c].gpus for c in classes)  # GPUs
         cheapest = _Cheapest(miss, groups)
         for c in classes:
             w = workloads[c]
@@ -80,8 +85,9 @@ def build_arcs(workloads: list[Workload], prices: Prices, fits: np.ndarray, *,
             count, most_free, least = groups.summary(rest, cheapest.miss_grouped)
             for m in np.flatnonzero(count).tolist():
                 if bound:
-                    per_node = max(1, min(together, int(most_free[m]) // smallest))
-                    price = least[m] / per_node
+                    # One fetch serves at most a node's free GPUs' worth of the image's
+                    # replicas: each pays at least its GPUs' share of the cheapest fetch.
+                    price = w.gpus * least[m] / max(1, min(together, int(most_free[m])))
                 else:
                     per_node = max(1, min(w.replicas, int(most_free[m]) // w.gpus))
                     k = -(-w.replicas // per_node)  # nodes the replicas fill, packed

@@ -16,7 +16,10 @@ pruning never makes the problem infeasible.
   then saves bytes, and when capacity is short leaves pending the workloads that would cost
   the most to start.
 
-Small models are solved exactly (branch and bound, with every warm node an arc); large
+Small models are solved exactly (branch and bound, with every node an arc, warm or
+cold, so no rest arc stands for any; when cold nodes were rest arcs, the completion that
+placed their replicas left some pending that greedy placed, and a small tight cluster fell
+back to greedy's plan at twice the optimum's bytes); large
 ones as their LP relaxation, which HiGHS solves in a fraction of the time (its MILP spends
 seconds in root cuts at 5,000 nodes) and whose solution is nearly integral, as Quincy found
 for flows: warm arcs are rounded down. When the first relaxation took under a third of the
@@ -212,8 +215,7 @@ def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
     if exact is None:
         exact = len(workloads) * len(nodes) <= EXACT_CELLS
     fits = fits_matrix(workloads, prices)
-    arcs = build_arcs(workloads, prices, fits,
-                      budget=len(workloads) * len(nodes) if exact else ARC_BUDGET)
+    arcs = build_arcs(workloads, prices, fits, budget=ARC_BUDGET, every=exact)
     model = _Model(workloads, prices, arcs, burst, max_starts, exact)
     with ThreadPoolExecutor(1) as pool:  # HiGHS releases the GIL while it solves
         baseline = pool.submit(greedy, workloads, nodes, prices, max_starts)
@@ -286,25 +288,29 @@ def _again(workloads: list[Workload], prices: Prices, placed, elsewhere: dict[in
             {todo[c]: k for c, k in left.items()}, pending)
 
 
-def lower_bound(workloads: list[Workload], nodes: list[Node], *, pending: int = 0,
-                budget: int = 500_000, time_limit: float = 60.0) -> int | None:
+def lower_bound(workloads: list[Workload], nodes: list[Node], *,
+                pending: int | dict[str, int] = 0, budget: int = 500_000,
+                time_limit: float = 60.0) -> int | None:
     """Bytes that no placement leaving at most ``pending`` replicas unplaced can go below:
-    the optimum of the LP relaxation with rest arcs priced at a lower bound (``arcs.py``),
-    replicas left pending costing nothing but counted. With ``pending`` the count a policy
-    left (under tight load), it says how far from the best that policy's bytes are among
-    placements that start as many replicas. None when the relaxation cannot place that
-    many (then no placement can), or runs out of time. Slower than ``solve``: for judging
-    policies, not for placing."""
+    the optimum of the LP relaxation with rest arcs priced at a lower bound (``arcs.py``;
+    small models have every node an arc, and no rest), replicas left pending costing
+    nothing. ``pending`` is a count over all workloads, or per workload (name ->
+    replicas): a policy's own choice of who waits under tight load, so that its bytes are
+    judged against placements that start the same replicas. None when the relaxation
+    cannot place that many (then no placement can), or runs out of time. Slower than
+    ``solve``: for judging policies, not for placing."""
     if not workloads:
         return 0
     workloads = [workloads[i] for i in order(workloads)]
     prices = Prices(nodes, {w.image for w in workloads})
     arcs = build_arcs(workloads, prices, fits_matrix(workloads, prices), budget=budget,
-                      bound=True)
+                      bound=True, every=len(workloads) * len(nodes) <= EXACT_CELLS)
     model = _Model(workloads, prices, arcs, True, None, False)
     n_cls = model.at[1]
     model.cost[:n_cls] = 0.0
-    if pending <= 0:
+    if isinstance(pending, dict):
+        model.hi[:n_cls] = [min(w.replicas, pending.get(w.name, 0)) for w in workloads]
+    elif pending <= 0:
         model.hi[:n_cls] = 0  # nothing pending
     else:
         model._add(np.zeros(n_cls, np.int64), np.arange(n_cls), np.ones(n_cls),

@@ -183,6 +183,11 @@ def test_lower_bound_counts_the_replicas_allowed_to_wait():
     assert lower_bound(work, nodes, pending=2) == 0  # two may wait: none need a fetch
     assert 0 < lower_bound(work, nodes, pending=1) <= 10 * GB
     assert lower_bound([wl("big", "img", gpus=8)], [node("a", free=4)], pending=1) == 0
+    # Per workload: which replicas wait is given, not chosen by the bound.
+    two = [wl("w", "img", replicas=2), wl("v", "other", replicas=2)]
+    assert lower_bound(two, nodes, pending={"w": 2}) == 10 * GB  # "v" needs "cold"
+    assert lower_bound(two, nodes, pending={"v": 2}) == 0
+    assert lower_bound(two, nodes, pending=2) == 0
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -196,6 +201,43 @@ def test_lower_bound_at_the_pending_a_policy_left_is_below_its_bytes(seed):
     bound = lower_bound(work, nodes, pending=r.pending_replicas)
     assert bound is not None and bound <= r.bytes_to_fetch
     assert lower_bound(work, nodes, pending=r.pending_replicas + 5) <= bound
+    same = lower_bound(work, nodes, pending=r.pending)  # the same replicas wait
+    assert same is not None and bound <= same <= r.bytes_to_fetch
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_small_tight_clusters_are_solved_exactly_not_left_to_greedy(seed):
+    """Every node is an arc of the exact program, cold ones too: it places as many replicas
+    as greedy or more, fetching less, within a few percent of the bound (when cold nodes
+    were rest arcs, two of these seeds fell back to greedy's plan, at 2-6x the bound)."""
+    work, nodes = make_cluster(100, 50, load="tight", seed=seed)
+    r, g = solve(work, nodes), greedy(work, nodes)
+    assert r.note == "optimal"
+    assert r.pending_replicas <= g.pending_replicas and r.bytes_to_fetch <= g.bytes_to_fetch
+    assert r.bytes_to_fetch <= 1.25 * lower_bound(work, nodes, pending=r.pending)
+
+
+def test_the_bounds_rest_arcs_charge_a_replica_its_gpus_share_of_a_fetch():
+    """An 8-GPU replica fills a node: it cannot share a fetch with the image's 1-GPU
+    replicas, so its rest price is the whole fetch, and theirs an eighth of it."""
+    from placement.arcs import build_arcs, fits_matrix
+    from placement.prices import Prices
+
+    nodes = [node(f"cold{i}") for i in range(3)]
+    work = [wl("wide", "img", gpus=8), wl("narrow", "img", replicas=2)]
+    prices = Prices(nodes, {"img"})
+    arcs = build_arcs(work, prices, fits_matrix(work, prices), budget=10, bound=True)
+    price = dict(zip(arcs.rest_cls.tolist(), arcs.rest_price.tolist(), strict=True))
+    assert price == {0: pytest.approx(10 * GB), 1: pytest.approx(10 * GB / 8)}
+
+
+def test_lower_bound_is_below_every_policy_where_rest_arcs_stand_for_nodes():
+    work, nodes = make_cluster(400, 150, load="normal", seed=4)  # past the exact size
+    bound = lower_bound(work, nodes)
+    assert bound is not None
+    for policy in POLICIES:
+        r = policy(work, nodes)
+        assert r.pending_replicas > 0 or bound <= r.bytes_to_fetch, policy.__name__
 
 
 def test_solver_time_limit_still_gives_a_valid_answer():
