@@ -6,6 +6,7 @@ all nodes, and is scored by ``account``. Pure; thread-safe (each call owns its a
 
 from __future__ import annotations
 
+import heapq
 import time
 
 import numpy as np
@@ -115,14 +116,68 @@ def greedy(workloads: list[Workload], nodes: list[Node], prices: Prices | None =
 
 def complete(workloads: list[Workload], nodes: list[Node], prices: Prices,
              placed: list[tuple[int, int, int]], todo: dict[int, int],
-             max_starts: int | None = None, widest_first: bool = True
+             max_starts: int | None = None, widest_first: bool | None = True
              ) -> list[tuple[int, int, int]]:
-    """``placed`` plus ``todo`` (workload index -> replicas) placed by the greedy rule."""
+    """``placed`` plus ``todo`` (workload index -> replicas) placed by the greedy rule,
+    widest or oldest workloads first; or (``widest_first=None``) cheapest first."""
     c = _Cluster(workloads, nodes, prices)
     for i, n, k in placed:
         c.place(workloads[i], n, k)
+    if widest_first is None:
+        return placed + _cheapest_first(c, todo, max_starts)
     return placed + _place_all(c, todo, _fewest_bytes, max_starts, batch=True,
                                widest_first=widest_first)
+
+
+def _best(c: _Cluster, w: Workload, left: int, max_starts: int | None
+          ) -> tuple[float, int, int] | None:
+    """(bytes per replica, node, replicas) of ``w``'s next move: as many of its ``left``
+    replicas as fit on the node that misses the fewest of its bytes (the tightest fit of
+    those, which keeps room whole for wider replicas)."""
+    ok = c.feasible(w)
+    if max_starts is not None:
+        ok &= c.starts < max_starts
+    if not ok.any():
+        return None
+    fit = np.minimum(left, c.free // w.gpus)
+    if max_starts is not None:
+        fit = np.minimum(fit, max_starts - c.starts)
+    n = _fewest_bytes(c, w, ok)
+    return float(c.missing(w)[n]) / max(1, int(fit[n])), n, int(fit[n])
+
+
+def _cheapest_first(c: _Cluster, todo: dict[int, int], max_starts: int | None
+                    ) -> list[tuple[int, int, int]]:
+    """The cheapest move among all workloads left, again and again, widest first (which
+    packs GPUs best), then cheapest: not one workload after another, as under tight load
+    the first ones took the nodes the others needed most.
+    Lazily: a workload's cost only rises as others take GPUs, except when a workload of
+    the same image lands somewhere, which re-prices that image's workloads."""
+    placed = []
+    left = {i: k for i, k in todo.items() if k > 0}
+    by_image: dict[str, list[int]] = {}
+    for i in left:
+        by_image.setdefault(c.workloads[i].image, []).append(i)
+    heap = [(-c.workloads[i].gpus, 0.0, i) for i in sorted(left)]
+    while heap:
+        _, _, i = heapq.heappop(heap)
+        if left.get(i, 0) <= 0:
+            continue
+        w = c.workloads[i]
+        move = _best(c, w, left[i], max_starts)
+        if move is None:
+            continue  # nowhere to go: pending
+        cost, n, k = move
+        if heap and (-w.gpus, cost) > heap[0][:2]:
+            heapq.heappush(heap, (-w.gpus, cost, i))  # another may be cheaper now
+            continue
+        c.place(w, n, k)
+        placed.append((i, n, k))
+        left[i] -= k
+        for j in by_image[w.image]:  # the image is on n now: cheaper there for them
+            if left[j] > 0:
+                heapq.heappush(heap, (-c.workloads[j].gpus, 0.0, j))
+    return placed
 
 
 def random_policy(workloads: list[Workload], nodes: list[Node], seed: int = 0) -> Result:

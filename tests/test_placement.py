@@ -130,6 +130,23 @@ def test_a_second_relaxation_round_is_valid_and_no_worse_than_greedy():
     assert (r.pending_replicas, r.bytes_to_fetch) <= (g.pending_replicas, g.bytes_to_fetch)
 
 
+def test_cheapest_first_completion_leaves_the_node_to_whom_it_saves_most():
+    """Oldest first, "a" takes n1 (5 GB missing there, 6 on n2) and "b" must fetch its whole
+    image onto n2; cheapest first, "b" takes n1 (nothing missing) and "a" n2."""
+    from placement.account import account
+    from placement.baselines import complete
+    from placement.prices import Prices
+
+    nodes = [node("n1", free=1, cached={"A": 5 * GB, "B": 10 * GB}),
+             node("n2", free=1, cached={"A": 4 * GB})]
+    work = [wl("a", "A", age=100.0), wl("b", "B")]
+    prices = Prices(nodes, {"A", "B"})
+    oldest = complete(work, nodes, prices, [], {0: 1, 1: 1}, None, False)
+    cheapest = complete(work, nodes, prices, [], {0: 1, 1: 1}, None, None)
+    assert account("g", work, nodes, oldest).bytes_to_fetch == 15 * GB
+    assert account("c", work, nodes, cheapest).bytes_to_fetch == 6 * GB
+
+
 def test_consolidation_moves_replicas_to_where_their_image_already_goes():
     from placement.account import account
     from placement.improve import consolidate
