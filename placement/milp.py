@@ -16,10 +16,11 @@ pruning never makes the problem infeasible.
   then saves bytes, and when capacity is short leaves pending the workloads that would cost
   the most to start.
 
-Small models are solved exactly (branch and bound, with every node an arc, warm or
-cold, so no rest arc stands for any; when cold nodes were rest arcs, the completion that
-placed their replicas left some pending that greedy placed, and a small tight cluster fell
-back to greedy's plan at twice the optimum's bytes); large
+Small models are solved exactly (branch and bound, with every warm node an arc; up to
+``EVERY_CELLS`` classes x nodes, every node, cold ones too, so no rest arc stands for any:
+when cold nodes were rest arcs, the completion that placed their replicas left some
+pending that greedy placed, and a small tight cluster fell back to greedy's plan at up to
+6x the bound; past that size HiGHS no longer finishes the bigger program in 2 s); large
 ones as their LP relaxation, which HiGHS solves in a fraction of the time (its MILP spends
 seconds in root cuts at 5,000 nodes) and whose solution is nearly integral, as Quincy found
 for flows: warm arcs are rounded down. When the first relaxation took under a third of the
@@ -61,6 +62,7 @@ from .prices import Prices
 GIB = float(1 << 30)
 EXACT_CELLS = 50_000  # classes x nodes up to which the integer program is solved
 ARC_BUDGET = 50_000  # warm arcs in a relaxation: HiGHS solves it in ~0.5 s on one core
+EVERY_CELLS = 20_000  # exact programs up to this size have every node an arc, cold ones too
 CHEAPEST_FIRST_MAX = 500  # workloads up to which completion also tries cheapest first
 
 
@@ -220,7 +222,8 @@ def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
     if exact is None:
         exact = len(workloads) * len(nodes) <= EXACT_CELLS
     fits = fits_matrix(workloads, prices)
-    arcs = build_arcs(workloads, prices, fits, budget=ARC_BUDGET, every=exact)
+    arcs = build_arcs(workloads, prices, fits, budget=ARC_BUDGET,
+                      every=exact and len(workloads) * len(nodes) <= EVERY_CELLS)
     model = _Model(workloads, prices, arcs, burst, max_starts, exact)
     with ThreadPoolExecutor(1) as pool:  # HiGHS releases the GIL while it solves
         baseline = pool.submit(greedy, workloads, nodes, prices, max_starts)
