@@ -151,8 +151,11 @@ def _cheapest_first(c: _Cluster, todo: dict[int, int], max_starts: int | None
     """The cheapest move among all workloads left, again and again, widest first (which
     packs GPUs best), then cheapest: not one workload after another, as under tight load
     the first ones took the nodes the others needed most.
-    Lazily: a workload's cost only rises as others take GPUs, except when a workload of
-    the same image lands somewhere, which re-prices that image's workloads."""
+    Lazily priced: a workload keeps the cost it had when last priced, and is priced again
+    when it comes to the top, or when a workload of its image lands somewhere (which makes
+    that node cheaper for it). A cost that fell otherwise (its node filled and a roomier
+    one is cheaper per replica) is found late: a heuristic's order, never an overbooking,
+    since every move is priced on the cluster as it is then."""
     placed = []
     left = {i: k for i, k in todo.items() if k > 0}
     by_image: dict[str, list[int]] = {}
