@@ -222,7 +222,8 @@ def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
     if exact is None:
         exact = len(workloads) * len(nodes) <= EXACT_CELLS
     fits = fits_matrix(workloads, prices)
-    arcs = build_arcs(workloads, prices, fits, budget=ARC_BUDGET,
+    arcs = build_arcs(workloads, prices, fits,
+                      budget=len(workloads) * len(nodes) if exact else ARC_BUDGET,
                       every=exact and len(workloads) * len(nodes) <= EVERY_CELLS)
     model = _Model(workloads, prices, arcs, burst, max_starts, exact)
     with ThreadPoolExecutor(1) as pool:  # HiGHS releases the GIL while it solves
