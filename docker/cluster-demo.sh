@@ -14,6 +14,17 @@ for node in node1 node2 node3; do
         exit 1
     }
 done
+# A node answers before the store may (SeaweedFS starting, its name not yet in the
+# network's DNS: a push once failed with "Name or service not known"), so wait for it.
+for _ in $(seq 60); do
+    exec_in node1 thaw ls >/dev/null 2>&1 && break
+    sleep 1
+done
+exec_in node1 thaw ls >/dev/null || {
+    echo "the store did not answer node1; its last log lines:" >&2
+    podman logs --tail 30 docker_s3_1 >&2 || true
+    exit 1
+}
 echo "== node1: thaw push /usr/lib/python3.11 demo:1"
 exec_in node1 thaw push /usr/lib/python3.11 demo:1
 echo "== node2: python3 from the lazily mounted image"
