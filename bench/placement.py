@@ -6,9 +6,9 @@ Clusters from ``placement.simulate`` (Zipf popularity, 1-40 GB images of shared 
 (nodes x workloads), normal and tight load, several seeds; medians over seeds. Every policy
 is charged the same way (an image's missing bytes once per node). In every cell, a lower
 bound on the bytes of any placement that leaves only the replicas pending that the MILP
-left (``placement.milp.lower_bound``) shows how much any policy could still save, and the MILP's
-ratio to it. Then how the MILP's time grows from 100 to
-10,000 nodes. Usage: python bench/placement.py [--seeds N]
+left (``placement.milp.lower_bound``) shows how much any policy could still save, and the
+MILP's ratio to it. Then how the MILP's time grows from 100 to 10,000 nodes.
+Usage: python bench/placement.py [--seeds N]
 """
 
 from __future__ import annotations

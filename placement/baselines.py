@@ -75,19 +75,31 @@ def _place_all(c: _Cluster, todo: dict[int, int], choose, max_starts: int | None
         w = c.workloads[i]
         left = todo.get(i, 0)
         while left > 0:
-            ok = c.feasible(w)
-            if max_starts is not None:
-                ok &= c.starts < max_starts
-            if not ok.any():
+            move = _move(c, w, left if batch else 1, choose, max_starts)
+            if move is None:
                 break
-            n = choose(c, w, ok)
-            k = min(left, int(c.free[n] // w.gpus)) if batch else 1
-            if max_starts is not None:
-                k = min(k, int(max_starts - c.starts[n]))
+            n, k = move
             c.place(w, n, k)
             placed.append((i, n, k))
             left -= k
     return placed
+
+
+def _move(c: _Cluster, w: Workload, most: int, choose, max_starts: int | None
+          ) -> tuple[int, int] | None:
+    """The node ``choose`` picks for ``w`` among those it fits now, and how many of its
+    replicas go there (up to ``most``, as many as the node has GPUs and starts for); None
+    when it fits nowhere."""
+    ok = c.feasible(w)
+    if max_starts is not None:
+        ok &= c.starts < max_starts
+    if not ok.any():
+        return None
+    n = choose(c, w, ok)
+    k = min(most, int(c.free[n] // w.gpus))
+    if max_starts is not None:
+        k = min(k, int(max_starts - c.starts[n]))
+    return n, k
 
 
 def _run(name: str, workloads: list[Workload], nodes: list[Node], choose,
@@ -129,23 +141,6 @@ def complete(workloads: list[Workload], nodes: list[Node], prices: Prices,
                                widest_first=widest_first)
 
 
-def _best(c: _Cluster, w: Workload, left: int, max_starts: int | None
-          ) -> tuple[float, int, int] | None:
-    """(bytes per replica, node, replicas) of ``w``'s next move: as many of its ``left``
-    replicas as fit on the node that misses the fewest of its bytes (the tightest fit of
-    those, which keeps room whole for wider replicas)."""
-    ok = c.feasible(w)
-    if max_starts is not None:
-        ok &= c.starts < max_starts
-    if not ok.any():
-        return None
-    fit = np.minimum(left, c.free // w.gpus)
-    if max_starts is not None:
-        fit = np.minimum(fit, max_starts - c.starts)
-    n = _fewest_bytes(c, w, ok)
-    return float(c.missing(w)[n]) / max(1, int(fit[n])), n, int(fit[n])
-
-
 def _cheapest_first(c: _Cluster, todo: dict[int, int], max_starts: int | None
                     ) -> list[tuple[int, int, int]]:
     """The cheapest move among all workloads left, again and again, widest first (which
@@ -167,10 +162,11 @@ def _cheapest_first(c: _Cluster, todo: dict[int, int], max_starts: int | None
         if left.get(i, 0) <= 0:
             continue
         w = c.workloads[i]
-        move = _best(c, w, left[i], max_starts)
+        move = _move(c, w, left[i], _fewest_bytes, max_starts)
         if move is None:
             continue  # nowhere to go: pending
-        cost, n, k = move
+        n, k = move
+        cost = float(c.missing(w)[n]) / k  # bytes per replica of this move
         if heap and (-w.gpus, cost) > heap[0][:2]:
             heapq.heappush(heap, (-w.gpus, cost, i))  # another may be cheaper now
             continue
