@@ -1,6 +1,7 @@
 """Reading images back: resolve a reference, load its manifest, stream its chunks.
 
-``load_manifest`` verifies the blob and validates the manifest before returning it.
+``load_manifest`` verifies the blob and validates the manifest before returning it;
+``load_dir_manifest`` opens it for a mount, a directory checked when first read.
 ``fetch_in_order`` fetches chunks through the ordered pipeline (``pipeline.in_order``), ahead
 of the consumer but at most ``window`` chunks ahead: bounded memory, parallel requests.
 Thread-safe as the store is; the generator itself belongs to one consumer thread.
@@ -8,24 +9,39 @@ Thread-safe as the store is; the generator itself belongs to one consumer thread
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TypeVar
 
 from .base import ObjectStore
 from .blobs import BlobStore
 from .codec import MAX_BLOB_SIZE
+from .dirmanifest import DirManifest, open_dir_manifest
 from .errors import BlobCorrupt, BlobNotFound, ManifestInvalid
 from .manifest import FILE, Entry, Manifest, decode
 from .pipeline import in_order
 from .refs import Refs
 
+T = TypeVar("T")
+
 
 def load_manifest(blobs: BlobStore, id: str) -> Manifest:
+    """Every entry of manifest ``id``, checked."""
+    return _load(blobs, id, decode)
+
+
+def load_dir_manifest(blobs: BlobStore, id: str) -> DirManifest:
+    """Manifest ``id`` opened for lookups, a directory decoded and checked when first
+    asked for (what a mount reads)."""
+    return _load(blobs, id, open_dir_manifest)
+
+
+def _load(blobs: BlobStore, id: str, decoder: Callable[[bytes], T]) -> T:
     try:
         data = blobs.get(id, max_size=MAX_BLOB_SIZE)
     except BlobNotFound:
         raise BlobNotFound(f"manifest {id} not found in {blobs}") from None
     try:
-        return decode(data)
+        return decoder(data)
     except ManifestInvalid as exc:
         raise ManifestInvalid(f"manifest {id} in {blobs}: {exc}") from None
 
@@ -34,6 +50,12 @@ def open_image(objects: ObjectStore, ref: str) -> tuple[str, Manifest]:
     """The manifest id and manifest that ``ref`` (``NAME:TAG`` or an id) names."""
     mid = Refs(objects).resolve(ref)
     return mid, load_manifest(BlobStore(objects), mid)
+
+
+def open_image_dirs(objects: ObjectStore, ref: str) -> tuple[str, DirManifest]:
+    """``open_image`` for a mount: the manifest opened for lookups."""
+    mid = Refs(objects).resolve(ref)
+    return mid, load_dir_manifest(BlobStore(objects), mid)
 
 
 def fetch_chunk(blobs: BlobStore, manifest: Manifest, index: int) -> bytes:

@@ -5,11 +5,13 @@ canonical: the same tree gives the same bytes and so the same id. ``decode()`` t
 input as hostile: it checks the format version, then every invariant in ``validate()``
 before anything uses the manifest.
 
-Layout of the encoded form (msgpack; stored zstd-compressed as any blob):
-``{"version", "kind", "source", "chunker", "created", "chunks", "entries"}`` where a chunk is
-``[id (32 bytes), size, stored size]`` and an entry is ``[path, type, mode, uid, gid,
-mtime_ns, size, target, rdev, xattrs, link group, spans]`` with ``spans`` flat triples
-``(chunk index, offset in chunk, length)``. Entries are sorted by path components, root
+This module holds the data model (every entry in path order), its checks and format 1;
+``dirmanifest`` holds format 2, which ``encode()`` writes and which a mount reads a
+directory at a time. ``decode()`` reads both. Format 1 (msgpack; stored zstd-compressed
+as any blob): ``{"version", "kind", "source", "chunker", "created", "chunks", "entries"}``
+where a chunk is ``[id (32 bytes), size, stored size]`` and an entry is ``[path, type,
+mode, uid, gid, mtime_ns, size, target, rdev, xattrs, link group, spans]`` with ``spans``
+flat triples ``(chunk index, offset in chunk, length)``. Entries are sorted by path components, root
 first (path ``""``). A hard-link group (``link group`` > 0) is one inode: every member has
 the same metadata and spans, and the data is in the stream once.
 """
@@ -33,7 +35,8 @@ import msgpack
 from .digest import blob_id
 from .errors import ManifestInvalid
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what encode() writes
+READS = (1, 2)
 KINDS = ("image", "file", "snapshot")
 FILE, DIR, SYMLINK, CHAR, BLOCK, FIFO, SOCKET = "f", "d", "l", "c", "b", "p", "s"
 TYPES = (FILE, DIR, SYMLINK, CHAR, BLOCK, FIFO, SOCKET)
@@ -193,10 +196,19 @@ def _encode_entry(e: Entry) -> list:
 
 
 def encode(m: Manifest) -> bytes:
-    """Canonical msgpack bytes of ``m`` (validated first, so we never write a bad one)."""
+    """Canonical bytes of ``m`` in the format this thaw writes (2, a section per directory;
+    ``dirmanifest``), validated first, so we never write a bad one."""
+    from .dirmanifest import encode_v2  # format 2 builds on this module
+
+    return encode_v2(m)
+
+
+def encode_v1(m: Manifest) -> bytes:
+    """Canonical format-1 bytes of ``m``: every entry in one array. Read still; written
+    only to test that it is."""
     validate(m)
     doc = {
-        "version": FORMAT_VERSION,
+        "version": 1,
         "kind": m.header.kind,
         "source": m.header.source,
         "chunker": dict(sorted(m.header.chunker.items())),
@@ -304,12 +316,20 @@ def _no_cyclic_gc() -> Iterator[None]:
 
 
 def decode(data: bytes) -> Manifest:
-    """Parse and validate manifest bytes (already decompressed). Raises ManifestInvalid."""
+    """Parse and validate manifest bytes (already decompressed), of either format, into
+    every entry. Raises ManifestInvalid."""
     with _no_cyclic_gc():
-        return _decode(data)
+        doc = unpack(data)
+        if doc["version"] == 1:
+            return _decode_v1(doc)
+        from .dirmanifest import decode_v2  # format 2 builds on this module
+
+        return decode_v2(doc)
 
 
-def _decode(data: bytes) -> Manifest:
+def unpack(data: bytes) -> dict:
+    """The top level of manifest bytes, of a version this thaw reads (format 2's entries
+    stay packed, a section per directory)."""
     _check(len(data) <= MAX_MANIFEST_SIZE, "too large")
     try:
         doc = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
@@ -318,9 +338,13 @@ def _decode(data: bytes) -> Manifest:
     except UnicodeDecodeError:
         raise ManifestInvalid("invalid manifest: a text field is not UTF-8") from None
     _check(isinstance(doc, dict), "not a map")
-    _check(doc.get("version") == FORMAT_VERSION,
-           f"format version {doc.get('version')!r}, this thaw reads {FORMAT_VERSION}; "
+    _check(doc.get("version") in READS,
+           f"format version {doc.get('version')!r}, this thaw reads {READS}; "
            "upgrade thaw or push the image again")
+    return doc
+
+
+def _decode_v1(doc: dict) -> Manifest:
     keys = {"version", "kind", "source", "chunker", "created", "chunks", "entries"}
     _check(set(doc) == keys, f"fields {sorted(map(repr, set(doc) ^ keys))} missing or "
            "unexpected")

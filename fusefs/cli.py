@@ -15,7 +15,7 @@ from types import ModuleType
 
 from blobstore.errors import UsageError
 from blobstore.hints import START, hints_key
-from blobstore.images import open_image
+from blobstore.images import open_image_dirs
 from blobstore.nodereport import parse_gpus
 from blobstore.units import parse_size
 from blobstore.url import open_store
@@ -199,7 +199,7 @@ def cmd_mount(args, console) -> int:
     prepare_mountpoint(args.mountpoint)
     service = _Loading("fusefs.service")  # until joined, this thread imports nothing new
     try:
-        mid, manifest = open_image(objects, args.ref)
+        mid, manifest = open_image_dirs(objects, args.ref)
     finally:
         service.wait()  # an error exits with no import half done behind it
     mount_image = service.module().mount_image

@@ -34,6 +34,12 @@ class NotASymlink(FsError):
     errno = errno.EINVAL
 
 
+class NotADirectory(FsError):
+    """A listing of something that is not a directory."""
+
+    errno = errno.ENOTDIR
+
+
 class NoSuchHandle(FsError):
     """A file handle that was never opened here, or is already released."""
 

@@ -25,7 +25,7 @@ from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
 from blobstore.digest import is_blob_id
 from blobstore.errors import BlobNotFound
-from blobstore.images import load_manifest
+from blobstore.images import load_dir_manifest
 from blobstore.refs import Refs
 
 from .errors import NoSuchInode, NotASymlink
@@ -36,13 +36,20 @@ ROOT, REFS = 1, 2
 REFS_TTL = 2.0
 _RANGE = 32  # bits of inode number per image
 MAX_ENTRIES = 1_000_000  # entries of loaded trees the daemon keeps (about 1 GiB)
+DECODE_INLINE = 64 << 10  # bytes of a directory's section decoded on the trio thread (~1 ms)
 IDLE = 60.0  # seconds since its last request before a tree may be dropped
+
+
+async def decoded(tree: FsTree, ino: int) -> None:
+    """Decode the listing of directory ``ino`` in a worker thread if it is big and not
+    decoded yet, so that the trio thread goes on answering others meanwhile."""
+    if tree.listing_cost(ino) > DECODE_INLINE:
+        await trio.to_thread.run_sync(tree.listing_cost, ino, True)
 
 
 class SingleImage:
     def __init__(self, manifest_id: str, tree: FsTree) -> None:
         self.manifest_id, self.tree = manifest_id, tree
-        self._xattrs: bool | None = None
 
     async def ready(self, ino: int) -> None:
         """The one tree is always loaded."""
@@ -52,9 +59,11 @@ class SingleImage:
         return True
 
     async def lookup(self, parent: int, name: bytes) -> int | None:
+        await decoded(self.tree, parent)
         return self.tree.lookup(parent, name)
 
     async def children(self, ino: int) -> list[tuple[bytes, int]]:
+        await decoded(self.tree, ino)
         return self.tree.children(ino)
 
     def attrs(self, ino: int) -> Attrs:
@@ -71,9 +80,7 @@ class SingleImage:
 
     def carries_xattrs(self) -> bool:
         """Whether any entry of the image has one (the answer for every getxattr if not)."""
-        if self._xattrs is None:
-            self._xattrs = any(e.xattrs for e in self.tree.manifest.entries)
-        return self._xattrs
+        return self.tree.carries_xattrs()
 
     def totals(self) -> tuple[int, int]:
         return self.tree.manifest.data_size, self.tree.inode_count
@@ -120,7 +127,7 @@ class StoreImages:
             blobs = BlobStore(self.objects)
             # The tree too is built in the worker: the trio thread keeps answering others.
             tree = await trio.to_thread.run_sync(
-                lambda: FsTree(load_manifest(blobs, mid), base=k << _RANGE, image_id=mid))
+                lambda: FsTree(load_dir_manifest(blobs, mid), base=k << _RANGE, image_id=mid))
             self.trees[mid] = self._by_range[k] = tree
             self._image_of[k], self._sizes[mid] = mid, tree.manifest.data_size
             self._touch(mid)
@@ -205,7 +212,9 @@ class StoreImages:
     async def lookup(self, parent: int, name: bytes) -> int | None:
         if parent >> _RANGE:
             await self.ready(parent)
-            return self._tree_for(parent).lookup(parent, name)
+            tree = self._tree_for(parent)
+            await decoded(tree, parent)
+            return tree.lookup(parent, name)
         text = os.fsdecode(name)
         if parent == ROOT and is_blob_id(text):
             try:
@@ -220,7 +229,9 @@ class StoreImages:
     async def children(self, ino: int) -> list[tuple[bytes, int]]:
         if ino >> _RANGE:
             await self.ready(ino)
-            return self._tree_for(ino).children(ino)
+            tree = self._tree_for(ino)
+            await decoded(tree, ino)
+            return tree.children(ino)
         if ino == ROOT:
             return [(b"refs", REFS)] + [(m.encode(), (k << _RANGE) + 1) for m, k in sorted(
                 self._ranges.items())]

@@ -19,9 +19,9 @@ import trio
 
 from blobstore.base import ObjectStore
 from blobstore.blobs import BlobStore
+from blobstore.dirmanifest import DirManifest
 from blobstore.diskcache import DiskCache
 from blobstore.leases import REFRESH, Lease
-from blobstore.manifest import Manifest
 from blobstore.nodereport import peer_urls
 from blobstore.peers import Membership, PeerTier
 from blobstore.retrying import without_retries
@@ -132,7 +132,7 @@ def _serve(namespace: Namespace, tiers: NodeTiers, fetcher: ChunkFetcher,
                            on_warm=warmer.warm))
 
 
-def mount_image(objects: ObjectStore, mid: str, manifest: Manifest, mountpoint: str,
+def mount_image(objects: ObjectStore, mid: str, manifest: DirManifest, mountpoint: str,
                 opts: MountOptions, on_ready: Callable[[], None] = lambda: None) -> None:
     """Mount one image read-only at ``mountpoint`` until unmounted or signalled."""
     tiers, fetcher, learners, warmer = _read_path(objects, opts)

@@ -14,6 +14,7 @@ import os
 import tempfile
 
 from blobstore.codec import decode_and_verify
+from blobstore.dirmanifest import open_dir_manifest
 from blobstore.errors import BlobCorrupt, ManifestInvalid, ThawError, UsageError
 from blobstore.hints import _decode as decode_hints
 from blobstore.leases import LeaseInvalid, parse_lease
@@ -27,10 +28,34 @@ MAX_SOURCE = 1 << 20
 
 
 def manifest(data: bytes) -> None:
+    """Both readers: the whole decode, and a mount's, a directory at a time. What the whole
+    decode accepts, the lazy reader reads the same."""
     try:
-        decode_manifest(data)
+        whole = decode_manifest(data)
     except ManifestInvalid:
-        pass
+        whole = None
+    try:
+        lazy = _walk(open_dir_manifest(data))
+    except ManifestInvalid:
+        assert whole is None, "the lazy reader refused what the whole decode accepted"
+        return
+    assert whole is None or lazy == _plain(whole.entries[1:]), "the two readers differ"
+
+
+def _walk(dm) -> list:
+    out, todo = [], [0]
+    while todo:
+        first, section = dm.listing(todo.pop())
+        for k, e in enumerate(section.entries, first):
+            out.append(e)
+            if e.type == "d":
+                todo.append(k)
+    return _plain(out)
+
+
+def _plain(entries) -> list:
+    """Sorted, hard-link groups as yes or no (a format-1 image's are renumbered)."""
+    return sorted(e._replace(link_group=bool(e.link_group)) for e in entries)
 
 
 def hints(data: bytes) -> None:
