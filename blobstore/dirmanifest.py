@@ -188,6 +188,7 @@ class DirManifest:
         self._dir_section = {0: 0}  # entry number of a directory -> its section
         self._waiting: dict[int, list[tuple[int, Entry]]] = {}  # see _check_links
         self._lock = threading.Lock()  # one decode at a time: _waiting stays whole
+        self.label = ""  # what names this manifest in the error of a directory's checks
 
     # -- what a mount asks ------------------------------------------------------------------
 
@@ -245,7 +246,12 @@ class DirManifest:
             with self._lock, _no_cyclic_gc():
                 found = self._sections.get(s)
                 if found is None:
-                    found = self._sections[s] = self._decode_section(s)
+                    try:
+                        found = self._sections[s] = self._decode_section(s)
+                    except ManifestInvalid as exc:
+                        if not self.label:
+                            raise
+                        raise ManifestInvalid(f"{self.label}: {exc}") from None
         return found
 
     # -- checks -----------------------------------------------------------------------------

@@ -32,7 +32,9 @@ def load_manifest(blobs: BlobStore, id: str) -> Manifest:
 def load_dir_manifest(blobs: BlobStore, id: str) -> DirManifest:
     """Manifest ``id`` opened for lookups, a directory decoded and checked when first
     asked for (what a mount reads)."""
-    return _load(blobs, id, open_dir_manifest)
+    dm = _load(blobs, id, open_dir_manifest)
+    dm.label = f"manifest {id} in {blobs}"
+    return dm
 
 
 def _load(blobs: BlobStore, id: str, decoder: Callable[[bytes], T]) -> T:

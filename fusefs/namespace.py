@@ -1,14 +1,15 @@
 """What a mount shows: one image (``thaw mount``) or every image of a store (the daemon).
 
 ``SingleImage`` is a thin face of one ``FsTree``. ``StoreImages`` shows a root with one
-directory per manifest id, made on first lookup (the manifest is loaded and validated in a
+directory per manifest id, made on first lookup (the manifest is loaded and opened in a
 worker thread), and ``refs/NAME/TAG`` symlinks to them, read from the store with a short
 cache (tags move; images never do). Each image gets its own inode range, ``k << 32``, for
 the life of the daemon. Trees are bounded: when the loaded images hold more than
 ``max_entries`` entries, the least recently used ones idle for ``idle`` seconds are dropped
-(about 1 KiB an entry); a request for one of their inodes (the kernel keeps inodes longer)
-loads the tree again, in the same range, first (``ready``). Runs on the trio thread; store
-calls go through ``trio.to_thread``.
+(up to about 1 KiB an entry once every directory is decoded); a request for one of their
+inodes (the kernel keeps inodes longer) loads the tree again, in the same range, first
+(``ready``). Runs on the trio thread; store calls, and the decoding of a big directory
+(``decoded``), go through ``trio.to_thread``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 ROOT, REFS = 1, 2
 REFS_TTL = 2.0
 _RANGE = 32  # bits of inode number per image
-MAX_ENTRIES = 1_000_000  # entries of loaded trees the daemon keeps (about 1 GiB)
+MAX_ENTRIES = 1_000_000  # entries of loaded trees the daemon keeps (up to ~1 GiB, decoded)
 DECODE_INLINE = 64 << 10  # bytes of a directory's section decoded on the trio thread (~1 ms)
 IDLE = 60.0  # seconds since its last request before a tree may be dropped
 

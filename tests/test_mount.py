@@ -429,3 +429,33 @@ def test_a_background_mount_logs_to_the_state_directory_not_the_cache(thaw, push
         logs = list((tmp_path / "state" / "thaw" / "log").glob("mount-*.log"))
         assert len(logs) == 1
         assert not [p for p in (tmp_path / "cache").rglob("*.log")]
+
+
+def test_a_directory_that_fails_its_checks_is_eio_and_the_rest_of_the_image_reads(
+        thaw, pushed, store_url, tmp_path):
+    """A mount checks a directory of the manifest when it first reads it: a hostile one
+    answers EIO, names the manifest in the log, and spoils nothing else."""
+    import msgpack
+
+    from blobstore.blobs import BlobStore
+    from blobstore.refs import Refs, parse_ref
+
+    objects = LocalStore(store_url[len("file://"):])
+    doc = msgpack.unpackb(BlobStore(objects).get(pushed), raw=False)
+    row = next(i for i, (_, name, _) in enumerate(doc["dirs"]) if name == b"user")
+    entries = msgpack.unpackb(doc["sections"][row], raw=False)
+    entries[0][2] = 0o17777  # a mode with bits no mode has
+    doc["sections"][row] = msgpack.packb(entries, use_bin_type=True)
+    bad, _ = BlobStore(objects).put(msgpack.packb(doc, use_bin_type=True))
+    Refs(objects).set(parse_ref("hostile:1"), bad)
+    thaw.env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "hostile:1", str(mnt), *cache_args(tmp_path)):
+        assert (mnt / "etc" / "hostname").read_text() == "thaw\n"
+        with pytest.raises(OSError) as e:
+            os.listdir(mnt / "home" / "user")
+        assert e.value.errno == 5  # EIO
+        assert (mnt / "etc" / "hostname").read_text() == "thaw\n"
+        log = next((tmp_path / "state" / "thaw" / "log").glob("mount-*.log")).read_text()
+        assert f"manifest {bad}" in log and "mode must be" in log, log
+    assert thaw("verify", "hostile:1", check=False).returncode != 0

@@ -81,3 +81,29 @@ async def test_only_image_inodes_are_immutable(three_images):
     ns = StoreImages(objects)
     root = await ns.lookup(1, mids[0].encode())
     assert ns.immutable(root) and not ns.immutable(1) and not ns.immutable(2)
+
+
+async def test_a_big_directory_is_decoded_in_a_worker_thread_and_a_small_one_inline(
+        three_images, monkeypatch):
+    import trio
+
+    import fusefs.namespace as namespace
+
+    objects, mids = three_images
+    ns = StoreImages(objects)
+    root = await ns.lookup(1, mids[0].encode())
+    threads = []
+    real = trio.to_thread.run_sync
+
+    async def counting(fn, *args, **kwargs):
+        threads.append(getattr(fn, "__name__", repr(fn)))
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", counting)
+    d = await ns.lookup(root, b"d")  # the root's listing: a few bytes, decoded inline
+    assert threads == []
+    monkeypatch.setattr(namespace, "DECODE_INLINE", 16)  # d holds 50 entries: "big" now
+    assert len(await ns.children(d)) == 50
+    assert threads == ["listing_cost"]
+    assert await ns.lookup(d, b"f7") is not None  # decoded already: no thread again
+    assert threads == ["listing_cost"]
