@@ -99,7 +99,8 @@ def encode_v2(m: Manifest) -> bytes:
             if e.link_group:
                 groups.setdefault(e.link_group, []).append(first[s] + k)
     order = sorted(groups.values())  # members ascending already: numbered section by section
-    renumber = {g: order.index(ks) + 1 for g, ks in groups.items()}
+    rank = {ks[0]: n for n, ks in enumerate(order, 1)}
+    renumber = {g: rank[ks[0]] for g, ks in groups.items()}
     sections = [msgpack.packb([_encode_member(e, renumber) for e in entries],
                               use_bin_type=True) for entries in members]
     doc = {
@@ -148,7 +149,7 @@ class DirManifest:
     ``chunks``, ``data_size``) and entries by number."""
 
     def __init__(self, doc: dict) -> None:
-        """``doc``: the unpacked top level of a format-2 manifest (``open_v2`` makes it)."""
+        """``doc``: the unpacked top level of a format-2 manifest (``manifest.unpack``)."""
         with _no_cyclic_gc():
             self._open(doc)
 
