@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from blobstore.dirmanifest import DirManifest, decode_v2, encode_v2, open_dir_manifest
 from blobstore.errors import ManifestInvalid
@@ -19,6 +21,7 @@ from blobstore.manifest import (
     Span,
     decode,
     encode_v1,
+    path_key,
 )
 
 A = "a" * 64
@@ -231,3 +234,47 @@ def test_a_format_2_manifest_with_no_files():
     assert dm.entry_count == 1 and dm.listing(0)[1].names == []
     assert decode_v2(msgpack.unpackb(encode_v2(Manifest(Header(), (), (d(""),))),
                                      raw=False)).entries == (d(""),)
+
+
+@st.composite
+def trees(draw) -> Manifest:
+    """Random trees: nested directories, files, symlinks and hard links across them."""
+    names = st.text("abz.-é", min_size=1, max_size=3).filter(lambda n: n not in (".", ".."))
+    paths = {""}
+    dirs = [""]
+    for _ in range(draw(st.integers(0, 25))):
+        parent = draw(st.sampled_from(dirs))
+        path = f"{parent}/{draw(names)}" if parent else draw(names)
+        if path not in paths:
+            paths.add(path)
+            if draw(st.booleans()):
+                dirs.append(path)
+    files = sorted(p for p in paths if p and p not in dirs)
+    groups = {p: draw(st.integers(0, 3)) for p in files}  # 0: no hard link
+    entries = [d(p) for p in dirs]
+    for p in files:
+        g = groups[p] if list(groups.values()).count(groups[p]) > 1 else 0
+        entries.append(f(p, 0 if g else 10, 10, group=g) if g or draw(st.booleans()) else
+                       Entry(p, SYMLINK, 0o777, 0, 0, 4, 1, target="x"))
+    return Manifest(Header(), (ChunkRef(A, 1000, 500),),
+                    tuple(sorted(entries, key=lambda e: path_key(e.path))))
+
+
+def groups_of(m: Manifest) -> set[frozenset[str]]:
+    by: dict[int, set[str]] = {}
+    for e in m.entries:
+        if e.link_group:
+            by.setdefault(e.link_group, set()).add(e.path)
+    return {frozenset(v) for v in by.values()}
+
+
+@settings(max_examples=300, deadline=None)
+@given(trees())
+def test_any_tree_round_trips_and_reads_lazily_as_it_decodes(m):
+    raw = encode_v2(m)
+    whole = decode(raw)
+    plain = [e._replace(link_group=0) for e in m.entries]
+    assert [e._replace(link_group=0) for e in whole.entries] == plain
+    assert groups_of(whole) == groups_of(m)
+    assert encode_v2(whole) == raw
+    assert walk(open_dir_manifest(raw)) == [e.path for e in whole.entries[1:]]
