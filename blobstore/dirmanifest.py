@@ -27,11 +27,14 @@ opens (O(directories + chunks + hard links)) and each section when it first deco
 every check of format 1 holds for what it returns, and the sections' directories match the
 ``dirs`` table, so every directory is listed by exactly one entry. Only what spans sections
 is checked as far as the sections decoded so far allow: a hard link's fields against its
-group's first member (decoding that member's section). ``decode_v2`` decodes every section
-and so checks everything, and returns a format-1 ``Manifest``.
+group's first member, once both are decoded (a mount serves only the first member's). A
+format-1 check that needs every entry (that the ``xattrs`` flag is not set needlessly) is
+left to ``decode_v2``, which decodes every section and so checks everything, and returns a
+format-1 ``Manifest``.
 
-Thread-safety: a decoded section is stored in a dict with one assignment; two threads may
-decode the same section at once and store equal results, so any thread may read.
+Thread-safety: sections are decoded one at a time under a lock (so the hard-link checks
+waiting on a section stay whole) and stored with one dict assignment; reading a decoded one
+takes no lock, so any thread may read.
 """
 
 from __future__ import annotations
@@ -216,7 +219,7 @@ class DirManifest:
         a directory."""
         if self.entry(k).type != DIR:
             return None
-        s = self._dir_section[k]  # filled when k's own section was decoded, just above
+        s = self._dir_section[k]  # noted when the section holding k decoded, in entry(k)
         return self._first[s], self.section(s)
 
     def listing_cost(self, k: int, decode: bool = False) -> int:
@@ -232,8 +235,11 @@ class DirManifest:
         return len(self._raw[s])
 
     def subdirs(self, k: int) -> int:
-        """How many directories directory ``k`` holds (for its link count)."""
-        self.listing(k)
+        """How many directories directory ``k`` holds (for its link count), from the
+        directory table: ``k``'s own listing stays undecoded (``ls -l`` of a thousand
+        directories must not decode each of them)."""
+        if self.entry(k).type != DIR:
+            return 0
         return len(self._child_rows.get(self._dir_section[k], ()))
 
     def group(self, k: int) -> tuple[int, ...]:

@@ -278,3 +278,10 @@ def test_any_tree_round_trips_and_reads_lazily_as_it_decodes(m):
     assert groups_of(whole) == groups_of(m)
     assert encode_v2(whole) == raw
     assert walk(open_dir_manifest(raw)) == [e.path for e in whole.entries[1:]]
+
+
+def test_a_directory_s_link_count_needs_no_decode_of_its_listing():
+    dm = open_dir_manifest(encode_v2(sample()))
+    first, _ = dm.listing(0)
+    assert dm.subdirs(first) == 1  # "a" holds "a/z"
+    assert dm.decoded_sections == 1  # the root's only
