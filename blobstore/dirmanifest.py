@@ -32,7 +32,11 @@ format-1 check that needs every entry (that the ``xattrs`` flag is not set needl
 left to ``decode_v2``, which decodes every section and so checks everything, and returns a
 format-1 ``Manifest``.
 
-Thread-safety: sections are decoded one at a time under a lock (so the hard-link checks
+Memory: the packed sections, plus at most ``max_decoded`` entries decoded (the directories
+decoded longest ago are dropped first; a dropped one is decoded and checked again when next
+asked for).
+
+Thread-safety: sections are decoded and dropped one at a time under a lock (so the hard-link checks
 waiting on a section stay whole) and stored with one dict assignment; reading a decoded one
 takes no lock, so any thread may read.
 """
@@ -75,6 +79,7 @@ VERSION = 2
 KEYS = ("version", "kind", "source", "chunker", "created", "chunks", "root", "dirs",
         "sections", "links", "xattrs")
 MAX_PATH = 4096
+MAX_DECODED = 200_000  # entries a reader keeps decoded (~100-200 MB); see DirManifest
 
 
 # -- encoding ------------------------------------------------------------------------------
@@ -140,10 +145,11 @@ def _firsts(counts: list[int]) -> list[int]:
 class Section:
     """One decoded directory listing: names ascending, and the entries in that order."""
 
-    __slots__ = ("names", "entries")
+    __slots__ = ("names", "entries", "listed")
 
     def __init__(self, names: list[bytes], entries: tuple[Entry, ...]) -> None:
         self.names, self.entries = names, entries
+        self.listed: object = None  # a reader's own form of the listing, kept as long as this
 
 
 class DirManifest:
@@ -151,8 +157,11 @@ class DirManifest:
     time it is asked for. Offers what a mount needs of a ``Manifest`` (``header``,
     ``chunks``, ``data_size``) and entries by number."""
 
-    def __init__(self, doc: dict) -> None:
-        """``doc``: the unpacked top level of a format-2 manifest (``manifest.unpack``)."""
+    def __init__(self, doc: dict, max_decoded: int = MAX_DECODED) -> None:
+        """``doc``: the unpacked top level of a format-2 manifest (``manifest.unpack``).
+        ``max_decoded``: entries kept decoded; past it, the directories decoded longest ago
+        are dropped (and decoded again if asked for)."""
+        self.max_decoded = max_decoded
         with _no_cyclic_gc():
             self._open(doc)
 
@@ -188,9 +197,12 @@ class DirManifest:
         _check(self.entry_count <= MAX_ENTRIES, "too many entries")
         self._group_of = _open_links(links, self.entry_count)
         self._links = links
-        self._sections: dict[int, Section] = {}
+        self._sections: dict[int, Section] = {}  # in the order decoded, oldest first
+        self._decoded = 0  # entries in _sections
         self._dir_section = {0: 0}  # entry number of a directory -> its section
-        self._waiting: dict[int, list[tuple[int, Entry]]] = {}  # see _check_links
+        # section -> {member's number: (its first member's number, the member)}: see
+        # _check_links; keyed by member, so a directory decoded again waits once
+        self._waiting: dict[int, dict[int, tuple[int, Entry]]] = {}
         self._lock = threading.Lock()  # one decode at a time: _waiting stays whole
         self.label = ""  # what names this manifest in the error of a directory's checks
 
@@ -254,12 +266,22 @@ class DirManifest:
                 found = self._sections.get(s)
                 if found is None:
                     try:
-                        found = self._sections[s] = self._decode_section(s)
+                        found = self._decode_section(s)
                     except ManifestInvalid as exc:
                         if not self.label:
                             raise
                         raise ManifestInvalid(f"{self.label}: {exc}") from None
+                    self._sections[s] = found
+                    self._decoded += len(found.entries)
+                    self._evict()
         return found
+
+    def _evict(self) -> None:
+        """Drop the directories decoded longest ago while over ``max_decoded`` entries, but
+        never the one decoded last (under the lock: readers only ``get``)."""
+        while self._decoded > self.max_decoded and len(self._sections) > 1:
+            oldest = next(iter(self._sections))
+            self._decoded -= len(self._sections.pop(oldest).entries)
 
     # -- checks -----------------------------------------------------------------------------
 
@@ -315,7 +337,8 @@ class DirManifest:
         are decoded; a member whose first lies in a section not decoded yet waits for that
         section (no recursion: a chain of them may cross every directory)."""
         end = first + len(entries)
-        here = self._waiting.pop(s, [])  # members elsewhere whose first is in this section
+        # members elsewhere whose first is in this section, then this section's own
+        here = list(self._waiting.get(s, {}).values())
         for k, e in enumerate(entries, first):
             head = self._links[e.link_group - 1][0] if e.link_group else k
             if head == k:
@@ -326,11 +349,12 @@ class DirManifest:
             t = bisect.bisect_right(self._first, head) - 1
             done = self._sections.get(t)
             if done is None:
-                self._waiting.setdefault(t, []).append((head, e))
+                self._waiting.setdefault(t, {})[k] = (head, e)
             else:
                 _same_inode(e, done.entries[head - self._first[t]])
         for head, e in here:
             _same_inode(e, entries[head - first])
+        self._waiting.pop(s, None)  # only once they pass: a failed section fails again
 
 
 def _same_inode(e: Entry, head: Entry) -> None:
@@ -429,5 +453,9 @@ def as_dir_manifest(m: Manifest) -> DirManifest:
     return DirManifest(msgpack.unpackb(encode_v2(m), raw=False, strict_map_key=True))
 
 
-__all__ = ["ChunkRef", "DirManifest", "Section", "as_dir_manifest", "decode_v2", "encode_v2",
-           "open_dir_manifest"]
+# What a mount's code that needs only the header and chunks accepts: a mount's trees hold a
+# DirManifest, the commands and tests a Manifest.
+AnyManifest = Manifest | DirManifest
+
+__all__ = ["AnyManifest", "ChunkRef", "DirManifest", "Section", "as_dir_manifest",
+           "decode_v2", "encode_v2", "open_dir_manifest"]

@@ -20,9 +20,10 @@ import math
 import trio
 
 from blobstore.base import ObjectStore
+from blobstore.dirmanifest import AnyManifest
 from blobstore.errors import ThawError
 from blobstore.hints import START, HintRecorder, load_hints, save_hints
-from blobstore.manifest import ChunkRef, Manifest
+from blobstore.manifest import ChunkRef
 
 from .fetch import ChunkFetcher, Priority
 from .tree import FsTree
@@ -30,7 +31,7 @@ from .tree import FsTree
 log = logging.getLogger(__name__)
 
 
-def hinted_chunks(manifest: Manifest, order: list[int], max_bytes: int) -> list[ChunkRef]:
+def hinted_chunks(manifest: AnyManifest, order: list[int], max_bytes: int) -> list[ChunkRef]:
     """The chunks of ``order`` (hint indexes), first first, while their stored bytes fit
     ``max_bytes``."""
     out, total = [], 0
@@ -43,7 +44,7 @@ def hinted_chunks(manifest: Manifest, order: list[int], max_bytes: int) -> list[
 
 
 class StartLearner:
-    def __init__(self, objects: ObjectStore, manifest_id: str, manifest: Manifest,
+    def __init__(self, objects: ObjectStore, manifest_id: str, manifest: AnyManifest,
                  fetcher: ChunkFetcher, *, workload: str = START, window: float = 60.0,
                  max_bytes: int = 1 << 62) -> None:
         """``max_bytes``: prefetch at most this much of the hinted chunks (the first ones,

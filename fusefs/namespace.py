@@ -6,9 +6,9 @@ worker thread), and ``refs/NAME/TAG`` symlinks to them, read from the store with
 cache (tags move; images never do). Each image gets its own inode range, ``k << 32``, for
 the life of the daemon. Trees are bounded: when the loaded images hold more than
 ``max_entries`` entries, the least recently used ones idle for ``idle`` seconds are dropped
-(up to about 1 KiB an entry once every directory is decoded); a request for one of their
-inodes (the kernel keeps inodes longer) loads the tree again, in the same range, first
-(``ready``). Runs on the trio thread; store calls, and the decoding of a big directory
+(a tree holds its packed manifest and at most 200,000 entries decoded); a request for one
+of their inodes (the kernel keeps inodes longer) loads the tree again, in the same range,
+first (``ready``). Runs on the trio thread; store calls, and the decoding of a big directory
 (``decoded``), go through ``trio.to_thread``.
 """
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 ROOT, REFS = 1, 2
 REFS_TTL = 2.0
 _RANGE = 32  # bits of inode number per image
-MAX_ENTRIES = 1_000_000  # entries of loaded trees the daemon keeps (up to ~1 GiB, decoded)
+MAX_ENTRIES = 1_000_000  # entries of loaded trees the daemon keeps
 DECODE_INLINE = 64 << 10  # bytes of a directory's section decoded on the trio thread (~1 ms)
 IDLE = 60.0  # seconds since its last request before a tree may be dropped
 

@@ -16,8 +16,9 @@ import logging
 import trio
 
 from blobstore.base import ObjectStore
+from blobstore.dirmanifest import AnyManifest
 from blobstore.hints import hints_key, load_hints
-from blobstore.manifest import ChunkRef, Manifest
+from blobstore.manifest import ChunkRef
 
 from .errors import BadWorkload
 from .fetch import ChunkFetcher, Priority
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 MODES = ("hints", "all", "none")
 
 
-def image_order(manifest: Manifest, budget: int) -> list[ChunkRef]:
+def image_order(manifest: AnyManifest, budget: int) -> list[ChunkRef]:
     """The image's distinct chunks in stream order, while their stored bytes fit ``budget``."""
     seen: set[str] = set()
     out: list[ChunkRef] = []

@@ -26,9 +26,9 @@ from pathlib import Path
 import trio
 
 from blobstore.base import ObjectStore
+from blobstore.dirmanifest import AnyManifest
 from blobstore.diskcache import CacheIndex, DiskCache
 from blobstore.errors import ThawError
-from blobstore.manifest import Manifest
 from blobstore.nodereport import build_report, write_report
 from blobstore.tempfiles import temp_path
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 _ROW = struct.Struct("<32sQ")  # chunk id (raw), size
 
 
-def chunk_table(manifest: Manifest) -> bytes:
+def chunk_table(manifest: AnyManifest) -> bytes:
     """The distinct chunks of an image as ``(id, size)`` rows, sorted."""
     sizes = {c.id: c.size for c in manifest.chunks}
     return b"".join(_ROW.pack(bytes.fromhex(id), size) for id, size in sorted(sizes.items()))
@@ -62,11 +62,11 @@ class NodeReporter:
         self.gpus = gpus
         self.tables = Path(cache.root) / ".images"
         self.index = CacheIndex(cache)
-        self._pending: dict[str, Manifest] = {}  # images loaded since the last report
+        self._pending: dict[str, AnyManifest] = {}  # images loaded since the last report
         self._sizes: dict[str, dict[str, int]] = {}  # manifest id -> {chunk id: size}
         self._served: set[str] = set()  # loaded by this daemon: reported even at 0 bytes
 
-    def add(self, mid: str, manifest: Manifest) -> None:
+    def add(self, mid: str, manifest: AnyManifest) -> None:
         """An image this node now serves (trio thread: only queues it; its table is built
         in the report's worker thread)."""
         if mid not in self._served:

@@ -5,8 +5,9 @@ up or listed, so a tree is ready at once whatever the image's size. Inode = ``ba
 entry number + 1, fixed by the manifest and never recycled: a single mounted image has the
 root at inode 1 (FUSE's root) and the daemon gives each image its own range. The names of
 a hard-linked inode all resolve to the inode of the group's first entry. Immutable but for
-caches filled on first use (a decoded directory, a per-file span index, a per-directory
-listing; each a dict write, atomic under the GIL), so any thread may read it.
+caches filled on first use (a decoded directory and its listing, kept by the manifest up to
+its bound; a per-file span index; each one assignment, atomic under the GIL), so any thread
+may read it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,6 @@ class FsTree:
         self.image_id = image_id  # the manifest id, where the caller knows it
         self.name = f"image {image_id[:12]}" if image_id else "image"  # for logs
         self._count = manifest.entry_count
-        self._listed: dict[int, list[tuple[bytes, int]]] = {}  # dir index -> sorted children
         self._spans: dict[int, FileSpans] = {}
 
     # -- inode numbers -----------------------------------------------------------------------
@@ -117,16 +117,15 @@ class FsTree:
         """``(name, inode)`` of a directory's entries, sorted by name: built once per
         directory, so a listing in many ``readdir`` calls stays linear. Do not modify it.
         Raises NotADirectory for a non-directory."""
-        i = self.index(ino)
-        listed = self._listed.get(i)
-        if listed is None:
-            listing = self.manifest.listing(i)
-            if listing is None:
-                raise NotADirectory(ino)
-            first, section = listing
-            listed = self._listed[i] = [(name, self._inode(k)) for k, name in
-                                        enumerate(section.names, first)]
-        return listed
+        listing = self.manifest.listing(self.index(ino))
+        if listing is None:
+            raise NotADirectory(ino)
+        first, section = listing
+        listed = section.listed  # kept with the decoded directory, dropped with it
+        if listed is None or listed[0] != self.base:
+            listed = section.listed = (self.base, [(name, self._inode(k)) for k, name in
+                                                   enumerate(section.names, first)])
+        return listed[1]
 
     def attrs(self, ino: int) -> Attrs:
         i = self.index(ino)

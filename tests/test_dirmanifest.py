@@ -285,3 +285,30 @@ def test_a_directory_s_link_count_needs_no_decode_of_its_listing():
     first, _ = dm.listing(0)
     assert dm.subdirs(first) == 1  # "a" holds "a/z"
     assert dm.decoded_sections == 1  # the root's only
+
+
+def test_past_its_bound_a_reader_drops_the_directories_decoded_longest_ago():
+    entries = []
+    for i in range(20):
+        entries += [d(f"d{i:02}"), f(f"d{i:02}/a", group=i + 1), f(f"d{i:02}/b", group=i + 1)]
+    raw = encode_v2(tree(*entries))
+    dm = DirManifest(msgpack.unpackb(raw, raw=False), max_decoded=7)
+    paths = walk(dm)  # 20 directories of 2 entries and the root's 20: never more than 7 kept
+    assert paths == [e.path for e in decode(raw).entries[1:]]
+    assert dm.decoded_sections <= 2
+    first, root = dm.listing(0)  # dropped, decoded (and checked) again
+    assert root.names[0] == b"d00"
+    assert walk(dm) == paths
+
+
+def test_a_hard_link_check_waits_for_its_first_member_even_after_a_drop():
+    doc = doc_of(tree(d("a"), f("a/x", group=1), d("b"), f("b/y", group=1)))
+    y = section(doc, 2)
+    y[0][2] = 0o600  # "b/y" differs from "a/x"
+    set_section(doc, 2, y)
+    dm = DirManifest(doc, max_decoded=1)
+    first, _ = dm.listing(0)
+    dm.listing(first + 1)  # "b": its link's first member, in "a", is not decoded yet
+    for _ in range(2):  # and again: the check is not used up by failing
+        with pytest.raises(ManifestInvalid, match="hard-link group 1 differs"):
+            dm.listing(first)  # "a"
