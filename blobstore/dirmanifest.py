@@ -259,6 +259,16 @@ class DirManifest:
         g = self._group_of.get(k)
         return (k,) if g is None else tuple(self._links[g - 1])
 
+    def head(self, k: int) -> int:
+        """The entry whose inode ``k`` shares: its hard-link group's first, else ``k``."""
+        g = self._group_of.get(k)
+        return k if g is None else self._links[g - 1][0]
+
+    def links(self, k: int) -> int:
+        """How many names ``k``'s inode has (1 unless hard-linked)."""
+        g = self._group_of.get(k)
+        return 1 if g is None else len(self._links[g - 1])
+
     def section(self, s: int) -> Section:
         found = self._sections.get(s)
         if found is None:

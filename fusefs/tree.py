@@ -90,7 +90,7 @@ class FsTree:
 
     def _inode(self, k: int) -> int:
         """The inode of entry ``k``: its hard-link group's first entry's."""
-        return self.base + self.manifest.group(k)[0] + 1
+        return self.base + self.manifest.head(k) + 1
 
     # -- what FUSE asks ----------------------------------------------------------------------
 
@@ -131,7 +131,7 @@ class FsTree:
         i = self.index(ino)
         e = self.manifest.entry(i)
         size = e.size if e.type in (FILE, SYMLINK) else (BLOCK_SIZE if e.type == DIR else 0)
-        nlink = 2 + self.manifest.subdirs(i) if e.type == DIR else len(self.manifest.group(i))
+        nlink = 2 + self.manifest.subdirs(i) if e.type == DIR else self.manifest.links(i)
         return Attrs(ino, _IFMT[e.type] | e.mode, nlink, e.uid, e.gid, size,
                      e.mtime_ns, e.rdev, (size + 511) // 512)
 

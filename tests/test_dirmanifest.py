@@ -111,6 +111,8 @@ def test_the_names_of_a_hard_link_resolve_to_the_group_s_first_entry():
     group = dm.group(paths["b/y"])
     assert group == dm.group(paths["a/x"]) == (paths["a/x"], paths["b/y"])
     assert dm.group(paths["c"]) == (paths["c"],)
+    assert dm.head(paths["b/y"]) == paths["a/x"] and dm.links(paths["b/y"]) == 2
+    assert dm.head(paths["c"]) == paths["c"] and dm.links(paths["c"]) == 1
 
 
 def bad_section_name(doc):
