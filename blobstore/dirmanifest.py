@@ -254,11 +254,6 @@ class DirManifest:
             return 0
         return len(self._child_rows.get(self._dir_section[k], ()))
 
-    def group(self, k: int) -> tuple[int, ...]:
-        """The entry numbers of ``k``'s hard-link group, ``(k,)`` for none."""
-        g = self._group_of.get(k)
-        return (k,) if g is None else tuple(self._links[g - 1])
-
     def head(self, k: int) -> int:
         """The entry whose inode ``k`` shares: its hard-link group's first, else ``k``."""
         g = self._group_of.get(k)
