@@ -79,7 +79,7 @@ VERSION = 2
 KEYS = ("version", "kind", "source", "chunker", "created", "chunks", "root", "dirs",
         "sections", "links", "xattrs")
 MAX_PATH = 4096
-MAX_DECODED = 200_000  # entries a reader keeps decoded (~100-200 MB); see DirManifest
+MAX_DECODED = 50_000  # entries a reader keeps decoded (~30 MB); see DirManifest
 
 
 # -- encoding ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ worker thread), and ``refs/NAME/TAG`` symlinks to them, read from the store with
 cache (tags move; images never do). Each image gets its own inode range, ``k << 32``, for
 the life of the daemon. Trees are bounded: when the loaded images hold more than
 ``max_entries`` entries, the least recently used ones idle for ``idle`` seconds are dropped
-(a tree holds its packed manifest and at most 200,000 entries decoded); a request for one
+(a tree holds its packed manifest and at most 50,000 entries decoded); a request for one
 of their inodes (the kernel keeps inodes longer) loads the tree again, in the same range,
 first (``ready``). Runs on the trio thread; store calls, and the decoding of a big directory
 (``decoded``), go through ``trio.to_thread``.
