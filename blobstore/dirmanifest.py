@@ -57,7 +57,6 @@ from .manifest import (
     DIR,
     KINDS,
     MAX_ENTRIES,
-    ChunkRef,
     Entry,
     Header,
     Manifest,
@@ -157,11 +156,11 @@ class DirManifest:
     time it is asked for. Offers what a mount needs of a ``Manifest`` (``header``,
     ``chunks``, ``data_size``) and entries by number."""
 
-    def __init__(self, doc: dict, max_decoded: int = MAX_DECODED) -> None:
+    def __init__(self, doc: dict, max_decoded: int | None = None) -> None:
         """``doc``: the unpacked top level of a format-2 manifest (``manifest.unpack``).
         ``max_decoded``: entries kept decoded; past it, the directories decoded longest ago
-        are dropped (and decoded again if asked for)."""
-        self.max_decoded = max_decoded
+        are dropped (and decoded again if asked for); default ``MAX_DECODED``."""
+        self.max_decoded = MAX_DECODED if max_decoded is None else max_decoded
         with _no_cyclic_gc():
             self._open(doc)
 
@@ -430,7 +429,7 @@ def open_dir_manifest(data: bytes) -> DirManifest:
 def decode_v2(doc: dict) -> Manifest:
     """Every entry of a format-2 manifest, checked, as a format-1 ``Manifest`` (entries in
     path order)."""
-    dm = DirManifest(doc)
+    dm = DirManifest(doc, max_decoded=MAX_ENTRIES)  # keep all: a hard link's check may wait
     with _no_cyclic_gc():
         out = [dm.root]
         first, section = dm.listing(0)
@@ -462,5 +461,5 @@ def as_dir_manifest(m: Manifest) -> DirManifest:
 # DirManifest, the commands and tests a Manifest.
 AnyManifest = Manifest | DirManifest
 
-__all__ = ["AnyManifest", "ChunkRef", "DirManifest", "Section", "as_dir_manifest",
+__all__ = ["AnyManifest", "DirManifest", "Section", "as_dir_manifest",
            "decode_v2", "encode_v2", "open_dir_manifest"]

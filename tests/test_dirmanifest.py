@@ -312,3 +312,19 @@ def test_a_hard_link_check_waits_for_its_first_member_even_after_a_drop():
     for _ in range(2):  # and again: the check is not used up by failing
         with pytest.raises(ManifestInvalid, match="hard-link group 1 differs"):
             dm.listing(first)  # "a"
+
+
+def test_a_whole_decode_checks_hard_links_however_far_apart(monkeypatch):
+    """With a reader's bound, the first member's directory would be dropped before the
+    member's is decoded, and the member's check would wait for good."""
+    import blobstore.dirmanifest as dirmanifest
+
+    monkeypatch.setattr(dirmanifest, "MAX_DECODED", 1)
+    entries = [d("a"), f("a/x", group=1)] + [d(f"m{i}") for i in range(5)]
+    entries += [d("z"), f("z/y", group=1)]
+    doc = doc_of(tree(*entries))
+    y = section(doc, len(doc["dirs"]) - 1)
+    y[0][2] = 0o600
+    set_section(doc, len(doc["dirs"]) - 1, y)
+    with pytest.raises(ManifestInvalid, match="hard-link group 1 differs"):
+        decode(pack(doc))
