@@ -32,9 +32,9 @@ format-1 check that needs every entry (that the ``xattrs`` flag is not set needl
 left to ``decode_v2``, which decodes every section and so checks everything, and returns a
 format-1 ``Manifest``.
 
-Memory: the packed sections, plus at most ``max_decoded`` entries decoded (the directories
-decoded longest ago are dropped first; a dropped one is decoded and checked again when next
-asked for).
+Memory: the packed sections, plus at most ``max_decoded`` entries decoded, or twice the
+largest directory if that is more (the directories decoded longest ago are dropped first; a
+dropped one is decoded and checked again when next asked for).
 
 Thread-safety: sections are decoded and dropped one at a time under a lock (so the hard-link checks
 waiting on a section stay whole) and stored with one dict assignment; reading a decoded one
@@ -198,6 +198,7 @@ class DirManifest:
         self._links = links
         self._sections: dict[int, Section] = {}  # in the order decoded, oldest first
         self._decoded = 0  # entries in _sections
+        self._largest = 0  # entries of the largest section decoded so far
         self._dir_section = {0: 0}  # entry number of a directory -> its section
         # section -> {member's number: (its first member's number, the member)}: see
         # _check_links; keyed by member, so a directory decoded again waits once
@@ -277,13 +278,18 @@ class DirManifest:
                         raise ManifestInvalid(f"{self.label}: {exc}") from None
                     self._sections[s] = found
                     self._decoded += len(found.entries)
+                    self._largest = max(self._largest, len(found.entries))
                     self._evict()
         return found
 
     def _evict(self) -> None:
-        """Drop the directories decoded longest ago while over ``max_decoded`` entries, but
-        never the one decoded last (under the lock: readers only ``get``)."""
-        while self._decoded > self.max_decoded and len(self._sections) > 1:
+        """Drop the directories decoded longest ago while over the bound, but never the one
+        decoded last (under the lock: readers only ``get``). The bound is ``max_decoded``
+        entries, or twice the largest directory decoded: a directory bigger than the bound
+        and the small ones read along with it (a hard link's first member, a subdirectory)
+        must not keep pushing each other out, each push a decode of the big one again."""
+        limit = max(self.max_decoded, 2 * self._largest)
+        while self._decoded > limit and len(self._sections) > 1:
             oldest = next(iter(self._sections))
             self._decoded -= len(self._sections.pop(oldest).entries)
 

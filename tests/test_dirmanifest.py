@@ -293,10 +293,10 @@ def test_past_its_bound_a_reader_drops_the_directories_decoded_longest_ago():
         entries += [d(f"d{i:02}"), f(f"d{i:02}/a", group=i + 1), f(f"d{i:02}/b", group=i + 1)]
     raw = encode_v2(tree(*entries))
     dm = DirManifest(msgpack.unpackb(raw, raw=False), max_decoded=7)
-    paths = walk(dm)  # 20 directories of 2 entries and the root's 20: never more than 7 kept
+    paths = walk(dm)  # 20 directories of 2 entries and the root's 20
     assert paths == [e.path for e in decode(raw).entries[1:]]
-    assert dm.decoded_sections <= 2
-    first, root = dm.listing(0)  # dropped, decoded (and checked) again
+    assert dm.decoded_sections <= 11  # 40 entries at most: twice the largest directory
+    first, root = dm.listing(0)  # dropped by now: decoded (and checked) again
     assert root.names[0] == b"d00"
     assert walk(dm) == paths
 
@@ -328,3 +328,13 @@ def test_a_whole_decode_checks_hard_links_however_far_apart(monkeypatch):
     set_section(doc, len(doc["dirs"]) - 1, y)
     with pytest.raises(ManifestInvalid, match="hard-link group 1 differs"):
         decode(pack(doc))
+
+
+def test_a_directory_bigger_than_the_bound_is_not_pushed_out_by_small_ones():
+    entries = [d("big")] + [f(f"big/f{i}") for i in range(6)] + [d(f"s{i}") for i in range(4)]
+    dm = DirManifest(doc_of(tree(*entries)), max_decoded=2)
+    first, root = dm.listing(0)
+    big = dm.listing(first)[1]
+    for j in range(1, 5):
+        dm.listing(first + j)  # s0..s3, empty
+        assert dm.listing(first)[1] is big  # still decoded: not decoded again
