@@ -69,7 +69,7 @@ from .manifest import (
     _inode_fields,
     _int,
     _no_cyclic_gc,
-    decode,
+    decode_doc,
     unpack,
     validate,
 )
@@ -86,6 +86,11 @@ MAX_DECODED = 50_000  # entries a reader keeps decoded (~30 MB); see DirManifest
 
 def encode_v2(m: Manifest) -> bytes:
     """Canonical format-2 bytes of ``m`` (validated first)."""
+    return msgpack.packb(_doc_v2(m), use_bin_type=True)
+
+
+def _doc_v2(m: Manifest) -> dict:
+    """The format-2 top level of ``m`` (validated first), as ``unpack`` would return it."""
     validate(m)
     section_of = {"": 0}  # directory path -> section number
     dirs: list[list] = [[0, b"", 0]]
@@ -110,7 +115,7 @@ def encode_v2(m: Manifest) -> bytes:
     renumber = {g: rank[ks[0]] for g, ks in groups.items()}
     sections = [msgpack.packb([_encode_member(e, renumber) for e in entries],
                               use_bin_type=True) for entries in members]
-    doc = {
+    return {
         "version": VERSION,
         "kind": m.header.kind,
         "source": m.header.source,
@@ -123,7 +128,6 @@ def encode_v2(m: Manifest) -> bytes:
         "links": order,
         "xattrs": any(e.xattrs for e in m.entries),
     }
-    return msgpack.packb(doc, use_bin_type=True)
 
 
 def _encode_member(e: Entry, renumber: dict[int, int]) -> list:
@@ -207,10 +211,6 @@ class DirManifest:
         self.label = ""  # what names this manifest in the error of a directory's checks
 
     # -- what a mount asks ------------------------------------------------------------------
-
-    @property
-    def stored_size(self) -> int:
-        return sum(c.stored_size for c in self.chunks)
 
     @property
     def decoded_sections(self) -> int:
@@ -428,7 +428,7 @@ def open_dir_manifest(data: bytes) -> DirManifest:
     parts) and then laid out as format 2. Raises ManifestInvalid."""
     doc = unpack(data)
     if doc["version"] == 1:
-        return as_dir_manifest(decode(data))
+        return as_dir_manifest(decode_doc(doc))
     return DirManifest(doc)
 
 
@@ -460,7 +460,7 @@ def decode_v2(doc: dict) -> Manifest:
 
 def as_dir_manifest(m: Manifest) -> DirManifest:
     """A format-1 manifest (decoded already) in the form a mount reads."""
-    return DirManifest(msgpack.unpackb(encode_v2(m), raw=False, strict_map_key=True))
+    return DirManifest(_doc_v2(m))
 
 
 # What a mount's code that needs only the header and chunks accepts: a mount's trees hold a

@@ -11,9 +11,9 @@ directory at a time. ``decode()`` reads both. Format 1 (msgpack; stored zstd-com
 as any blob): ``{"version", "kind", "source", "chunker", "created", "chunks", "entries"}``
 where a chunk is ``[id (32 bytes), size, stored size]`` and an entry is ``[path, type,
 mode, uid, gid, mtime_ns, size, target, rdev, xattrs, link group, spans]`` with ``spans``
-flat triples ``(chunk index, offset in chunk, length)``. Entries are sorted by path components, root
-first (path ``""``). A hard-link group (``link group`` > 0) is one inode: every member has
-the same metadata and spans, and the data is in the stream once.
+flat triples ``(chunk index, offset in chunk, length)``. Entries are sorted by path
+components, root first (path ``""``). A hard-link group (``link group`` > 0) is one inode:
+every member has the same metadata and spans, and the data is in the stream once.
 """
 
 from __future__ import annotations
@@ -318,8 +318,12 @@ def _no_cyclic_gc() -> Iterator[None]:
 def decode(data: bytes) -> Manifest:
     """Parse and validate manifest bytes (already decompressed), of either format, into
     every entry. Raises ManifestInvalid."""
+    return decode_doc(unpack(data))
+
+
+def decode_doc(doc: dict) -> Manifest:
+    """``decode`` of a top level that ``unpack`` returned."""
     with _no_cyclic_gc():
-        doc = unpack(data)
         if doc["version"] == 1:
             return _decode_v1(doc)
         from .dirmanifest import decode_v2  # format 2 builds on this module
@@ -332,7 +336,8 @@ def unpack(data: bytes) -> dict:
     stay packed, a section per directory)."""
     _check(len(data) <= MAX_MANIFEST_SIZE, "too large")
     try:
-        doc = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+        with _no_cyclic_gc():
+            doc = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise ManifestInvalid(f"invalid manifest: not msgpack ({exc})") from None
     except UnicodeDecodeError:
