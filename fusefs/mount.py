@@ -28,6 +28,7 @@ from .tree import FsTree
 
 log = logging.getLogger(__name__)
 READ_AHEAD_KB = 1024
+SETTLE = 0.001  # seconds between checks of the read-ahead after INIT
 OPTIONS = ("fsname=thaw", "subtype=thaw", "ro", "default_permissions", "allow_other")
 
 
@@ -50,11 +51,16 @@ async def raise_read_ahead(ops: ImageOps, mountpoint: str, kb: int = READ_AHEAD_
     """The kernel sets read-ahead from the INIT reply, so set ours after it has landed, then
     ``on_done``: the mount is ready only then. A workload let in before, with the kernel's
     128 KiB read-ahead, made the fetcher fetch 60% more of an image (226 chunks, not 137, for
-    `python3 -c 'import json'`), many times what the wait costs."""
+    `python3 -c 'import json'`), many times what the wait costs.
+
+    pyfuse3 calls ``ops.init`` and libfuse writes the reply in one synchronous call on the
+    trio thread, and the kernel applies a reply in that write, so by the time this task runs
+    again the reply has landed. The value is still read back twice, a millisecond apart,
+    before the mount is called ready (it was 10 ms apart: 20 ms of every mount's start)."""
     await ops.initialized.wait()
     settled = 0
-    for _ in range(200):
-        await trio.sleep(0.01)
+    for _ in range(400):
+        await trio.sleep(SETTLE)
         settled = settled + 1 if await trio.to_thread.run_sync(
             _write_read_ahead, mountpoint, kb) else 0
         if settled == 2:

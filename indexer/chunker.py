@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import pyfastcdc
-
 from blobstore.codec import read_full
 from blobstore.errors import UsageError
 from blobstore.units import parse_size
@@ -57,6 +55,8 @@ def parse_chunker(spec: str) -> ChunkerParams:
 def cut(stream, params: ChunkerParams) -> Iterator[memoryview]:
     """Chunks of ``stream`` (an object with ``readinto``), in order."""
     if params.algorithm == "fastcdc":
+        import pyfastcdc  # here: every `thaw` command imports this module to parse options
+
         cdc = pyfastcdc.FastCDC(avg_size=params.avg_size, min_size=params.min_size,
                                 max_size=params.max_size)
         for chunk in cdc.cut_stream(stream):

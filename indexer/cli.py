@@ -12,8 +12,8 @@ from blobstore.images import open_image
 from blobstore.refs import parse_ref
 from blobstore.url import open_store
 
+from . import FORMATS
 from .chunker import DEFAULT, parse_chunker
-from .sources import FORMATS
 
 
 def register(sub, common) -> None:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 
+from . import FORMATS
 from .decompress import seekable
 from .dirsource import dir_source, file_source
 from .errors import SourceError
 from .ocisource import archive_kind, archive_source, oci_layout_source
 from .tarsource import apply_tar, is_tar, open_tarfile
 from .tree import ReadOptions, SourceTree, TreeBuilder, newest_mtime, normalize
-
-FORMATS = ("auto", "dir", "tar", "oci", "docker-archive", "file")
 
 
 def open_source(path: str, *, platform: str = "linux/amd64", fmt: str = "auto",

@@ -244,3 +244,35 @@ def test_a_store_timeout_that_is_not_a_positive_number_is_one_line(thaw):
     assert_user_error(thaw("--store-timeout", "0", "ls", check=False), 2, "store timeout")
     proc = thaw("--store-timeout", "soon", "ls", check=False)
     assert proc.returncode == 2 and b"Traceback" not in proc.stderr
+
+
+def test_each_command_line_builds_only_its_commands_parser():
+    """``CLI_MODULES`` names what each module registers; a command line names its command
+    through any common option before it; help and a mistyped command see every command."""
+    import argparse
+    import importlib
+
+    from thaw.main import CLI_MODULES, build_parser, named_command
+
+    for module, names in CLI_MODULES.items():
+        sub = argparse.ArgumentParser().add_subparsers()
+        importlib.import_module(module).register(sub, argparse.ArgumentParser(add_help=False))
+        assert tuple(sub.choices) == names
+    assert named_command(["--store", "mount", "-v", "--store-timeout", "3", "mount", "a"]) \
+        == "mount"
+    assert named_command(["--json", "--help"]) is None
+    every = [n for names in CLI_MODULES.values() for n in names]
+    sub = next(a for a in build_parser("moun")._actions
+               if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == every
+    sub = next(a for a in build_parser("mount")._actions
+               if isinstance(a, argparse._SubParsersAction))
+    assert list(sub.choices) == list(CLI_MODULES["fusefs.cli"])
+    args = build_parser("mount").parse_args(["--store", "file:///s", "mount", "a:1", "/m"])
+    assert (args.command, args.store, args.ref) == ("mount", "file:///s", "a:1")
+
+
+def test_a_mistyped_command_is_one_line_naming_every_command(thaw):
+    proc = thaw("moun", "a:1", "/m", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr.decode()
+    assert "'push'" in last_line(proc) and "'extender'" in last_line(proc)

@@ -13,26 +13,30 @@ from . import warmup
 warmup.start()  # before the imports below: a cold node reads their files in parallel
 
 import argparse
+import importlib
 import logging
 import os
 import re
 import signal
 import sys
-import traceback
 
-from blobstore import cli as blobstore_cli
 from blobstore.errors import ThawError
 from blobstore.retrying import DEFAULT_BUDGET
-from fusefs import cli as fusefs_cli
-from indexer import cli as indexer_cli
-from placement import cli as placement_cli
-from restorer import cli as restorer_cli
 
-from . import extender as extender_cli
 from .ui import Console
 
 BUG_EXIT = 70
 _LONG_WORD = re.compile(r"\S{201,}")
+# Each package's subcommands, registered by its ``cli`` module, in the order help lists them.
+CLI_MODULES = {
+    "indexer.cli": ("push", "export", "cat"),
+    "blobstore.cli": ("ls", "inspect", "verify", "check", "rm", "tag", "gc", "serve"),
+    "fusefs.cli": ("mount", "daemon", "warm", "umount", "stats"),
+    "placement.cli": ("place",),
+    "restorer.cli": ("snapshot", "restore"),
+    "thaw.extender": ("extender",),
+}
+_VALUED = ("--store", "--store-timeout")  # the common options that take a value
 
 
 class Terminated(BaseException):
@@ -51,7 +55,10 @@ def shorten(message: str) -> str:
     return _LONG_WORD.sub(lambda m: f"{m[0][:90]}...{m[0][-90:]}", message)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or only of ``command``'s module when that names one
+    (what a command line does: importing and building the others was ~15 ms of every
+    start, a mount's above all; help and a mistyped command still see them all)."""
     common = argparse.ArgumentParser(add_help=False)
     # SUPPRESS: an option given before the subcommand is not reset by the subparser's default.
     common.add_argument("--store", metavar="URL", default=argparse.SUPPRESS,
@@ -69,15 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
         prog="thaw", parents=[common],
         description="Content-addressed, lazy-loading images for fast cold starts.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (indexer_cli, blobstore_cli, fusefs_cli, placement_cli, restorer_cli,
-                   extender_cli):
-        module.register(sub, common)
+    modules = [m for m, names in CLI_MODULES.items() if command in names] or CLI_MODULES
+    for name in modules:
+        importlib.import_module(name).register(sub, common)
     return parser
 
 
+def named_command(argv: list[str]) -> str | None:
+    """The subcommand a command line names: its first word that is neither an option nor
+    a common option's value. None when there is none (``thaw --help``)."""
+    words = iter(argv)
+    for word in words:
+        if word in _VALUED:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(named_command(argv)).parse_args(argv)
     warmup.wait()  # no thread of its own outlives this point (a background mount forks)
     for name, default in (("store", None), ("json", False), ("verbose", False),
                           ("store_timeout", DEFAULT_BUDGET)):
@@ -103,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # keep Python's exit flush from failing again
         return 141
     except Exception:
+        import traceback
+
         traceback.print_exc()
         print("thaw: internal error (a bug); please report the traceback above",
               file=sys.stderr)
