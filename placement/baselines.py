@@ -89,17 +89,18 @@ def _move(c: _Cluster, w: Workload, most: int, choose, max_starts: int | None
           ) -> tuple[int, int] | None:
     """The node ``choose`` picks for ``w`` among those it fits now, and how many of its
     replicas go there (up to ``most``, as many as the node has GPUs and starts for); None
-    when it fits nowhere."""
+    when it fits nowhere. ``choose(c, w, ok, room)``: ``room`` is how many would go to
+    each node."""
     ok = c.feasible(w)
     if max_starts is not None:
         ok &= c.starts < max_starts
     if not ok.any():
         return None
-    n = choose(c, w, ok)
-    k = min(most, int(c.free[n] // w.gpus))
+    room = np.minimum(most, c.free // w.gpus)
     if max_starts is not None:
-        k = min(k, int(max_starts - c.starts[n]))
-    return n, k
+        room = np.minimum(room, max_starts - c.starts)
+    n = choose(c, w, ok, room)
+    return n, int(room[n])
 
 
 def _run(name: str, workloads: list[Workload], nodes: list[Node], choose,
@@ -112,10 +113,21 @@ def _run(name: str, workloads: list[Workload], nodes: list[Node], choose,
     return account(name, workloads, nodes, placed, time.perf_counter() - started)
 
 
-def _fewest_bytes(c: _Cluster, w: Workload, ok: np.ndarray) -> int:
+def _fewest_bytes(c: _Cluster, w: Workload, ok: np.ndarray, room: np.ndarray) -> int:
     """Bytes first, then the tightest fit, then the lowest index."""
-    miss = np.where(ok, c.missing(w), np.inf)
-    best = np.flatnonzero(miss == miss.min())
+    return _least(c, np.where(ok, c.missing(w), np.inf))
+
+
+def _fewest_bytes_each(c: _Cluster, w: Workload, ok: np.ndarray, room: np.ndarray) -> int:
+    """Bytes per replica that goes there first (the fetch shared among them), then the
+    tightest fit: under tight load a node missing few bytes but with room for one replica
+    cost a fetch for each, where a roomier one shares one among many (the completion of
+    the MILP's plan; 5,000x1,000, seed 0: 587 -> 431 GiB at normal load)."""
+    return _least(c, np.where(ok, c.missing(w) / np.maximum(room, 1), np.inf))
+
+
+def _least(c: _Cluster, cost: np.ndarray) -> int:
+    best = np.flatnonzero(cost == cost.min())
     return int(best[np.argmin(c.free[best])] if len(best) > 1 else best[0])
 
 
@@ -130,14 +142,15 @@ def complete(workloads: list[Workload], nodes: list[Node], prices: Prices,
              placed: list[tuple[int, int, int]], todo: dict[int, int],
              max_starts: int | None = None, widest_first: bool | None = True
              ) -> list[tuple[int, int, int]]:
-    """``placed`` plus ``todo`` (workload index -> replicas) placed by the greedy rule,
+    """``placed`` plus ``todo`` (workload index -> replicas) placed where the fewest bytes
+    per replica are missing (``_fewest_bytes_each``; greedy's rule counts bytes per move),
     widest or oldest workloads first; or (``widest_first=None``) cheapest first."""
     c = _Cluster(workloads, nodes, prices)
     for i, n, k in placed:
         c.place(workloads[i], n, k)
     if widest_first is None:
         return placed + _cheapest_first(c, todo, max_starts)
-    return placed + _place_all(c, todo, _fewest_bytes, max_starts, batch=True,
+    return placed + _place_all(c, todo, _fewest_bytes_each, max_starts, batch=True,
                                widest_first=widest_first)
 
 
@@ -162,7 +175,7 @@ def _cheapest_first(c: _Cluster, todo: dict[int, int], max_starts: int | None
         if left.get(i, 0) <= 0:
             continue
         w = c.workloads[i]
-        move = _move(c, w, left[i], _fewest_bytes, max_starts)
+        move = _move(c, w, left[i], _fewest_bytes_each, max_starts)
         if move is None:
             continue  # nowhere to go: pending
         n, k = move
@@ -182,7 +195,7 @@ def _cheapest_first(c: _Cluster, todo: dict[int, int], max_starts: int | None
 def random_policy(workloads: list[Workload], nodes: list[Node], seed: int = 0) -> Result:
     rng = np.random.default_rng(seed)
     return _run("random", workloads, nodes,
-                lambda c, w, ok: int(rng.choice(np.flatnonzero(ok))))
+                lambda c, w, ok, room: int(rng.choice(np.flatnonzero(ok))))
 
 
 def image_locality(workloads: list[Workload], nodes: list[Node]) -> Result:
@@ -196,7 +209,7 @@ def image_locality(workloads: list[Workload], nodes: list[Node]) -> Result:
         whole[w.image] = arr
         holders[w.image] = int(arr.sum())
 
-    def choose(c: _Cluster, w: Workload, ok: np.ndarray) -> int:
+    def choose(c: _Cluster, w: Workload, ok: np.ndarray, room: np.ndarray) -> int:
         spread = holders[w.image] / len(nodes)
         total = np.where(whole[w.image], w.image_bytes * spread, 0.0)
         clamped = np.clip(total, K8S_MIN, K8S_MAX)
