@@ -10,7 +10,7 @@ import pytest
 from blobstore.memory import MemoryStore
 from blobstore.nodereport import build_report, parse_gpus, read_reports, write_report
 from placement.baselines import greedy, image_locality, random_policy
-from placement.milp import lower_bound, solve
+from placement.milp import best_known, lower_bound, solve
 from placement.model import Node, PlacementInputError, Workload, parse_workloads
 from placement.reports import fresh_nodes
 from placement.simulate import make_cluster
@@ -360,3 +360,15 @@ def test_place_command(thaw, tmp_path, rich_tree):
                 str(tmp_path / "nodes.json"), check=False)
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "field 'gpus'" in err and "Traceback" not in err
+
+
+def test_best_known_lies_between_the_bound_and_every_policy():
+    """The integer program solved outright: a placement no cheaper than the bound says any
+    can be, and its proof (dual bound) no higher than the placement itself."""
+    work, nodes = make_cluster(60, 20, load="tight", seed=0)
+    r = solve(work, nodes)
+    bound = lower_bound(work, nodes, pending=r.pending)
+    found, proof = best_known(work, nodes, pending=r.pending, time_limit=30)
+    assert bound <= proof + GB // 100 and proof <= found + GB // 100
+    assert found <= r.bytes_to_fetch + GB // 100
+    assert best_known([wl("big", "img", gpus=8)], [node("a", free=4)]) is None
