@@ -18,24 +18,28 @@ pruning never makes the problem infeasible.
 
 Small models are solved exactly (branch and bound, with every warm node an arc; up to
 ``EVERY_CELLS`` classes x nodes, every node, cold ones too, so no rest arc stands for any:
-when cold nodes were rest arcs, the completion that placed their replicas left some
-pending that greedy placed, and a small tight cluster fell back to greedy's plan at up to
-6x the bound; past that size HiGHS no longer finishes the bigger program in 2 s); large
-ones as their LP relaxation, which HiGHS solves in a fraction of the time (its MILP spends
-seconds in root cuts at 5,000 nodes) and whose solution is nearly integral, as Quincy found
-for flows: warm arcs are rounded down. When the first relaxation took under a third of the
-time, a second one places what it left over, with its placements started (``_again``),
-and the better plan is kept. Either way the replicas sent to rest arcs, and any the
-rounding left over, are then placed by the greedy rule (fewest missing bytes, tightest
-fit), in several orders, the best plan kept: widest workloads first, oldest first, and
-(up to ``CHEAPEST_FIRST_MAX`` workloads) the cheapest move of any workload first, widest
-still first, which under tight load keeps a workload from taking the node that another,
-later in line, needed more (1,000x200 tight, seed 0: 1,122 -> 776 GiB, two more replicas
-started). With time left, the best plan is then consolidated (``improve.py``): replicas that
-made an image be fetched onto a node for few of them move to nodes that hold it or will,
-when that costs less. A solver without a solution, or a result worse than plain greedy's
-(more pending, or as many and more bytes), returns greedy's: the policy is never worse than
-its baseline.
+when cold nodes were rest arcs, the completion that placed their replicas left some pending
+that greedy placed, and a small tight cluster fell back to greedy's plan at up to 6x the
+bound; past that size HiGHS no longer finishes the bigger program in 2 s); large ones as
+their LP relaxation, which HiGHS solves in a fraction of the time (its MILP spends seconds
+in root cuts at 5,000 nodes) and whose solution is nearly integral, as Quincy found for
+flows: warm arcs are rounded down. When the first relaxation took under a third of the
+time, a second one places what it left over, with its placements started (``_again``), and
+the better plan is kept. Up to ``WIDE_CELLS`` classes x nodes, a relaxation with twice the
+warm arcs runs beside the first (HiGHS releases the GIL: another core), and its plan is
+completed and judged too: under tight load the short lists sent so many replicas to rest
+arcs that one seed of 1,000x200 fell back to greedy's 1,963 GiB, where the longer ones
+place them for 818. Either way the replicas sent to rest arcs, and any the rounding left
+over, are then placed by a greedy rule (fewest missing bytes per replica placed, then
+tightest fit; ``baselines.complete``), in several orders, the best plan kept: widest
+workloads first, oldest first, and (up to ``CHEAPEST_FIRST_MAX`` workloads) the cheapest
+move of any workload first, widest still first, which under tight load keeps a workload
+from taking the node that another, later in line, needed more (1,000x200 tight, seed 0:
+1,122 -> 776 GiB, two more replicas started). With time left, the best plan is then
+consolidated (``improve.py``): replicas that made an image be fetched onto a node for few
+of them move to nodes that hold it or will, when that costs less. A solver without a
+solution, or a result worse than plain greedy's (more pending, or as many and more bytes),
+returns greedy's: the policy is never worse than its baseline.
 ``time_limit`` bounds the whole call. ``max_starts`` caps new replicas per node.
 ``lower_bound`` prices rest arcs at a bound instead, so its relaxation's optimum bounds the
 bytes of any placement (that leaves at most so many replicas pending): how far from the
@@ -64,6 +68,8 @@ GIB = float(1 << 30)
 EXACT_CELLS = 50_000  # classes x nodes up to which the integer program is solved
 ARC_BUDGET = 50_000  # warm arcs in a relaxation: HiGHS solves it in ~0.5 s on one core
 EVERY_CELLS = 20_000  # exact programs up to this size have every node an arc, cold ones too
+WIDE_CELLS = 1_000_000  # classes x nodes up to which a relaxation with more arcs runs too
+WIDE_BUDGET = 2 * ARC_BUDGET
 CHEAPEST_FIRST_MAX = 500  # workloads up to which completion also tries cheapest first
 
 
@@ -227,12 +233,20 @@ def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
                       budget=len(workloads) * len(nodes) if exact else ARC_BUDGET,
                       every=exact and len(workloads) * len(nodes) <= EVERY_CELLS)
     model = _Model(workloads, prices, arcs, burst, max_starts, exact)
-    with ThreadPoolExecutor(1) as pool:  # HiGHS releases the GIL while it solves
+    wide = None
+    if not exact and len(workloads) * len(nodes) <= WIDE_CELLS:
+        wide = _Model(workloads, prices, build_arcs(workloads, prices, fits,
+                                                    budget=WIDE_BUDGET), burst, max_starts,
+                      False)
+    with ThreadPoolExecutor(2) as pool:  # HiGHS releases the GIL while it solves
         baseline = pool.submit(greedy, workloads, nodes, prices, max_starts)
         # What is left of the budget, less what rounding and completing take after it.
         left = time_limit - (time.perf_counter() - started)
-        res = model.solve(exact, max(0.05, left - 0.1 - left / 5))
+        limit = max(0.05, left - 0.1 - left / 5)
+        wider = None if wide is None else pool.submit(wide.solve, False, limit)
+        res = model.solve(exact, limit)
         fallback = baseline.result()
+        wider = None if wider is None else wider.result()
     if res.x is None:
         fallback.policy, fallback.note = "milp", f"solver: {res.message}; greedy used"
         fallback.seconds = time.perf_counter() - started
@@ -240,6 +254,8 @@ def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
     plans = [(model.decode(res.x), ("optimal" if res.status == 0 else
                                     "time limit: best solution found") if exact
               else "LP relaxation, rounded")]
+    if wider is not None and wider.x is not None:
+        plans.append((wide.decode(wider.x), "LP relaxation with more arcs, rounded"))
     left = time_limit - (time.perf_counter() - started)
     if not exact and max_starts is None and left > 2 * (time_limit - left):
         # Time for a second relaxation of what the first left to the greedy rule, with

@@ -122,12 +122,27 @@ def test_lower_bound_is_below_every_policy(seed):
     assert bound <= relaxed.bytes_to_fetch <= greedy(work, nodes).bytes_to_fetch
 
 
-def test_a_second_relaxation_round_is_valid_and_no_worse_than_greedy():
+def test_a_second_relaxation_round_is_valid_and_no_worse_than_greedy(monkeypatch):
+    import placement.milp
+
+    monkeypatch.setattr(placement.milp, "WIDE_CELLS", 0)  # no relaxation with more arcs
     work, nodes = make_cluster(300, 80, load="tight", seed=1)  # where the second round wins
     r = solve(work, nodes, exact=False)  # account() inside checks every node's capacity
     assert r.note.startswith("LP relaxation, rounded, twice")
     g = greedy(work, nodes)
     assert (r.pending_replicas, r.bytes_to_fetch) <= (g.pending_replicas, g.bytes_to_fetch)
+
+
+def test_a_relaxation_with_more_arcs_is_valid_and_no_worse_than_the_one_without(monkeypatch):
+    import placement.milp
+
+    work, nodes = make_cluster(300, 80, load="tight", seed=1)  # where more arcs win
+    r = solve(work, nodes, exact=False)  # account() inside checks every node's capacity
+    assert r.note.startswith("LP relaxation with more arcs")
+    monkeypatch.setattr(placement.milp, "WIDE_CELLS", 0)
+    narrow = solve(work, nodes, exact=False)
+    assert (r.pending_replicas, r.bytes_to_fetch) <= (narrow.pending_replicas,
+                                                      narrow.bytes_to_fetch)
 
 
 def test_cheapest_first_completion_leaves_the_node_to_whom_it_saves_most():
