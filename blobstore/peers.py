@@ -13,14 +13,14 @@ A slow or dead peer costs little: connecting gets ``connect_timeout``, the answe
 ``read_timeout`` (an owner may have to read through first); a failure moves on to the
 chunk's second owner, then gives up to the store (``FirstHit``). A request to the first
 owner that is slower than that peer's recent p90 is hedged: the second owner is asked too,
-and the first good answer wins (Spegel's hedging). The hedge asks only for what the
-second owner holds already (``X-Thaw-Cached-Only``), so a slow owner never makes two store
-GETs of one chunk; the store is asked only when both fail, since every GET counts. A
-transfer that breaks midway is resumed once with a ``Range`` request for the rest. A peer
-that fails ``trip`` times in a row is skipped for ``cool_down`` seconds, then one request
-probes it (a circuit breaker). Bytes from a peer are decoded and verified here, so a peer
-that serves wrong bytes is named in the log once and skipped like a dead one; nothing it
-sends reaches a cache.
+and the first good answer wins (Spegel's hedging), at most one request in twenty (a budget:
+``_may_hedge``). The hedge asks only for what the second owner holds already
+(``X-Thaw-Cached-Only``), so a slow owner never makes two store GETs of one chunk; the
+store is asked only when both fail, since every GET counts. A transfer that breaks midway
+is resumed once with a ``Range`` request for the rest. A peer that fails ``trip`` times in
+a row is skipped for ``cool_down`` seconds, then one request probes it (a circuit breaker).
+Bytes from a peer are decoded and verified here, so a peer that serves wrong bytes is named
+in the log once and skipped like a dead one; nothing it sends reaches a cache.
 
 Membership (``Membership``): a fixed list, a file re-read when it changes, or the fresh
 ``peer_url`` of the node reports in the store. Thread-safe: the fetch threads share one
@@ -49,6 +49,7 @@ API = "/v1/blobs/"
 CACHED_ONLY = "X-Thaw-Cached-Only"  # a request header: answer from the disk cache or 404
 MIN_HEDGE = 0.02  # seconds: never hedge sooner than this
 HEDGE_SAMPLES = 20  # answers from a peer before its p90 is trusted
+HEDGE_SHARE = 0.05  # of the requests that have a second owner, at most this many hedged
 
 
 def normalise_url(url: str) -> str:
@@ -176,6 +177,7 @@ class PeerTier(BlobTier):
         self.trip, self.cool_down, self._clock = trip, cool_down, clock
         self.health: dict[str, PeerHealth] = {}
         self.hedged = 0  # requests that were also sent to the second owner
+        self.asked = 0  # requests that had a second owner to hedge to
         self._pool = concurrent.futures.ThreadPoolExecutor(16, "thaw-peer")  # for hedging
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -326,13 +328,23 @@ class PeerTier(BlobTier):
 
     def fetch(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> Fetched:
         peers = self._candidates(id)
-        if len(peers) == 2 and (delay := self.hedge_after(peers[0])) is not None:
+        if len(peers) == 2 and self._may_hedge() and (
+                delay := self.hedge_after(peers[0])) is not None:
             got = self._hedged(peers, id, max_size, delay)
         else:
             got = next((f for p in peers if (f := self._try(p, id, max_size))), None)
         if got is None:
             raise BlobNotFound(f"blob {id}: no peer had it")
         return got
+
+    def _may_hedge(self) -> bool:
+        """Whether hedges are still within ``HEDGE_SHARE`` of the requests (The Tail at
+        Scale's budget). A node that is itself the slow part (every answer waits on its
+        own cores) finds every peer slower than its p90 at once; unbounded, it hedged so
+        many that node 2's model read was 1.25x slower than with no hedging at all."""
+        with self._lock:
+            self.asked += 1
+            return self.hedged < HEDGE_SHARE * self.asked
 
     def _hedged(self, peers: list[str], id: str, max_size: int, delay: float
                 ) -> Fetched | None:

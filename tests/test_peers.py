@@ -407,6 +407,19 @@ def test_a_slow_first_owner_is_hedged_to_the_second():
         assert tier.hedge_after(second) is None  # too few answers yet to hedge it
 
 
+def test_hedges_stay_within_their_share_of_the_requests():
+    """A node that is itself the slow part finds every owner slower than its p90; hedging
+    them all doubles the load that made them slow. At most HEDGE_SHARE are hedged."""
+    from blobstore.peers import HEDGE_SHARE, PeerTier
+
+    tier = PeerTier(Membership(urls=["http://127.0.0.1:1"]), None, TOKEN)
+    assert tier._may_hedge()  # the first may
+    tier.hedged = 1
+    allowed = [tier._may_hedge() for _ in range(int(2 / HEDGE_SHARE))]
+    assert allowed.index(True) == int(1 / HEDGE_SHARE) - 1  # once 1 in 20 again
+    assert tier.asked == 1 + len(allowed)
+
+
 def test_a_transfer_cut_midway_is_resumed_with_a_range():
     from blobstore.peers import PeerTier
 
