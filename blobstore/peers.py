@@ -340,8 +340,9 @@ class PeerTier(BlobTier):
     def _may_hedge(self) -> bool:
         """Whether hedges are still within ``HEDGE_SHARE`` of the requests (The Tail at
         Scale's budget). A node that is itself the slow part (every answer waits on its
-        own cores) finds every peer slower than its p90 at once; unbounded, it hedged so
-        many that node 2's model read was 1.25x slower than with no hedging at all."""
+        own cores) finds every peer slower than its p90 at once; unbounded, node 2's model
+        read in bench/peers.py's setup took 0.70 s where it took 0.55 s with no hedging
+        (medians of three)."""
         with self._lock:
             self.asked += 1
             return self.hedged < HEDGE_SHARE * self.asked
