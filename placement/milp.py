@@ -318,14 +318,16 @@ def _again(workloads: list[Workload], prices: Prices, placed, elsewhere: dict[in
 
 
 def _bound_model(workloads: list[Workload], nodes: list[Node], pending, budget: int,
-                 every: bool) -> _Model:
+                 every: bool, integer: bool = False) -> _Model:
     """The program of ``lower_bound``: rest arcs priced at a bound (none with ``every``),
-    replicas left pending costing nothing, at most ``pending`` of them."""
+    replicas left pending costing nothing, at most ``pending`` of them. ``integer``: laid
+    out for solving as integers (a fetch is a 0/1 charge wherever two replicas could share
+    it, not a share per replica)."""
     workloads = [workloads[i] for i in order(workloads)]
     prices = Prices(nodes, {w.image for w in workloads})
     arcs = build_arcs(workloads, prices, fits_matrix(workloads, prices), budget=budget,
                       bound=True, every=every)
-    model = _Model(workloads, prices, arcs, True, None, every)
+    model = _Model(workloads, prices, arcs, True, None, integer)
     n_cls = model.at[1]
     model.cost[:n_cls] = 0.0
     if isinstance(pending, dict):
@@ -368,7 +370,7 @@ def best_known(workloads: list[Workload], nodes: list[Node], *,
     1,000 nodes: for judging, never for placing."""
     if not workloads:
         return 0, 0
-    res = _bound_model(workloads, nodes, pending, 1 << 62, True).solve(True, time_limit)
+    res = _bound_model(workloads, nodes, pending, 1 << 62, True, True).solve(True, time_limit)
     if res.x is None:
         return None
     return int(res.fun * GIB), max(0, int(res.mip_dual_bound * GIB))
