@@ -12,6 +12,15 @@ ALLOWED = {"blobstore": set(), "placement": set(), "indexer": {"blobstore"},
            "fusefs": {"blobstore"}, "restorer": {"blobstore"}}
 
 
+def fresh_python(code: str) -> str:
+    """What ``code`` prints in a new interpreter started from the repository."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
 def imports(path: Path):
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -40,14 +49,10 @@ def test_nothing_imports_the_command_line():
 
 
 def test_importing_the_product_imports_no_test_tooling():
-    import subprocess
-    import sys
-
     code = ("import sys, blobstore, indexer, fusefs, restorer, placement, thaw.main; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('pytest', '_pytest', 'tests', 'hypothesis')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout.strip()
+    out = fresh_python(code)
     assert out == "[]"
 
 
@@ -59,12 +64,8 @@ def test_no_product_module_launches_seaweedfs():
 
 
 def test_gpu_probing_has_one_home_that_imports_no_torch():
-    import subprocess
-    import sys
-
     code = "import sys, restorer.gpus; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout.strip()
+    out = fresh_python(code)
     assert out == "False"
     users = [f"{f.relative_to(REPO)}" for pkg in OURS if (REPO / pkg).exists()
              for f in (REPO / pkg).rglob("*.py")
@@ -84,39 +85,27 @@ def test_readme_and_docs_name_no_path_outside_the_repository():
 def test_the_command_line_imports_no_heavy_library_until_a_command_needs_it():
     """Every `thaw` command (a mount above all) starts in the interpreter's time plus ours:
     scipy (~0.6 s), boto3 (~0.3 s), aiohttp and torch load only in the commands using them."""
-    import subprocess
-    import sys
-
     code = ("import sys, thaw.main; print(sorted({m.split('.')[0] for m in sys.modules} & "
             "{'scipy', 'numpy', 'boto3', 'botocore', 'aiohttp', 'torch', 'pyfuse3', 'trio'}))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout.strip()
+    out = fresh_python(code)
     assert out == "[]"
 
 
 def test_a_mount_imports_no_other_commands_code():
     """A mount's start pays for its own command only: no source readers, chunker, placement
     or restorer (~15 ms of every start when every command's parser was built)."""
-    import subprocess
-    import sys
-
     code = ("import sys, thaw.main; thaw.main.build_parser('mount'); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
             "('indexer', 'placement', 'restorer', 'pyfastcdc', 'tarfile')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout.strip()
+    out = fresh_python(code)
     assert out == "[]"
 
 
 def test_a_mount_imports_no_metrics_library_unless_asked_for_metrics():
     """prometheus_client takes 60-300 ms to import; a mount without --metrics skips it."""
-    import subprocess
-    import sys
-
     code = ("import sys, fusefs.service, fusefs.cli, blobstore.peers; "
             "print('prometheus_client' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                         text=True, check=True).stdout.strip()
+    out = fresh_python(code)
     assert out == "False"
 
 
