@@ -237,6 +237,10 @@ def _int(x: object, lo: int, hi: int, what: str) -> int:
 
 
 def _decode_chunk(c: object, n: int) -> ChunkRef:
+    if (type(c) is list and len(c) == 3 and type(c[0]) is bytes and len(c[0]) == 32
+            and type(c[1]) is int and 1 <= c[1] <= MAX_CHUNK_SIZE
+            and type(c[2]) is int and 1 <= c[2] <= MAX_CHUNK_SIZE + 1024):
+        return ChunkRef(c[0].hex(), c[1], c[2])  # the messages below only when it fails
     _check(isinstance(c, list) and len(c) == 3, f"chunk {n} is not [id, size, stored size]")
     cid, size, stored = c  # type: ignore[misc]
     _check(isinstance(cid, bytes) and len(cid) == 32, f"chunk {n} has a malformed id")
