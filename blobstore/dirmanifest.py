@@ -387,7 +387,7 @@ def _open_dirs(dirs: list) -> tuple[list[bytes], dict[int, list[int]], list[int]
     children: dict[int, list[int]] = {}
     counts = [_int(head[2], 0, MAX_ENTRIES, "root directory count")]
     # Each check's message is formatted only when it fails: formatting three per row was
-    # most of the time a daemon's first lookup of a 1,400-directory image took to open it.
+    # nearly half of what opening a 1,400-directory manifest took (4.4 -> 2.5 ms).
     for i, row in enumerate(itertools.islice(dirs, 1, None), 1):
         if not (type(row) is list and len(row) == 3):
             _check(False, f"directory {i} is not [parent, name, count]")
