@@ -317,7 +317,7 @@ def _again(workloads: list[Workload], prices: Prices, placed, elsewhere: dict[in
             {todo[c]: k for c, k in left.items()}, pending)
 
 
-def _bound_model(workloads: list[Workload], nodes: list[Node], pending, budget: int,
+def _bound_model(workloads: list[Workload], nodes: list[Node], pending, budget: int, *,
                  every: bool, integer: bool = False) -> _Model:
     """The program of ``lower_bound``: rest arcs priced at a bound (none with ``every``),
     replicas left pending costing nothing, at most ``pending`` of them. ``integer``: laid
@@ -354,7 +354,7 @@ def lower_bound(workloads: list[Workload], nodes: list[Node], *,
     if not workloads:
         return 0
     model = _bound_model(workloads, nodes, pending, budget,
-                         len(workloads) * len(nodes) <= EXACT_CELLS)
+                         every=len(workloads) * len(nodes) <= EXACT_CELLS)
     res = model.solve(False, time_limit)
     return None if res.x is None else max(0, int(res.fun * GIB))
 
@@ -370,7 +370,8 @@ def best_known(workloads: list[Workload], nodes: list[Node], *,
     1,000 nodes: for judging, never for placing."""
     if not workloads:
         return 0, 0
-    res = _bound_model(workloads, nodes, pending, 1 << 62, True, True).solve(True, time_limit)
+    model = _bound_model(workloads, nodes, pending, 1 << 62, every=True, integer=True)
+    res = model.solve(True, time_limit)
     if res.x is None:
         return None
     return int(res.fun * GIB), max(0, int(res.mip_dual_bound * GIB))
