@@ -84,6 +84,8 @@ class Cluster:
                                   "--token-file", str(self.token)], cwd=REPO, env=ENV,
                                  stderr=subprocess.PIPE, text=True)
             assert "serving" in p.stderr.readline()
+            # Drained, or a server that logs much would block on its full pipe and hang.
+            threading.Thread(target=p.stderr.read, daemon=True).start()
             self.servers.append(p)
 
     def stop(self) -> None:

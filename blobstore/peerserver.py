@@ -44,7 +44,8 @@ from .tiers import NodeTiers
 log = logging.getLogger(__name__)
 _ID_RE = re.compile(r"[0-9a-f]{64}")
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
-MAX_HEADER = 8 << 10
+MAX_HEADER = 8 << 10  # bytes in the request line, and in each header
+MAX_HEADERS = 64
 MEMORY = 256 << 20  # bytes of recently served blobs kept in memory (``lru.py``)
 
 
@@ -206,10 +207,12 @@ class PeerServer:
         return stored
 
     async def run(self, host: str, port: int, on_ready=lambda: None) -> None:
+        # The request handler's own keyword arguments: aiohttp takes ``handler_args`` only
+        # from an Application, and a runner given unknown ones drops them all with a
+        # warning per connection (the limits were not applied, and the log filled).
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
-                               handler_args={"max_line_size": MAX_HEADER,
-                                             "max_field_size": MAX_HEADER, "max_headers": 64,
-                                             "keepalive_timeout": self.keepalive})
+                               max_line_size=MAX_HEADER, max_field_size=MAX_HEADER,
+                               max_headers=MAX_HEADERS, keepalive_timeout=self.keepalive)
         await runner.setup()
         loop = asyncio.get_running_loop()
         server = await loop.create_server(

@@ -24,6 +24,7 @@ from blobstore.errors import UsageError
 from blobstore.images import open_image
 from blobstore.lru import BytesLRU
 from blobstore.peers import Membership, normalise_url, owners
+from blobstore.peerserver import MAX_HEADERS
 from blobstore.url import open_store
 
 from .conftest import REPO, Mounted
@@ -138,6 +139,8 @@ def serving(thaw, cache: Path, host: str, *extra: str, store: str | None = None)
         if proc.poll() is None:  # a test may have killed it
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(20) == 0  # SIGTERM: a graceful stop
+        # aiohttp drops every handler option it is given wrongly, warning per connection
+        assert "misconfiguration" not in proc.stderr.read()
 
 
 def request(url: str, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
@@ -198,6 +201,8 @@ def test_serve_refuses_what_it_must_and_never_reads_outside_the_cache(thaw, push
         for bad in ("bytes=9-2", "lines=1-2", "bytes=1-2,4-5", "bytes=-"):
             assert request(url, f"/v1/blobs/{id}", {**auth, "Range": bad})[0] == 400
         assert request(url, f"/v1/blobs/{id}", {**auth, "X-Big": "y" * 20000})[0] in (400, 431)
+        many = {**auth, **{f"X-{i}": "y" for i in range(MAX_HEADERS)}}
+        assert request(url, f"/v1/blobs/{id}", many)[0] in (400, 431)
         assert request(url, "/healthz")[:2] == (200, b"ok\n")
         metrics = request(url, "/metrics")[1].decode()
         assert 'thaw_serve_requests_total{status="401"} 4.0' in metrics and id not in metrics
@@ -206,6 +211,37 @@ def test_serve_refuses_what_it_must_and_never_reads_outside_the_cache(thaw, push
             slow.sendall(b"GET /v1/blobs/")  # and then nothing, as a slow-loris client
             assert slow.recv(100) == b""  # cut off after --header-timeout, not 10 s later
     assert not any("secret" in p.name for p in cache.rglob("*"))
+
+
+def test_serve_closes_an_idle_keep_alive_connection(tmp_path):
+    import asyncio
+
+    from blobstore.diskcache import DiskCache
+    from blobstore.memory import MemoryStore
+    from blobstore.peerserver import PeerServer
+    from blobstore.tiers import node_tiers
+
+    tiers = node_tiers(BlobStore(MemoryStore()), DiskCache(tmp_path / "cache", 1 << 20))
+    server = PeerServer(tiers, TOKEN, keepalive=0.2)
+    port = free_ports(1)[0]
+
+    async def main() -> tuple[bytes, bytes]:
+        ready = asyncio.Event()
+        serving = asyncio.create_task(server.run("127.0.0.1", port, ready.set))
+        try:
+            await asyncio.wait_for(ready.wait(), 10)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"ok\n"), 10)
+            rest = await asyncio.wait_for(reader.read(), 10)  # closed: b""
+            writer.close()
+            return head, rest
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+
+    head, rest = asyncio.run(main())
+    assert head.startswith(b"HTTP/1.1 200") and rest == b""  # after keepalive, not an hour
 
 
 @pytest.mark.mount
