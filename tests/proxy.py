@@ -9,12 +9,20 @@ a millisecond, where real S3 answers its first byte after 10-30 ms and gives a c
 HTTP/1.1 aware only as far as it must be: it reads each request's head on a client
 connection to count it and delay it, forwards its body by ``Content-Length`` (or as it
 comes, for chunked bodies), and copies responses back as they come, paced. One thread per
-direction per connection; ``sleep`` is injectable, so a test can check the delays and the
-pacing without timing anything.
+direction per connection; ``sleep`` and ``clock`` are injectable, so a test can check the
+delays and the pacing without timing anything.
+
+Pacing keeps a due time per connection: each piece is sent once ``len / rate`` has passed
+since the previous piece was due, or since it arrived when the upstream had nothing ready,
+and an answer's first piece not before its request went upstream (an idle connection
+banks no credit). So a sleep that overshoots is made up by the next
+pieces, not added to them: sleeping ``len / rate`` per 16 KiB piece paced a connection at
+~54 MB/s on this machine, where the proxy claims 100.
 """
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -22,14 +30,16 @@ from collections import Counter
 from collections.abc import Callable
 
 _HEAD_LIMIT = 64 << 10
-_PIECE = 16 << 10
+_PIECE = 64 << 10
 
 
 class RemoteLikeProxy:
     def __init__(self, upstream: tuple[str, int], *, delay: float = 0.020,
                  rate: float = 100e6, host: str = "127.0.0.1",
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.upstream, self.delay, self.rate, self._sleep = upstream, delay, rate, sleep
+        self._clock = clock
         self._listener = socket.create_server((host, 0))
         self.address = self._listener.getsockname()
         self.requests: list[tuple[str, str]] = []  # (method, path), in order of arrival
@@ -89,10 +99,14 @@ class RemoteLikeProxy:
                 s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 self._sockets += [client, server]
-            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._responses, args=(server, client), daemon=True).start()
+            asked = [0.0]  # when this connection's latest request went upstream
+            threading.Thread(target=self._requests, args=(client, server, asked),
+                             daemon=True).start()
+            threading.Thread(target=self._responses, args=(server, client, asked),
+                             daemon=True).start()
 
-    def _requests(self, client: socket.socket, server: socket.socket) -> None:
+    def _requests(self, client: socket.socket, server: socket.socket, asked: list[float]
+                  ) -> None:
         """Client to server: each request's head is counted and delayed, then forwarded
         with its body."""
         buf = b""
@@ -109,6 +123,7 @@ class RemoteLikeProxy:
                     self.requests.append((method, path))
                 if self.delay:
                     self._sleep(self.delay)
+                asked[0] = self._clock()
                 server.sendall(head + b"\r\n\r\n")
                 if chunked:  # forward the rest as it comes; one request on this connection
                     server.sendall(buf)
@@ -129,12 +144,24 @@ class RemoteLikeProxy:
         finally:
             _shutdown(server)
 
-    def _responses(self, server: socket.socket, client: socket.socket) -> None:
+    def _responses(self, server: socket.socket, client: socket.socket, asked: list[float]
+                   ) -> None:
         """Server to client, paced at ``rate`` bytes a second on this connection."""
+        due: float | None = None
+        ready = select.poll()
+        ready.register(server, select.POLLIN)
         try:
-            while data := server.recv(_PIECE):
+            while True:
+                idle = not ready.poll(0)  # nothing to send: the schedule starts anew
+                if not (data := server.recv(_PIECE)):
+                    break
                 if self.rate:  # before the send: a piece arrives once its time has passed
-                    self._sleep(len(data) / self.rate)
+                    now = self._clock()
+                    # An answer starts no sooner than its request went (or, idle, than now).
+                    start = now if due is None else max(due, now if idle else asked[0])
+                    due = start + len(data) / self.rate
+                    if due > now:
+                        self._sleep(due - now)
                 client.sendall(data)
         except OSError:
             return

@@ -43,9 +43,26 @@ def upstream():
     server.shutdown()
 
 
+class FakeTime:
+    """A clock that only its sleeps move; the sleeps are recorded."""
+
+    def __init__(self) -> None:
+        self.now, self.slept, self._lock = 0.0, [], threading.Lock()
+
+    def sleep(self, seconds: float) -> None:
+        with self._lock:
+            self.slept.append(seconds)
+            self.now += seconds
+
+    def clock(self) -> float:
+        return self.now
+
+
 def test_requests_are_counted_delayed_and_responses_paced(upstream):
-    slept: list[float] = []
-    with RemoteLikeProxy(upstream, delay=0.02, rate=1e6, sleep=slept.append) as proxy:
+    fake = FakeTime()
+    slept = fake.slept
+    with RemoteLikeProxy(upstream, delay=0.02, rate=1e6, sleep=fake.sleep,
+                         clock=fake.clock) as proxy:
         conn = http.client.HTTPConnection(*proxy.address)
         for path in ("/bucket/blobs/aa/1", "/bucket/refs/x/y"):
             conn.request("GET", path)
@@ -62,6 +79,36 @@ def test_requests_are_counted_delayed_and_responses_paced(upstream):
     assert len(delays) == 3
     sent = 2 * len(BODY) + len(payload)  # plus response heads
     assert sent / 1e6 <= pacing <= (sent + 3 * 200) / 1e6 + 1e-9
+
+
+def test_pacing_makes_up_for_a_sleep_that_overshoots_and_banks_no_credit_when_idle(upstream):
+    """A sleep that lasts longer than asked is taken off the next piece's, so a
+    connection moves ``rate`` bytes a second however coarse the timer; after an idle spell
+    the next response is paced from when it arrives."""
+    fake = FakeTime()
+    asked: list[float] = []
+
+    def oversleep(seconds: float) -> None:
+        if seconds != 0.02:  # a request's delay is slept as asked; every pause lasts 3x
+            asked.append(seconds)
+            seconds *= 3
+        fake.sleep(seconds)
+
+    with RemoteLikeProxy(upstream, delay=0.02, rate=1e6, sleep=oversleep,
+                         clock=fake.clock) as proxy:
+        conn = http.client.HTTPConnection(*proxy.address)
+        conn.request("GET", "/one")
+        assert conn.getresponse().read() == BODY
+        # The clock moved 3x each pause; the pauses asked for made up for it: together
+        # they took no longer than the body does at the rate (plus one piece's overshoot).
+        took = 3 * sum(asked)
+        assert len(BODY) / 1e6 <= took < len(BODY) / 1e6 + 3 * (64 << 10) / 1e6
+        fake.now += 100.0  # idle: no credit banked
+        before = len(asked)
+        conn.request("GET", "/two")
+        assert conn.getresponse().read() == BODY
+        conn.close()
+        assert 3 * sum(asked[before:]) >= len(BODY) / 1e6
 
 
 def test_a_second_connection_is_delayed_on_its_own(upstream):
