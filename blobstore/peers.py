@@ -29,11 +29,11 @@ tier; connections are kept per thread and peer.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import http.client
 import logging
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -178,7 +178,6 @@ class PeerTier(BlobTier):
         self.health: dict[str, PeerHealth] = {}
         self.hedged = 0  # requests that were also sent to the second owner
         self.asked = 0  # requests that had a second owner to hedge to
-        self._pool = concurrent.futures.ThreadPoolExecutor(16, "thaw-peer")  # for hedging
         self._lock = threading.Lock()
         self._local = threading.local()
         self._warned: set[str] = set()
@@ -229,6 +228,8 @@ class PeerTier(BlobTier):
     def _connection(self, peer: str) -> http.client.HTTPConnection:
         conns = self._local.__dict__.setdefault("conns", {})
         conn = conns.get(peer)
+        if conn is not None and conn.sock is not None and _readable([conn.sock], 0):
+            conn.close()  # an idle connection the peer has closed (its keep-alive ran out)
         if conn is None:
             parts = urlsplit(peer)
             cls = http.client.HTTPSConnection if parts.scheme == "https" else \
@@ -241,10 +242,14 @@ class PeerTier(BlobTier):
         if conn is not None:
             conn.close()
 
-    def _ask(self, peer: str, id: str, cached_only: bool = False) -> bytes | None:
-        """The stored bytes from ``peer``; None for a 404; OSError when it fails. A body
-        cut off midway is resumed once from where it broke."""
+    def _ask(self, peer: str, id: str, cached_only: bool = False,
+             sent: http.client.HTTPConnection | None = None) -> bytes | None:
+        """The stored bytes from ``peer`` (the answer on ``sent``, where the request went
+        already); None for a 404; OSError when it fails. A body cut off midway is resumed
+        once from where it broke."""
         try:
+            if sent is not None:
+                return self._receive(peer, sent)
             return self._request(peer, id, cached_only=cached_only)
         except http.client.IncompleteRead as exc:
             self._drop(peer)
@@ -256,51 +261,74 @@ class PeerTier(BlobTier):
 
     def _request(self, peer: str, id: str, start: int = 0, cached_only: bool = False
                  ) -> bytes | None:
+        for attempt in (0, 1):
+            conn, fresh = self._send(peer, id, start, cached_only)
+            try:
+                return self._receive(peer, conn, start)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                if fresh or attempt:
+                    raise
+                # the peer closed an idle connection as this request went: once more, anew
+        raise AssertionError("unreachable")
+
+    def _send(self, peer: str, id: str, start: int = 0, cached_only: bool = False
+              ) -> tuple[http.client.HTTPConnection, bool]:
+        """The request, sent on this thread's connection to ``peer``: (it, whether it is a
+        new connection). OSError when it cannot be sent."""
         headers = {"Authorization": f"Bearer {self.token}", "Accept-Encoding": "identity"}
         if start:
             headers["Range"] = f"bytes={start}-"
         if cached_only:
             headers[CACHED_ONLY] = "1"
-        for attempt in (0, 1):
-            conn = self._connection(peer)
-            fresh = conn.sock is None
-            try:
-                if fresh:
-                    conn.connect()
-                conn.sock.settimeout(self.read_timeout)
-                conn.request("GET", API + id, headers=headers)
-                resp = conn.getresponse()
-                if int(resp.getheader("Content-Length") or 0) > MAX_BLOB_SIZE + (1 << 20):
-                    raise OSError("an answer larger than any blob")
-                body = resp.read()
-                if resp.will_close:
-                    self._drop(peer)
-            except http.client.IncompleteRead:
-                raise  # resumed by the caller
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                self._drop(peer)
-                if fresh or attempt:
-                    raise
-                continue  # the peer closed an idle connection: once more on a new one
-            except (OSError, http.client.HTTPException) as exc:
-                self._drop(peer)
-                raise OSError(str(exc) or type(exc).__name__) from None
-            if resp.status == 200 and not start or resp.status == 206 and start:
-                return body
-            if resp.status == 404:
-                return None
-            raise OSError(f"HTTP {resp.status}")
-        raise AssertionError("unreachable")
-
-    def _try(self, peer: str, id: str, max_size: int, cached_only: bool = False
-             ) -> Fetched | None:
-        """The verified blob from ``peer``, or None (recorded, and said once)."""
-        started = self._clock()
+        conn = self._connection(peer)
+        fresh = conn.sock is None
         try:
-            stored = self._ask(peer, id, cached_only)
+            if fresh:
+                conn.connect()
+            conn.sock.settimeout(self.read_timeout)
+            conn.request("GET", API + id, headers=headers)
+        except (ConnectionResetError, BrokenPipeError):
+            self._drop(peer)
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop(peer)
+            raise OSError(str(exc) or type(exc).__name__) from None
+        return conn, fresh
+
+    def _receive(self, peer: str, conn: http.client.HTTPConnection, start: int = 0
+                 ) -> bytes | None:
+        """The answer to the request sent on ``conn``: the body, or None for a 404."""
+        try:
+            resp = conn.getresponse()
+            if int(resp.getheader("Content-Length") or 0) > MAX_BLOB_SIZE + (1 << 20):
+                raise OSError("an answer larger than any blob")
+            body = resp.read()
+            if resp.will_close:
+                self._drop(peer)
+        except http.client.IncompleteRead:
+            raise  # resumed by the caller
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            self._drop(peer)
+            raise
+        except (OSError, http.client.HTTPException) as exc:
+            self._drop(peer)
+            raise OSError(str(exc) or type(exc).__name__) from None
+        if resp.status == 200 and not start or resp.status == 206 and start:
+            return body
+        if resp.status == 404:
+            return None
+        raise OSError(f"HTTP {resp.status}")
+
+    def _try(self, peer: str, id: str, max_size: int, cached_only: bool = False,
+             sent: http.client.HTTPConnection | None = None, started: float | None = None
+             ) -> Fetched | None:
+        """The verified blob from ``peer`` (the answer on ``sent``, sent at ``started``), or
+        None (recorded, and said once)."""
+        started = self._clock() if started is None else started
+        try:
+            stored = self._ask(peer, id, cached_only, sent)
         except OSError as exc:
-            self._record(peer, False)
-            self._warn(peer, f"cannot fetch blob {id}: {exc}")
+            self._failed(peer, f"cannot fetch blob {id}: {exc}")
             return None
         if stored is None:
             self._record(peer, True)  # it answered: it could not get the blob either
@@ -316,6 +344,10 @@ class PeerTier(BlobTier):
             return None
         self._record(peer, True, len(stored), self._clock() - started)
         return Fetched(data, stored)
+
+    def _failed(self, peer: str, message: str) -> None:
+        self._record(peer, False)
+        self._warn(peer, message)
 
     def hedge_after(self, peer: str) -> float | None:
         """Seconds after which a request to ``peer`` is hedged: its recent p90 (at least
@@ -349,23 +381,43 @@ class PeerTier(BlobTier):
 
     def _hedged(self, peers: list[str], id: str, max_size: int, delay: float
                 ) -> Fetched | None:
-        """Ask the first owner; if it has not answered within ``delay``, the second too, for
-        what it holds already (a hedge never costs a store GET); the first good answer wins
-        (the slower request is left to finish on its own). If neither has it, the first
-        failed: the second owner is asked again, reading through, as without a hedge."""
-        first = self._pool.submit(self._try, peers[0], id, max_size)
-        try:
-            got = first.result(timeout=delay)
-            return got if got is not None else self._try(peers[1], id, max_size)
-        except concurrent.futures.TimeoutError:
-            pass
-        with self._lock:
-            self.hedged += 1
-        second = self._pool.submit(self._try, peers[1], id, max_size, True)
-        for fut in concurrent.futures.as_completed([first, second]):
-            if (got := fut.result()) is not None:
+        """Ask the first owner; if its answer has not begun within ``delay``, the second too,
+        for what it holds already (a hedge never costs a store GET); the first good answer
+        wins and the slower request's connection is closed. If neither has it, the second
+        owner is asked again, reading through, as without a hedge. All on this thread,
+        waiting on both sockets at once: handing the first request to a pool thread cost
+        more than the hedges saved (a thread switch per request, under the GIL)."""
+        first, second = peers
+        sent: dict[str, tuple[http.client.HTTPConnection, float]] = {}
+        through = set()  # asked to read through on a miss, not only for what they hold
+        for peer in peers:
+            hedge = first in sent  # the first was asked and is slow
+            if hedge:
+                with self._lock:
+                    self.hedged += 1
+            try:
+                sent[peer] = self._send(peer, id, cached_only=hedge)[0], self._clock()
+                if not hedge:
+                    through.add(peer)
+            except OSError as exc:
+                self._failed(peer, f"cannot fetch blob {id}: {exc}")
+            if sent and _readable([c.sock for c, _ in sent.values()], delay):
+                break
+        while sent:
+            fds = _readable([c.sock for c, _ in sent.values()], self.read_timeout)
+            if not fds:
+                for peer in sent:
+                    self._drop(peer)
+                    self._failed(peer, f"no answer for blob {id} within {self.read_timeout:g}s")
+                return None
+            peer = next(p for p, (c, _) in sent.items() if c.sock.fileno() in fds)
+            conn, started = sent.pop(peer)
+            if (got := self._try(peer, id, max_size, sent=conn, started=started)) is not None:
+                for slower in sent:
+                    self._drop(slower)
                 return got
-        return self._try(peers[1], id, max_size)
+        # Neither had it. The second owner is asked to read through, unless it just was.
+        return None if second in through else self._try(second, id, max_size)
 
     def get_stored(self, id: str) -> bytes:
         return self.fetch(id).stored  # verified here: a peer is not believed
@@ -387,6 +439,15 @@ class PeerTier(BlobTier):
 
     def __str__(self) -> str:
         return "peers"
+
+
+def _readable(socks: list, timeout: float) -> list[int]:
+    """The file descriptors among ``socks`` with something to read within ``timeout``
+    seconds (``poll``: no limit on descriptor numbers, as ``select`` has)."""
+    poller = select.poll()
+    for sock in socks:
+        poller.register(sock, select.POLLIN)
+    return [fd for fd, _ in poller.poll(max(0.0, timeout) * 1000)]
 
 
 class FirstHit(BlobTier):

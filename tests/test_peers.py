@@ -383,6 +383,14 @@ class FaultyPeer(BaseHTTPRequestHandler):
         srv.cached_only.append(self.headers.get("X-Thaw-Cached-Only"))
         if srv.hold is not None:
             srv.hold.wait(10)
+        if srv.missing:  # it holds no copy: 404, and then let whoever waits on it go
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.wfile.flush()
+            if srv.then is not None:
+                srv.then.set()
+            return
         body, status = srv.stored, 200
         rng = self.headers.get("Range")
         if rng:
@@ -408,7 +416,7 @@ def faulty_peers(n: int, stored: bytes):
     for i in range(n):
         srv = ThreadingHTTPServer((f"127.0.0.{6 + i}", 0), FaultyPeer)
         srv.stored, srv.hold, srv.cut, srv.requests = stored, None, False, []
-        srv.cached_only = []
+        srv.cached_only, srv.missing, srv.then = [], False, None
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         servers.append(srv)
     try:
@@ -441,6 +449,59 @@ def test_a_slow_first_owner_is_hedged_to_the_second():
         assert tier.hedged == 1 and peers[second].requests == [None]
         assert peers[second].cached_only == ["1"]  # a hedge never makes a store GET there
         assert tier.hedge_after(second) is None  # too few answers yet to hedge it
+
+
+def _hedging_tier(peers: dict, id: str):
+    """A tier that will hedge ``id``'s next request: its first owner is usually quick."""
+    from blobstore.peers import PeerHealth, PeerTier
+
+    first, second = owners(list(peers), id)
+    tier = PeerTier(Membership(urls=list(peers)), None, TOKEN)
+    tier.health[first] = PeerHealth(latencies=[0.01] * 30)
+    return tier, peers[first], peers[second]
+
+
+def test_a_hedge_that_finds_nothing_waits_for_the_slow_first_owner():
+    """The second owner holds no copy (a hedge never reads through): the first owner's
+    answer, however late, is the one used, and the second is not asked again."""
+    id, data, stored = _blob()
+    with faulty_peers(2, stored) as peers:
+        tier, first, second = _hedging_tier(peers, id)
+        first.hold = threading.Event()
+        second.missing, second.then = True, first.hold  # its 404 lets the first answer
+        assert tier.fetch(id).data == data
+        assert tier.hedged == 1 and first.requests == [None]
+        assert second.cached_only == ["1"]
+
+
+def test_a_quick_miss_at_the_first_owner_asks_the_second_to_read_through():
+    id, data, stored = _blob()
+    with faulty_peers(2, stored) as peers:
+        tier, first, second = _hedging_tier(peers, id)
+        first.missing = True
+        assert tier.fetch(id).data == data
+        assert tier.hedged == 0  # the first answered in time: no hedge
+        assert second.cached_only == [None]  # asked as an owner, reading through
+
+
+@pytest.mark.allow_log_warnings
+def test_a_first_owner_that_refuses_connections_is_not_a_hedge(caplog):
+    """The second owner is then asked as the owner (reading through on a miss), and the
+    dead one is named."""
+    from blobstore.peers import PeerHealth, PeerTier
+
+    dead = f"http://127.0.0.5:{free_ports(1)[0]}"  # nothing listens there
+    id, data, stored = _blob()
+    with faulty_peers(1, stored) as peers:
+        (live, srv), = peers.items()
+        while owners([live, dead], id)[0] != dead:  # the dead one must be asked first
+            id, data, stored = _blob()
+        srv.stored = stored
+        tier = PeerTier(Membership(urls=[live, dead]), None, TOKEN)
+        tier.health[dead] = PeerHealth(latencies=[0.01] * 30)
+        assert tier.fetch(id).data == data
+        assert tier.hedged == 0 and srv.cached_only == [None]
+    assert f"peer {dead}: cannot fetch blob {id}" in caplog.text
 
 
 def test_hedges_stay_within_their_share_of_the_requests():
