@@ -16,7 +16,8 @@ the daemon is up before the clock starts; the time includes its first lookup of 
 image). Then all three nodes start the Debian workload at once, on empty caches, without
 hints: S3 GETs against the distinct chunks they read. Page caches dropped before each
 start; needs root.
-Usage: python bench/peers.py [--rounds N]
+Usage: python bench/peers.py [--rounds N] [--delay-ms MS] [--only numpy|model]
+(``--only`` runs one workload's rows, without the three nodes at once: for A/B runs.)
 """
 
 from __future__ import annotations
@@ -196,7 +197,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--delay-ms", type=float, default=20)
+    ap.add_argument("--only", choices=["numpy", "model"],
+                    help="one workload's rows, and not the three nodes at once")
     args = ap.parse_args()
+    workloads = [w for w in (("import numpy (Debian)", "debian:12", import_numpy),
+                             ("read the model", "model:1", read_model))
+                 if args.only is None or args.only in w[0]]
     work = Path(tempfile.mkdtemp(prefix="thaw-bench-peers-"))
     model_dir = work / "model"
     model_dir.mkdir()
@@ -204,16 +210,15 @@ def main() -> None:
     with SeaweedServer(work / "seaweed") as s3:
         ENV.update(s3.env())
         os.environ.update(s3.env())  # for this process's own store calls (hints)
-        thaw("push", str(debian_tar()), "debian:12")
+        if args.only != "model":
+            thaw("push", str(debian_tar()), "debian:12")
         thaw("push", str(model_dir), "model:1")
         host, port = s3.endpoint.removeprefix("http://").split(":")
         with RemoteLikeProxy((host, int(port)), delay=args.delay_ms / 1000) as proxy:
             ENV["AWS_ENDPOINT_URL"] = proxy.endpoint
             cluster = Cluster(work)
             rows, ratios = [], []
-            for (name, ref, workload), mode in itertools.product(
-                    (("import numpy (Debian)", "debian:12", import_numpy),
-                     ("read the model", "model:1", read_model)), MODES):
+            for (name, ref, workload), mode in itertools.product(workloads, MODES):
                 runs = [sequential(cluster, proxy, ref, workload, mode)
                         for _ in range(args.rounds)]
                 name = f"{name}: {MODES[mode]}"
@@ -227,7 +232,8 @@ def main() -> None:
                 ratios.append([name, f"{med[1]['time'] / med[0]['time']:.2f}",
                                f"{med[1]['gets'] / max(1, med[0]['gets']):.3f}",
                                f"{med[1]['s3_bytes'] / max(1, med[0]['s3_bytes']):.3f}"])
-            together = [at_once(cluster, proxy) for _ in range(args.rounds)]
+            together = [at_once(cluster, proxy) for _ in range(args.rounds)
+                        if args.only is None]
     print(f"\nS3 {args.delay_ms:g} ms away (100 MB/s per connection), peers on loopback, "
           f"median of {args.rounds} rounds\n")
     print(table(["workload", "node", "time", "S3 GETs (cluster)",
@@ -235,6 +241,8 @@ def main() -> None:
     print()
     print(table(["workload", "node 2 time / node 1", "node 2 S3 GETs / node 1",
                  "node 2 S3 bytes / node 1"], ratios))
+    if not together:
+        return shutil.rmtree(work, ignore_errors=True)
     t = {k: statistics.median(r[k] for r in together) for k in together[0]}
     print(f"\nthree nodes starting `import numpy` at once: {t['time']:.2f} s, "
           f"{int(t['gets'])} S3 GETs for {int(t['distinct'])} distinct chunks "
