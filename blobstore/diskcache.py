@@ -24,6 +24,7 @@ from pathlib import Path
 from .codec import MAX_BLOB_SIZE, decode_and_verify, read_into
 from .digest import check_blob_id
 from .errors import BlobCorrupt, BlobNotFound, StoreConfigError, StoreUnavailable
+from .rangelocks import RangeLocks
 from .tempfiles import sweep, temp_path
 from .tiers import BlobTier, Fetched
 
@@ -43,6 +44,7 @@ class DiskCache(BlobTier):
         except OSError as exc:
             raise StoreConfigError(f"cannot use {self.root} as a cache: {exc.strerror}") from None
         self._lock = threading.Lock()
+        self._fill_locks = RangeLocks(self.root / ".fill-locks")
         if n := sweep(self.root):
             log.info("%s: removed %d temporary files that killed writers left", self, n)
         self._size = sum(size for _, size, _ in self.entries())
@@ -133,23 +135,17 @@ class DiskCache(BlobTier):
     def fill_lock(self, id: str):
         """An exclusive lock while ``id`` is fetched to fill the cache: the node's mount,
         daemon, restores and ``thaw serve`` share this directory, and a chunk they all miss
-        at once is read from upstream once. ``flock`` on one of 65,536 lock files (by the
-        id's first four hex digits), so locks need no cleaning and unrelated chunks rarely
-        wait on each other; released when the process dies."""
-        path = self.root / ".locks" / check_blob_id(id)[:4]
+        at once is read from upstream once. Lock number ``id[:4]`` (of 65,536, so unrelated
+        chunks rarely wait on each other) in the one file ``DIR/.fill-locks``
+        (``rangelocks``: no file to create per chunk, nothing to clean, released when the
+        process dies)."""
+        held = contextlib.ExitStack()
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except FileNotFoundError:
-            path.parent.mkdir(exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError:  # a cache that cannot lock still serves, unlocked
+            held.enter_context(self._fill_locks.hold(int(check_blob_id(id)[:4], 16)))
+        except OSError as exc:  # a cache that cannot lock still serves, unlocked
+            log.debug("%s: filling %s unlocked: %s", self, id, exc)
+        with held:
             yield
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
 
     def put_stored(self, id: str, stored: bytes) -> None:
         """Add an entry (already verified by the caller); evicts if over the bound."""

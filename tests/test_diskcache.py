@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import sys
 
 import pytest
@@ -87,7 +88,7 @@ def test_a_full_cache_disk_is_a_warning_not_a_failed_read(tmp_path):
         id, _ = upstream.put(data)
         tiers = node_tiers(upstream, DiskCache(mnt, 1 << 30)).stack
         assert tiers.get(id) == data
-        assert [p for p in mnt.rglob("*") if p.is_file() and p.parent.name != ".locks"] == []
+        assert [p.name for p in mnt.rglob("*") if p.is_file()] == [".fill-locks"]
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
 
@@ -189,3 +190,48 @@ def test_opening_a_cache_sweeps_temporaries_a_killed_writer_left(tmp_path):
     again = DiskCache(tmp_path, 1 << 20)
     assert not old.exists() and fresh.exists()  # a live writer's may be in progress
     assert again.size == len(encode_blob(data)) and again.get(id) == data
+
+
+def test_filling_a_chunk_locks_it_against_other_threads_and_processes(tmp_path):
+    """The fill lock of a chunk is byte id[:4] of one file: another open of it (another
+    thread's, another process's) finds it held while it is, and free after."""
+    from blobstore.rangelocks import RangeLocks
+
+    cache = DiskCache(tmp_path, 1 << 20)
+    id = blob_id(b"x")
+    slot, next_slot = int(id[:4], 16), (int(id[:4], 16) + 1) % 65536
+    locks = RangeLocks(tmp_path / ".fill-locks")
+
+    def held_seen_from_a_thread(k: int) -> bool:
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(locks.held_elsewhere(k)))
+        t.start()
+        t.join()
+        return seen[0]
+
+    probe = ("import fcntl, os, struct, sys\n"
+             "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+             "lock = struct.pack('hhqqi4x', fcntl.F_WRLCK, 0, int(sys.argv[2]), 1, 0)\n"
+             "try:\n"
+             "    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, lock)\n"
+             "except OSError:\n"
+             "    sys.exit(1)\n")
+
+    def free_in_another_process(k: int) -> bool:
+        return subprocess.run([sys.executable, "-c", probe, str(tmp_path / ".fill-locks"),
+                               str(k)]).returncode == 0
+
+    with cache.fill_lock(id):
+        assert held_seen_from_a_thread(slot) and not free_in_another_process(slot)
+        assert not held_seen_from_a_thread(next_slot)  # another chunk's lock is free
+        assert free_in_another_process(next_slot)
+    assert not held_seen_from_a_thread(slot) and free_in_another_process(slot)
+    assert [p.name for p in tmp_path.iterdir()] == [".fill-locks"]  # no file per lock
+
+
+def test_a_cache_whose_lock_file_cannot_be_opened_fills_unlocked(tmp_path):
+    cache = DiskCache(tmp_path, 1 << 20)
+    (tmp_path / ".fill-locks").mkdir()  # not a file: opening it for writing fails
+    upstream = BlobStore(MemoryStore())
+    id, _ = upstream.put(b"still served")
+    assert node_tiers(upstream, cache).stack.get(id) == b"still served"
