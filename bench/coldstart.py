@@ -37,7 +37,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import debian_tar, drop_caches, extract, human, run_thaw, table, unmount_and_wait
+from common import (
+    debian_tar,
+    drop_caches,
+    extract,
+    human,
+    run_thaw,
+    set_aside,
+    table,
+    unmount_and_wait,
+)
 
 from tests.proxy import RemoteLikeProxy
 from tests.seaweed import SeaweedServer
@@ -64,8 +73,7 @@ def run_in(root: Path) -> None:
 
 
 def fresh(path: Path) -> Path:
-    shutil.rmtree(path, ignore_errors=True)
-    return path
+    return set_aside(path)
 
 
 def counts(mnt: Path) -> dict:

@@ -43,6 +43,7 @@ from common import (
     human,
     model_file,
     run_thaw,
+    set_aside,
     table,
     unmount_and_wait,
 )
@@ -79,7 +80,7 @@ class Cluster:
 
     def start(self) -> None:
         for i, url in enumerate(self.urls):
-            shutil.rmtree(self.cache(i), ignore_errors=True)
+            set_aside(self.cache(i))
             p = subprocess.Popen([*THAW, "--store", STORE, "serve", "--listen",
                                   url.removeprefix("http://"), "--cache-dir", str(self.cache(i)),
                                   "--token-file", str(self.token)], cwd=REPO, env=ENV,
