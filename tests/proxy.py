@@ -14,10 +14,10 @@ delays and the pacing without timing anything.
 
 Pacing keeps a due time per connection: each piece is sent once ``len / rate`` has passed
 since the previous piece was due, or since it arrived when the upstream had nothing ready,
-and an answer's first piece not before its request went upstream (an idle connection
-banks no credit). So a sleep that overshoots is made up by the next
-pieces, not added to them: sleeping ``len / rate`` per 16 KiB piece paced a connection at
-~54 MB/s on this machine, where the proxy claims 100.
+and an answer's first piece not before its request went upstream (an idle connection banks
+no credit). So a sleep that overshoots is made up by the next pieces, not added to them:
+sleeping ``len / rate`` before each 16 KiB piece paced a connection at ~54 MB/s on this
+machine, where the proxy claims 100.
 """
 
 from __future__ import annotations
