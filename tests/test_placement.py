@@ -137,6 +137,9 @@ def test_a_relaxation_with_more_arcs_is_valid_and_no_worse_than_the_one_without(
     import placement.milp
 
     work, nodes = make_cluster(300, 80, load="tight", seed=1)  # where more arcs win
+    # The relaxations' plans, compared before the local search that follows both (which
+    # may land a worse start on a better local optimum).
+    monkeypatch.setattr(placement.milp, "rehome", lambda work, prices, placed, deadline: placed)
     r = solve(work, nodes, exact=False)  # account() inside checks every node's capacity
     assert r.note.startswith("LP relaxation with more arcs")
     monkeypatch.setattr(placement.milp, "WIDE_CELLS", 0)
@@ -201,6 +204,62 @@ def test_consolidation_keeps_every_replica_and_never_costs_more(seed, load):
         before = starts(g)
         assert cap is None or all(k <= max(cap, before.get(n, 0))
                                   for n, k in starts(after).items())  # none moved past it
+
+
+def test_rehoming_moves_a_replica_to_where_its_image_is_by_moving_another_out():
+    """Both nodes are full: x (40 GB) was placed on n1, which lacks it, and y (1 GB) on n2,
+    which holds x. Swapping them fetches 1 GB instead of 40; consolidate cannot (no room)."""
+    from placement.account import account
+    from placement.improve import consolidate
+    from placement.prices import Prices
+    from placement.rehome import rehome
+
+    work = [wl("a", "x", size=40 * GB, gpus=8), wl("b", "y", size=1 * GB, gpus=8)]
+    nodes = [node("n1"), node("n2", cached={"x": 40 * GB})]
+    prices = Prices(nodes, {"x", "y"})
+    plan = [(0, 0, 1), (1, 1, 1)]
+    assert account("p", work, nodes, plan).bytes_to_fetch == 41 * GB
+    assert consolidate(work, prices, plan) == plan
+    better = account("r", work, nodes, rehome(work, prices, plan))
+    assert better.bytes_to_fetch == 1 * GB and better.pending_replicas == 0
+    assert placed_on(better) == {"a": ["n2"], "b": ["n1"]}
+
+
+def test_rehoming_makes_room_with_a_narrower_replica_when_the_widest_fits_nowhere_else():
+    """n2 (A100) holds x but is full: z (5 GPUs) runs only on A100s, c (3 GPUs) anywhere.
+    z cannot move, so c moves to n1 as a (3 GPUs) leaves it for n2: 40 GB saved."""
+    from placement.account import account
+    from placement.prices import Prices
+    from placement.rehome import rehome
+
+    work = [wl("a", "x", size=40 * GB, gpus=3),
+            wl("z", "z", size=1 * GB, gpus=5, gpu_model="A100"),
+            wl("c", "c", size=1 * GB, gpus=3)]
+    nodes = [node("n1", free=3), node("n2", free=8, cached={"x": 40 * GB}, model="A100")]
+    prices = Prices(nodes, {"x", "z", "c"})
+    plan = [(0, 0, 1), (1, 1, 1), (2, 1, 1)]
+    assert account("p", work, nodes, plan).bytes_to_fetch == 42 * GB
+    after = account("r", work, nodes, rehome(work, prices, plan))
+    assert after.bytes_to_fetch == 2 * GB
+    assert placed_on(after) == {"a": ["n2"], "z": ["n2"], "c": ["n1"]}
+
+
+@pytest.mark.parametrize("seed, load", [(0, "tight"), (1, "tight"), (2, "normal")])
+def test_rehoming_keeps_every_replica_and_never_costs_more(seed, load):
+    from placement.account import account
+    from placement.prices import Prices
+    from placement.rehome import rehome
+
+    work, nodes = make_cluster(200, 60, load=load, seed=seed)
+    g = greedy(work, nodes)
+    index = {w.name: i for i, w in enumerate(work)}
+    ids = {n.id: i for i, n in enumerate(nodes)}
+    placed = [(index[a.workload], ids[a.node], a.replicas) for a in g.assignments]
+    prices = Prices(nodes, {w.image for w in work})
+    after = account("r", work, nodes, rehome(work, prices, placed))  # checks fit and room
+    assert after.pending == g.pending and after.bytes_to_fetch <= g.bytes_to_fetch
+    if load == "tight":
+        assert after.bytes_to_fetch < g.bytes_to_fetch
 
 
 def test_no_lower_bound_when_not_everything_fits():
