@@ -64,9 +64,9 @@ from .account import account
 from .arcs import Arcs, build_arcs, fits_matrix
 from .baselines import complete, greedy, order
 from .improve import consolidate
-from .rehome import rehome
 from .model import Node, Result, Workload
 from .prices import Prices
+from .rehome import rehome
 
 GIB = float(1 << 30)
 EXACT_CELLS = 50_000  # classes x nodes up to which the integer program is solved
