@@ -56,10 +56,12 @@ class _Plan:
                         for img, c in first.items()}
         self.held = {img: np.zeros(len(self.free), np.int64) for img in first}
         self.fits = [_fits(w, prices) for w in workloads]
+        self._prices: dict[str, np.ndarray] = {}  # price(img), until img next moves
         for c, n, k in placed:
             self.move(c, None, n, k)
 
     def move(self, c: int, src: int | None, dst: int, k: int = 1) -> None:
+        self._prices.pop(self.image[c], None)
         for node, sign in ((src, -1), (dst, 1)):
             if node is None:
                 continue
@@ -73,8 +75,17 @@ class _Plan:
                 del self.on[(c, node)]
 
     def price(self, img: str) -> np.ndarray:
-        """What one more replica of ``img`` costs on each node: nothing where it is."""
-        return np.where(self.held[img] > 0, 0.0, self.missing[img])
+        """What one more replica of ``img`` costs on each node: nothing where it is (the
+        caller must not change it)."""
+        got = self._prices.get(img)
+        if got is None:
+            got = self._prices[img] = np.where(self.held[img] > 0, 0.0, self.missing[img])
+        return got
+
+    def leaving_saves(self, m: int, img: str) -> float:
+        """The most that moving every other image's replicas off node ``m`` could save."""
+        return sum(float(self.missing[j][m]) for j in {self.image[c] for c in self.classes[m]}
+                   if j != img)
 
     def charged(self) -> list[tuple[float, str, int]]:
         """(cost, image, node) of every fetch the plan makes, dearest first."""
@@ -125,6 +136,8 @@ def _best_move(plan: _Plan, img: str, n: int, cost: float, deadline: float):
         delta = price[m] - cost
         evictions: list[tuple[int, int]] = []
         short = need - int(plan.free[m])
+        if short > 0 and delta - plan.leaving_saves(m, img) >= best_delta - 1e-6:
+            continue  # even if every move out were free and saved all it could, no better
         if short > 0:
             room = _make_room(plan, img, n, m, need, short)
             if room is None:
@@ -156,9 +169,11 @@ def _make_room(plan: _Plan, img: str, n: int, m: int, need: int, short: int):
             if not ok.any():
                 break  # nowhere for this one: narrower replicas may still make the room
             price = plan.price(j)
-            for jj, d in paid:
-                if jj == j:
-                    price[d] = 0.0
+            if any(jj == j for jj, _ in paid):
+                price = price.copy()
+                for jj, d in paid:
+                    if jj == j:
+                        price[d] = 0.0
             dst = int(np.argmin(np.where(ok, price, np.inf)))
             extra += price[dst]
             paid.add((j, dst))
