@@ -53,6 +53,7 @@ bench: install
 	$(PY) bench/restore.py
 	$(PY) bench/scale.py
 	$(PY) bench/fetch_concurrency.py
+	$(PY) bench/cache_fill.py
 	$(PY) bench/peers.py
 	$(PY) bench/gc.py
 
