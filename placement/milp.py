@@ -40,9 +40,9 @@ consolidated (``improve.py``): replicas that made an image be fetched onto a nod
 of them move to nodes that hold it or will, when that costs less; and then (without
 ``max_starts``) rehomed (``rehome.py``): an image's replicas move onto a node that holds
 more of it, the replicas there moving out to make room, when that fetches less (under tight
-load every such node is full; 1,000x200 tight, median of three seeds: 709 -> 390 GiB). A solver without a
-solution, or a result worse than plain greedy's (more pending, or as many and more bytes),
-returns greedy's: the policy is never worse than its baseline.
+load every such node is full; 1,000x200 tight, median of three seeds: 709 -> 390 GiB). A
+solver without a solution, or a result worse than plain greedy's (more pending, or as many
+and more bytes), returns greedy's: the policy is never worse than its baseline.
 ``time_limit`` bounds the whole call. ``max_starts`` caps new replicas per node.
 ``lower_bound`` prices rest arcs at a bound instead, so its relaxation's optimum bounds the
 bytes of any placement (that leaves at most so many replicas pending): how far from the
