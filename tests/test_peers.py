@@ -475,9 +475,13 @@ def test_a_hedge_that_finds_nothing_waits_for_the_slow_first_owner():
 
 
 def test_a_quick_miss_at_the_first_owner_asks_the_second_to_read_through():
+    from blobstore.peers import PeerHealth
+
     id, data, stored = _blob()
     with faulty_peers(2, stored) as peers:
         tier, first, second = _hedging_tier(peers, id)
+        first_url = owners(list(peers), id)[0]
+        tier.health[first_url] = PeerHealth(latencies=[5.0] * 30)  # hedged only after 5 s
         first.missing = True
         assert tier.fetch(id).data == data
         assert tier.hedged == 0  # the first answered in time: no hedge
