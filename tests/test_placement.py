@@ -180,6 +180,14 @@ def test_consolidation_moves_replicas_to_where_their_image_already_goes():
     assert len({a.node for a in better.assignments if a.workload != "c"}) == 1
 
 
+def greedy_plan(work, nodes):
+    """Greedy's result, and its placements as (workload, node, replicas) indices."""
+    g = greedy(work, nodes)
+    index = {w.name: i for i, w in enumerate(work)}
+    ids = {n.id: i for i, n in enumerate(nodes)}
+    return g, [(index[a.workload], ids[a.node], a.replicas) for a in g.assignments]
+
+
 @pytest.mark.parametrize("seed, load", [(0, "normal"), (1, "tight"), (2, "normal")])
 def test_consolidation_keeps_every_replica_and_never_costs_more(seed, load):
     from placement.account import account
@@ -187,10 +195,7 @@ def test_consolidation_keeps_every_replica_and_never_costs_more(seed, load):
     from placement.prices import Prices
 
     work, nodes = make_cluster(200, 60, load=load, seed=seed)
-    g = greedy(work, nodes)
-    index = {w.name: i for i, w in enumerate(work)}
-    ids = {n.id: i for i, n in enumerate(nodes)}
-    placed = [(index[a.workload], ids[a.node], a.replicas) for a in g.assignments]
+    g, placed = greedy_plan(work, nodes)
     def starts(result) -> dict[str, int]:
         out: dict[str, int] = {}
         for a in result.assignments:
@@ -251,10 +256,7 @@ def test_rehoming_keeps_every_replica_and_never_costs_more(seed, load):
     from placement.rehome import rehome
 
     work, nodes = make_cluster(200, 60, load=load, seed=seed)
-    g = greedy(work, nodes)
-    index = {w.name: i for i, w in enumerate(work)}
-    ids = {n.id: i for i, n in enumerate(nodes)}
-    placed = [(index[a.workload], ids[a.node], a.replicas) for a in g.assignments]
+    g, placed = greedy_plan(work, nodes)
     prices = Prices(nodes, {w.image for w in work})
     after = account("r", work, nodes, rehome(work, prices, placed))  # checks fit and room
     assert after.pending == g.pending and after.bytes_to_fetch <= g.bytes_to_fetch
