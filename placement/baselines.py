@@ -43,11 +43,7 @@ class _Cluster:
         """Nodes whose GPUs are of ``w``'s model and memory, placements aside."""
         key = (w.gpu_memory, w.gpu_model)
         if key not in self._suits:
-            p = self.prices
-            ok = p.mem >= w.gpu_memory
-            if w.gpu_model is not None:
-                ok &= p.model == p.model_code.get(w.gpu_model, -1)
-            self._suits[key] = ok
+            self._suits[key] = self.prices.suits(w)
         return self._suits[key]
 
     def place(self, w: Workload, n: int, k: int = 1) -> None:

@@ -39,7 +39,7 @@ def consolidate(workloads: list[Workload], prices: Prices, placed: list[tuple[in
         starts[n] += k
         on[(c, n)] += k
         holders[workloads[c].image][n] += k
-    fits = {c: _fits(w, prices) for c, w in enumerate(workloads)}
+    fits = {c: prices.suits(w) for c, w in enumerate(workloads)}
     pairs = sorted(((missing[img][n], img, n) for img, h in holders.items()
                     for n in np.flatnonzero(h).tolist() if missing[img][n] > 0), reverse=True)
     for saving, img, n in pairs:
@@ -61,13 +61,6 @@ def consolidate(workloads: list[Workload], prices: Prices, placed: list[tuple[in
             holders[img][m] += k
             on[(c, m)] += k
     return [(c, n, k) for (c, n), k in on.items() if k > 0]
-
-
-def _fits(w: Workload, prices: Prices) -> np.ndarray:
-    ok = prices.mem >= w.gpu_memory
-    if w.gpu_model is not None:
-        ok &= prices.model == prices.model_code.get(w.gpu_model, -1)
-    return ok
 
 
 def _relocate(workloads, members, away: int, free, starts, held, missing, fits,

@@ -69,6 +69,13 @@ class Prices:
             out.fetched.setdefault(image, []).append(node)
         return out
 
+    def suits(self, w: Workload) -> np.ndarray:
+        """Nodes whose GPUs are of ``w``'s model and memory, free GPUs aside."""
+        ok = self.mem >= w.gpu_memory
+        if w.gpu_model is not None:
+            ok &= self.model == self.model_code.get(w.gpu_model, -1)
+        return ok
+
     def warm(self, w: Workload) -> tuple[np.ndarray, np.ndarray]:
         """Nodes holding part of ``w``'s image, and the bytes each still misses."""
         idx, cached = self.holders.get(w.image, (np.empty(0, np.int64), np.empty(0, np.int64)))

@@ -31,7 +31,6 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from .improve import _fits
 from .model import Workload
 from .prices import Prices
 
@@ -43,7 +42,6 @@ class _Plan:
 
     def __init__(self, workloads: list[Workload], prices: Prices,
                  placed: list[tuple[int, int, int]]) -> None:
-        self.workloads = workloads
         self.gpus = np.array([w.gpus for w in workloads], np.int64)
         self.image = [w.image for w in workloads]
         self.free = prices.free.astype(np.int64).copy()
@@ -55,7 +53,7 @@ class _Plan:
         self.missing = {img: prices.missing(workloads[c]).astype(np.float64)
                         for img, c in first.items()}
         self.held = {img: np.zeros(len(self.free), np.int64) for img in first}
-        self.fits = [_fits(w, prices) for w in workloads]
+        self.fits = [prices.suits(w) for w in workloads]
         self._prices: dict[str, np.ndarray] = {}  # price(img), until img next moves
         for c, n, k in placed:
             self.move(c, None, n, k)
