@@ -73,7 +73,7 @@ COMPOSE := $(VENV)/bin/podman-compose --podman-args="--runtime runc" -f docker/c
 # A local cluster: SeaweedFS and three nodes (daemon + serve, peers); an image pushed and
 # used from a lazy mount on another node. `make cluster-down` removes it.
 cluster: docker
-	@test -s docker/cluster-token || head -c 24 /dev/urandom | base64 > docker/cluster-token
+	@test -s docker/cluster-token || (umask 077; head -c 24 /dev/urandom | base64 > docker/cluster-token)
 	$(COMPOSE) up -d
 	docker/cluster-demo.sh
 

@@ -70,6 +70,7 @@ class Cluster:
         self.work = work
         self.token = work / "token"
         self.token.write_text("bench-token\n")
+        self.token.chmod(0o600)
         self.ports = free_ports(len(HOSTS))
         self.urls = [f"http://{h}:{p}" for h, p in zip(HOSTS, self.ports, strict=True)]
         (work / "peers").write_text("\n".join(self.urls) + "\n")

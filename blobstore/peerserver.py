@@ -33,12 +33,13 @@ import signal
 import time
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
 from .errors import BlobCorrupt, BlobNotFound, StoreUnavailable, ThawError
 from .lru import BytesLRU
-from .peers import API, CACHED_ONLY
+from .peerclient import API, CACHED_ONLY
 from .tiers import NodeTiers
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ MEMORY = 256 << 20  # bytes of recently served blobs kept in memory (``lru.py``)
 
 class SlowClientGuard(asyncio.Protocol):
     """Wraps aiohttp's protocol: a request head that is not complete within ``timeout``
-    seconds of its first byte closes the connection."""
+    seconds of the connection (the first request's) or of its first byte (a later one's)
+    closes the connection."""
 
     def __init__(self, inner: asyncio.Protocol, timeout: float) -> None:
         self.inner, self.timeout = inner, timeout
@@ -61,6 +63,7 @@ class SlowClientGuard(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self._transport = transport
+        self._arm()  # a connection that sends nothing at all is a slow client too
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -100,15 +103,51 @@ class SlowClientGuard(asyncio.Protocol):
         self.inner.resume_writing()
 
 
+class MalformedRequests(logging.Filter):
+    """Stands between aiohttp's server logger and the log: a malformed request head (which
+    any client, without a token, can send) is not an ERROR with a traceback that quotes its
+    bytes (an oversized header's first bytes may be an Authorization value), but one
+    warning that quotes nothing the client sent, then at most one line a minute counting
+    the rest. Each is counted in ``count`` (the metric)."""
+
+    def __init__(self, every: float = 60.0, clock=time.monotonic) -> None:
+        super().__init__()
+        self.every, self._clock = every, clock
+        self.count = 0
+        self._said_at: float | None = None
+        self._unsaid = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not (str(record.msg).startswith("Error handling request")
+                and isinstance(exc, HttpProcessingError)):
+            return True
+        self.count += 1
+        self._unsaid += 1
+        now = self._clock()
+        if self._said_at is None or now - self._said_at >= self.every:
+            log.warning("%s (%s) answered 400; not logged: the bytes a client sent",
+                        "a malformed request" if self._unsaid == 1 else
+                        f"{self._unsaid} malformed requests in the last minute",
+                        type(exc).__name__)
+            self._said_at, self._unsaid = now, 0
+        return False
+
+
 class _TierCollector:
     """Memory and disk cache hits and read-throughs, from their own counters."""
 
-    def __init__(self, tiers: NodeTiers, recent: BytesLRU) -> None:
-        self.tiers, self.recent = tiers, recent
+    def __init__(self, tiers: NodeTiers, recent: BytesLRU,
+                 malformed: MalformedRequests | None = None) -> None:
+        self.tiers, self.recent, self.malformed = tiers, recent, malformed
 
     def collect(self):
         yield CounterMetricFamily("thaw_serve_memory_hits", "Blobs served from memory",
                                   value=self.recent.hits)
+        if self.malformed is not None:
+            yield CounterMetricFamily("thaw_serve_malformed_requests",
+                                      "Request heads that did not parse (answered 400)",
+                                      value=self.malformed.count)
         for name, tier in (("hits", self.tiers.disk), ("read_throughs", self.tiers.store)):
             if tier is not None:
                 snap = tier.stats.snapshot().as_dict()
@@ -131,7 +170,10 @@ class PeerServer:
         self.sent = Counter("thaw_serve_sent_bytes", "Blob bytes sent", registry=self.registry)
         self.latency = Histogram("thaw_serve_latency_seconds", "Blob request latency",
                                  registry=self.registry)
-        self.registry.register(_TierCollector(tiers, self.recent))
+        self.corrupt = Counter("thaw_serve_corrupt_blobs", "Blobs the store holds corrupt "
+                               "(answered 502)", registry=self.registry)
+        self.malformed = MalformedRequests()
+        self.registry.register(_TierCollector(tiers, self.recent, self.malformed))
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=0)
@@ -171,7 +213,12 @@ class PeerServer:
                     self._pool, self._stored, id, CACHED_ONLY in request.headers)
             except BlobNotFound:
                 return web.Response(status=404, text="no such blob\n")
-            except (StoreUnavailable, BlobCorrupt) as exc:
+            except BlobCorrupt as exc:
+                self.corrupt.inc()
+                log.warning("blob %s: %s", id, exc)
+                return web.Response(status=502, text="the store holds a corrupt copy of it; "
+                                    "`thaw check` finds such blobs\n")
+            except StoreUnavailable as exc:
                 log.warning("blob %s: %s", id, exc)
                 return web.Response(status=503, text="the store cannot serve it now\n")
             except ThawError as exc:
@@ -210,6 +257,7 @@ class PeerServer:
         # The request handler's own keyword arguments: aiohttp takes ``handler_args`` only
         # from an Application, and a runner given unknown ones drops them all with a
         # warning per connection (the limits were not applied, and the log filled).
+        logging.getLogger("aiohttp.server").addFilter(self.malformed)
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
                                max_line_size=MAX_HEADER, max_field_size=MAX_HEADER,
                                max_headers=MAX_HEADERS, keepalive_timeout=self.keepalive)
@@ -229,6 +277,7 @@ class PeerServer:
             await runner.shutdown()
             await runner.cleanup()
             self._pool.shutdown(wait=False, cancel_futures=True)
+            logging.getLogger("aiohttp.server").removeFilter(self.malformed)
 
 
 def parse_range(spec: str, size: int) -> tuple[int, int] | tuple[()] | None:

@@ -13,6 +13,8 @@ by id (``get_stored``, unverified), the blob decoded and verified (``fetch``, ``
 - ``Counting(tier, name)``: what the tier served and failed, for ``thaw stats`` and metrics.
 - ``Verifying(tier)``: ``get_stored`` re-hashes before it returns (for raw bytes served on
   from an untrusted tier; everything decoded is verified anyway).
+- ``FirstHit([tier, ...])``: the first tier that has the blob; a miss or a failure above
+  the last moves on to the next.
 
 ``node_tiers`` builds the stack a node reads through (the mount, the daemon, the restorer,
 ``thaw serve``), in one visible place, with the cache peers (``peers.PeerTier``) between
@@ -281,6 +283,36 @@ class ReadThrough(BlobTier):
         return f"{self.cache} over {self.upstream}"
 
 
+class FirstHit(BlobTier):
+    """The first of ``tiers`` that has the blob; the last one's error if none has."""
+
+    def __init__(self, tiers: list[BlobTier]) -> None:
+        self.tiers = tiers
+
+    def fetch(self, id: str, *, max_size: int = MAX_BLOB_SIZE) -> Fetched:
+        for tier in self.tiers[:-1]:
+            try:
+                return tier.fetch(id, max_size=max_size)
+            except (BlobNotFound, StoreUnavailable, BlobCorrupt):
+                continue
+        return self.tiers[-1].fetch(id, max_size=max_size)
+
+    def get_stored(self, id: str) -> bytes:
+        return self.fetch(id).stored
+
+    def stored_size(self, id: str) -> int:
+        return self.tiers[-1].stored_size(id)
+
+    def has(self, id: str) -> bool:
+        return self.tiers[-1].has(id)
+
+    def put_stored(self, id: str, stored: bytes) -> None:
+        self.tiers[-1].put_stored(id, stored)
+
+    def __str__(self) -> str:
+        return " then ".join(str(t) for t in self.tiers)
+
+
 # -- the stack a node reads through ----------------------------------------------------------
 
 
@@ -296,8 +328,6 @@ def node_tiers(store: BlobTier, cache: BlobTier | None,
     """Memory (the caller's) -> disk cache -> the chunk's owner among the cache peers ->
     store: ``ReadThrough(FirstHit([peers, store]), disk)``; a miss everywhere above the
     store, or a peer that fails, falls through to the store."""
-    from .peers import FirstHit  # peers imports this module
-
     counted_store = Counting(store, "store")
     counted_peers = None if peers is None else Counting(peers, "peer")
     upstream = counted_store if counted_peers is None else FirstHit(

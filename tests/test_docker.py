@@ -41,6 +41,7 @@ def test_a_local_cluster_serves_a_pushed_image_through_its_peers(images):
     token = REPO / "docker" / "cluster-token"
     if not token.exists():
         token.write_text("test-cluster-token\n")
+        token.chmod(0o600)
     subprocess.run([*COMPOSE, "down", "-v"], cwd=REPO, capture_output=True)
     try:
         subprocess.run([*COMPOSE, "up", "-d"], cwd=REPO, check=True, capture_output=True)
