@@ -1,13 +1,18 @@
 """The policies the MILP is measured against: random, Kubernetes ImageLocality, greedy.
 
 Each places one replica at a time, oldest and largest workloads first, on numpy arrays over
-all nodes, and is scored by ``account``. Pure; thread-safe (each call owns its arrays).
+all nodes, and is scored by ``account``. Greedy and the completion of the MILP's plan stop
+at a ``deadline`` on ``clock`` (``time.perf_counter`` unless a test injects one), leaving
+what they have not placed pending: the extender's calls have limits of their own. Pure;
+thread-safe (each call owns its arrays).
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -17,14 +22,18 @@ from .prices import Prices
 
 MB = 1 << 20
 K8S_MIN, K8S_MAX = 23 * MB, 1000 * MB  # ImageLocality's thresholds (one container)
+Clock = Callable[[], float]
 
 
 class _Cluster:
     """Free GPUs and per-image missing bytes, updated as replicas are placed."""
 
     def __init__(self, workloads: list[Workload], nodes: list[Node],
-                 prices: Prices | None = None) -> None:
+                 prices: Prices | None = None, deadline: float = math.inf,
+                 clock: Clock = time.perf_counter) -> None:
         self.workloads, self.nodes = workloads, nodes
+        self.deadline, self.clock = deadline, clock
+        self.stopped = False  # the deadline came before every replica was placed
         self.prices = prices or Prices(nodes, {w.image for w in workloads})
         self.free = self.prices.free.copy()
         self.starts = np.zeros(len(nodes), dtype=np.int64)
@@ -45,6 +54,11 @@ class _Cluster:
         if key not in self._suits:
             self._suits[key] = self.prices.suits(w)
         return self._suits[key]
+
+    def past_deadline(self) -> bool:
+        if not self.stopped and self.clock() > self.deadline:
+            self.stopped = True
+        return self.stopped
 
     def place(self, w: Workload, n: int, k: int = 1) -> None:
         self.free[n] -= w.gpus * k
@@ -70,7 +84,7 @@ def _place_all(c: _Cluster, todo: dict[int, int], choose, max_starts: int | None
     for i in sequence:
         w = c.workloads[i]
         left = todo.get(i, 0)
-        while left > 0:
+        while left > 0 and not c.past_deadline():
             move = _move(c, w, left if batch else 1, choose, max_starts)
             if move is None:
                 break
@@ -101,12 +115,14 @@ def _move(c: _Cluster, w: Workload, most: int, choose, max_starts: int | None
 
 def _run(name: str, workloads: list[Workload], nodes: list[Node], choose,
          prices: Prices | None = None, batch: bool = False,
-         max_starts: int | None = None) -> Result:
-    started = time.perf_counter()
-    c = _Cluster(workloads, nodes, prices)
+         max_starts: int | None = None, deadline: float = math.inf,
+         clock: Clock = time.perf_counter) -> Result:
+    started = clock()
+    c = _Cluster(workloads, nodes, prices, deadline, clock)
     placed = _place_all(c, {i: w.replicas for i, w in enumerate(workloads)}, choose,
                         max_starts, batch=batch)
-    return account(name, workloads, nodes, placed, time.perf_counter() - started)
+    note = "time limit: the rest left pending" if c.stopped else ""
+    return account(name, workloads, nodes, placed, clock() - started, note)
 
 
 def _fewest_bytes(c: _Cluster, w: Workload, ok: np.ndarray, room: np.ndarray) -> int:
@@ -128,20 +144,24 @@ def _least(c: _Cluster, cost: np.ndarray) -> int:
 
 
 def greedy(workloads: list[Workload], nodes: list[Node], prices: Prices | None = None,
-           max_starts: int | None = None) -> Result:
-    """Each replica where the fewest bytes are missing; ties to the tightest fit."""
+           max_starts: int | None = None, *, deadline: float = math.inf,
+           clock: Clock = time.perf_counter) -> Result:
+    """Each replica where the fewest bytes are missing; ties to the tightest fit. What is
+    not placed by ``deadline`` is left pending."""
     return _run("greedy", workloads, nodes, _fewest_bytes, prices, batch=True,
-                max_starts=max_starts)
+                max_starts=max_starts, deadline=deadline, clock=clock)
 
 
 def complete(workloads: list[Workload], nodes: list[Node], prices: Prices,
              placed: list[tuple[int, int, int]], todo: dict[int, int],
-             max_starts: int | None = None, widest_first: bool | None = True
+             max_starts: int | None = None, widest_first: bool | None = True, *,
+             deadline: float = math.inf, clock: Clock = time.perf_counter
              ) -> list[tuple[int, int, int]]:
     """``placed`` plus ``todo`` (workload index -> replicas) placed where the fewest bytes
     per replica are missing (``_fewest_bytes_each``; greedy's rule counts bytes per move),
-    widest or oldest workloads first; or (``widest_first=None``) cheapest first."""
-    c = _Cluster(workloads, nodes, prices)
+    widest or oldest workloads first; or (``widest_first=None``) cheapest first. What is
+    not placed by ``deadline`` is left pending."""
+    c = _Cluster(workloads, nodes, prices, deadline, clock)
     for i, n, k in placed:
         c.place(workloads[i], n, k)
     if widest_first is None:
@@ -166,7 +186,7 @@ def _cheapest_first(c: _Cluster, todo: dict[int, int], max_starts: int | None
     for i in left:
         by_image.setdefault(c.workloads[i].image, []).append(i)
     heap = [(-c.workloads[i].gpus, 0.0, i) for i in sorted(left)]
-    while heap:
+    while heap and not c.past_deadline():
         _, _, i = heapq.heappop(heap)
         if left.get(i, 0) <= 0:
             continue

@@ -7,6 +7,7 @@ import json
 from blobstore.errors import UsageError
 from blobstore.images import open_image
 from blobstore.nodereport import read_reports
+from blobstore.units import seconds
 from blobstore.url import open_store
 
 from .model import PlacementInputError, parse_workloads
@@ -32,7 +33,7 @@ def register(sub, common) -> None:
                         "age}; image is a manifest id or NAME:TAG (with --store)")
     p.add_argument("--nodes", metavar="FILE", help="JSON list of node reports (default: the "
                    "store's nodes/*.json)")
-    p.add_argument("--ttl", type=float, default=DEFAULT_TTL,
+    p.add_argument("--ttl", type=seconds(), default=DEFAULT_TTL,
                    help=f"ignore reports older than this many seconds (default {DEFAULT_TTL:g})")
     p.add_argument("--policy", choices=POLICIES, default="milp")
     p.set_defaults(func=cmd_place)

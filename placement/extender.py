@@ -18,7 +18,8 @@ keys are the capitalised field names), served at the root so that the scheduler'
 
 A pod names its thaw image with the annotation ``thaw.dev/image`` (``NAME:TAG`` or a
 manifest id), and the memory each GPU needs with ``thaw.dev/gpu-memory`` (``40G``); a pod
-without them is passed through with scores 0.
+without them is passed through with scores 0. The body's shape is checked once, at the
+edge (``extenderargs.parse``); these methods take the checked record.
 
 GPU pods are also placed jointly (``plan.py``): the extender remembers the pods it is asked
 about, and ``replan`` (every ``replan`` seconds, from a thread the command starts) places
@@ -39,60 +40,14 @@ import threading
 import time
 from collections.abc import Callable
 
+from .extenderargs import ANNOTATION, ExtenderArgs, pod_gpu_memory, pod_gpus
 from .model import Node
 from .plan import PendingPod, PendingPods, Plan, plan_pods
+from .view import StoreView
 
 log = logging.getLogger(__name__)
-ANNOTATION = "thaw.dev/image"
-GPU_MEMORY = "thaw.dev/gpu-memory"
-GPU = "nvidia.com/gpu"
 MAX_BODY = 16 << 20
 MAX_SCORE = 10
-
-
-def pod_gpus(pod: dict) -> int:
-    """GPUs the pod asks for: the sum over its containers of ``nvidia.com/gpu``."""
-    total = 0
-    for c in (pod.get("spec") or {}).get("containers") or []:
-        res = c.get("resources") or {}
-        value = (res.get("limits") or {}).get(GPU) or (res.get("requests") or {}).get(GPU) or 0
-        try:
-            total += int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"{GPU} of container {c.get('name')!r} is not a number") from None
-    return total
-
-
-def pod_gpu_memory(pod: dict) -> int:
-    """Bytes of memory each GPU needs free (annotation ``thaw.dev/gpu-memory``: 40G, 512M,
-    or bytes); 0 when not given."""
-    text = ((pod.get("metadata") or {}).get("annotations") or {}).get(GPU_MEMORY)
-    if not text:
-        return 0
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    t = str(text).strip().upper().removesuffix("I").removesuffix("B")
-    try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
-    except (ValueError, KeyError):
-        raise ValueError(f"annotation {GPU_MEMORY}={text!r} is not a size such as 40G") \
-            from None
-
-
-def pod_image(pod: dict) -> str | None:
-    return ((pod.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)
-
-
-def pod_uid(pod: dict) -> str:
-    meta = pod.get("metadata") or {}
-    return str(meta.get("uid") or f"{meta.get('namespace', 'default')}/{meta.get('name', '')}")
-
-
-def node_names(args: dict) -> tuple[list[str], bool]:
-    """The candidate node names, and whether they came as a NodeList (``Nodes``)."""
-    if args.get("Nodes") is not None:
-        items = (args["Nodes"] or {}).get("items") or []
-        return [(n.get("metadata") or {}).get("name", "") for n in items], True
-    return list(args.get("NodeNames") or []), False
 
 
 def filter_nodes(names: list[str], gpus: int, nodes: dict[str, Node],
@@ -124,41 +79,49 @@ def scores(names: list[str], image: str | None, image_bytes: int,
 
 
 class Extender:
-    """The store's view, cached: ``nodes()`` and ``image(ref)`` -> (manifest id, bytes)."""
+    """Answers ``filter`` and ``prioritize`` from the store's view (``view.StoreView``:
+    node reports and images, never waited on for long), and keeps the joint plan."""
 
     def __init__(self, reports: Callable[[], dict[str, Node]],
                  resolve: Callable[[str], tuple[str, int]], refresh: float = 5.0,
                  clock: Callable[[], float] = time.monotonic, replan: float = 5.0) -> None:
-        self._reports, self._resolve, self.refresh, self._clock = reports, resolve, refresh, clock
-        self._nodes: dict[str, Node] = {}
-        self._at = -1e18
-        self._images: dict[str, tuple[float, tuple[str, int]]] = {}
+        self.view = StoreView(reports, resolve, refresh=refresh, clock=clock)
+        self._clock = clock
         self._lock = threading.Lock()
         self.replan_every, self.stale = replan, 3 * replan
         self.pending = PendingPods()
         self.plan = Plan()
 
-    def _note(self, pod: dict) -> PendingPod | None:
+    def nodes(self) -> dict[str, Node]:
+        return self.view.nodes()
+
+    def image(self, ref: str) -> tuple[str, int]:
+        return self.view.image(ref)
+
+    def _note(self, args: ExtenderArgs) -> PendingPod | None:
         """Remember a GPU pod with a thaw image (for the joint plan); None for others."""
-        ref, gpus = pod_image(pod), pod_gpus(pod)
+        ref, gpus = args.annotation(ANNOTATION), pod_gpus(args)
         if not ref or not gpus or self.replan_every <= 0:  # (0: no joint plan, keep none)
             return None
         try:
             mid, size = self.image(ref)
         except Exception:  # noqa: BLE001 - an unknown image: scored on its own, said there
             return None
-        seen = PendingPod(pod_uid(pod), mid, size, gpus, pod_gpu_memory(pod))
+        seen = PendingPod(args.uid(), mid, size, gpus, pod_gpu_memory(args))
         with self._lock:
             self.pending.seen(seen, self._clock())
         return seen
 
     def replan(self, time_limit: float = 2.0) -> Plan:
         """Place every pod asked about lately, together; the plan that ``filter`` and
-        ``prioritize`` follow until it is ``stale``."""
-        nodes = list(self.nodes().values())
+        ``prioritize`` follow until it is ``stale``. ``time_limit`` bounds the placement;
+        the snapshot's prices are built before it, once per snapshot."""
+        snap = self.view.snapshot()
         with self._lock:
             pods = self.pending.current(self._clock())
-        plan = plan_pods(pods, nodes, self._clock(), time_limit=time_limit)
+        prices = snap.prices({p.image for p, _ in pods}) if pods and snap.nodes else None
+        plan = plan_pods(pods, list(snap.nodes.values()), self._clock(),
+                         time_limit=time_limit, prices=prices)
         with self._lock:
             self.plan = plan
         if pods:
@@ -170,44 +133,24 @@ class Extender:
         with self._lock:
             return self.plan if self._clock() - self.plan.at <= self.stale else None
 
-    def nodes(self) -> dict[str, Node]:
-        with self._lock:
-            if self._clock() - self._at >= self.refresh:
-                try:
-                    self._nodes = self._reports()
-                except Exception as exc:  # noqa: BLE001 - keep the last view, say why
-                    log.warning("node reports not read, using the last ones: %s", exc)
-                self._at = self._clock()
-            return self._nodes
-
-    def image(self, ref: str) -> tuple[str, int]:
-        with self._lock:
-            hit = self._images.get(ref)
-            if hit and self._clock() - hit[0] < 30:
-                return hit[1]
-        got = self._resolve(ref)
-        with self._lock:
-            self._images[ref] = (self._clock(), got)
-        return got
-
-    def filter(self, args: dict) -> dict:
-        names, as_list = node_names(args)
+    def filter(self, args: ExtenderArgs) -> dict:
+        """``ExtenderFilterResult``. A pod whose values thaw cannot use (a GPU count that is
+        no number) passes every node, with the reason in ``Error``."""
+        names = list(args.names)
         try:
-            pod = args.get("Pod") or {}
-            nodes = self.nodes()
-            failed = filter_nodes(names, pod_gpus(pod), nodes, pod_gpu_memory(pod))
-            if self._note(pod) is not None:
-                failed.update(self._kept(pod_uid(pod), pod_gpus(pod), names, nodes, failed))
+            gpus, nodes = pod_gpus(args), self.nodes()
+            failed = filter_nodes(names, gpus, nodes, pod_gpu_memory(args))
+            if self._note(args) is not None:
+                failed.update(self._kept(args.uid(), gpus, names, nodes, failed))
+            error = ""
         except ValueError as exc:
-            return {"Nodes": None, "NodeNames": None, "FailedNodes": {},
-                    "FailedAndUnresolvableNodes": {}, "Error": str(exc)}
+            failed, error = {}, str(exc)
         keep = [n for n in names if n not in failed]
-        result = {"FailedNodes": failed, "FailedAndUnresolvableNodes": {}, "Error": ""}
-        if as_list:
-            items = [n for n in (args["Nodes"] or {}).get("items") or []
-                     if (n.get("metadata") or {}).get("name") in keep]
-            return {"Nodes": {**(args["Nodes"] or {}), "items": items}, "NodeNames": None,
-                    **result}
+        result = {"FailedNodes": failed, "FailedAndUnresolvableNodes": {}, "Error": error}
+        if args.node_list is not None:
+            items = [item for item, name in zip(args.node_list["items"], names, strict=True)
+                     if name in keep]
+            return {"Nodes": {**args.node_list, "items": items}, "NodeNames": None, **result}
         return {"Nodes": None, "NodeNames": keep, **result}
 
     def _kept(self, uid: str, gpus: int, names: list[str], nodes: dict[str, Node],
@@ -226,21 +169,20 @@ class Extender:
                              f"GPUs for other pending pods; this pod is planned on {mine}")
         return out
 
-    def prioritize(self, args: dict) -> list[dict]:
-        names, _ = node_names(args)
-        pod = args.get("Pod") or {}
-        ref = pod_image(pod)
+    def prioritize(self, args: ExtenderArgs) -> list[dict]:
+        names = list(args.names)
+        ref = args.annotation(ANNOTATION)
         if not ref:
             return scores(names, None, 0, {})
         try:
             mid, size = self.image(ref)
-            self._note(pod)
+            self._note(args)
         except Exception as exc:  # noqa: BLE001 - an unknown image scores 0 everywhere
-            log.warning("pod image %s: %s; scoring every node 0", ref, exc)
+            log.warning("pod image %s: %s; scoring every node 0", ref[:200], exc)
             return scores(names, None, 0, {})
         alone = scores(names, mid, size, self.nodes())
         plan = self._fresh_plan()
-        planned = plan.node_of.get(pod_uid(pod)) if plan else None
+        planned = plan.node_of.get(args.uid()) if plan else None
         if planned is None:
             return alone
         return [{"Host": s["Host"], "Score": MAX_SCORE if s["Host"] == planned

@@ -8,7 +8,7 @@ that cost the most, and moves every replica of that image off the node when the 
 take them (already paying for the image first, then the cheapest others) cost less than the
 fetch it saves. Every move keeps GPUs, GPU memory, model and ``max_starts`` within bounds,
 and never leaves a replica unplaced, so the plan's pending count is unchanged and its bytes
-only go down. Pure; stops at ``deadline`` (``time.perf_counter()``).
+only go down. Pure; stops at ``deadline`` on ``clock`` (``time.perf_counter``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from .prices import Prices
 
 
 def consolidate(workloads: list[Workload], prices: Prices, placed: list[tuple[int, int, int]],
-                max_starts: int | None = None, deadline: float = float("inf")
+                max_starts: int | None = None, deadline: float = float("inf"),
+                clock=time.perf_counter
                 ) -> list[tuple[int, int, int]]:
     free = prices.free.astype(np.int64).copy()
     starts = np.zeros(len(free), np.int64)
@@ -43,7 +44,7 @@ def consolidate(workloads: list[Workload], prices: Prices, placed: list[tuple[in
     pairs = sorted(((missing[img][n], img, n) for img, h in holders.items()
                     for n in np.flatnonzero(h).tolist() if missing[img][n] > 0), reverse=True)
     for saving, img, n in pairs:
-        if time.perf_counter() > deadline:
+        if clock() > deadline:
             break
         members = [(c, on[(c, n)]) for c in images[img] if on.get((c, n), 0)]
         moves = _relocate(workloads, members, n, free, starts, holders[img], missing[img],

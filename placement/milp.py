@@ -43,7 +43,10 @@ more of it, the replicas there moving out to make room, when that fetches less (
 load every such node is full; 1,000x200 tight, median of three seeds: 709 -> 390 GiB). A
 solver without a solution, or a result worse than plain greedy's (more pending, or as many
 and more bytes), returns greedy's: the policy is never worse than its baseline.
-``time_limit`` bounds the whole call. ``max_starts`` caps new replicas per node.
+``time_limit`` bounds the whole call on ``clock``, greedy's baseline and every completion
+included (each leaves what it has not placed by then pending); the ``Prices`` of a report
+snapshot may be passed in, built once per snapshot outside the limit (at 10,000 nodes they
+were half of it). ``max_starts`` caps new replicas per node.
 ``lower_bound`` prices rest arcs at a bound instead, so its relaxation's optimum bounds the
 bytes of any placement (that leaves at most so many replicas pending): how far from the
 best a policy is; ``best_known`` solves the integer program itself for minutes, to say how
@@ -221,15 +224,21 @@ class _Model:
 
 def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
           max_starts: int | None = None, time_limit: float = 2.0,
-          exact: bool | None = None) -> Result:
+          exact: bool | None = None, prices: Prices | None = None,
+          clock=time.perf_counter) -> Result:
     """Place ``workloads`` on ``nodes``; see the module docstring. ``exact``: solve the
     integer program (default: when the model is small), else its LP relaxation.
-    ``time_limit`` bounds the whole call, not only the solver."""
-    started = time.perf_counter()
+    ``time_limit`` bounds the whole call, not only the solver. ``prices``: those of
+    ``nodes`` (in that order) for at least the workloads' images."""
+    started = clock()
+    # Its stages stop a little short of the limit: the last plan is still to be accounted
+    # for and compared (at 10,000 nodes a round overran 5 s by 10 ms without this).
+    deadline = started + time_limit - min(0.1, time_limit / 20)
     if not workloads:
-        return Result("milp", [], {}, time.perf_counter() - started, "nothing to place")
+        return Result("milp", [], {}, clock() - started, "nothing to place")
     workloads = [workloads[i] for i in order(workloads)]
-    prices = Prices(nodes, {w.image for w in workloads})
+    if prices is None:
+        prices = Prices(nodes, {w.image for w in workloads})
     if exact is None:
         exact = len(workloads) * len(nodes) <= EXACT_CELLS
     fits = fits_matrix(workloads, prices)
@@ -243,57 +252,62 @@ def solve(workloads: list[Workload], nodes: list[Node], *, burst: bool = True,
                                                     budget=WIDE_BUDGET), burst, max_starts,
                       False)
     with ThreadPoolExecutor(2) as pool:  # HiGHS releases the GIL while it solves
-        baseline = pool.submit(greedy, workloads, nodes, prices, max_starts)
         # What is left of the budget, less what rounding and completing take after it.
-        left = time_limit - (time.perf_counter() - started)
+        left = deadline - clock()
         limit = max(0.05, left - 0.1 - left / 5)
+        baseline = pool.submit(greedy, workloads, nodes, prices, max_starts,
+                               deadline=clock() + limit, clock=clock)
         wider = None if wide is None else pool.submit(wide.solve, False, limit)
         res = model.solve(exact, limit)
         fallback = baseline.result()
         wider = None if wider is None else wider.result()
     if res.x is None:
         fallback.policy, fallback.note = "milp", f"solver: {res.message}; greedy used"
-        fallback.seconds = time.perf_counter() - started
+        fallback.seconds = clock() - started
         return fallback
     plans = [(model.decode(res.x), ("optimal" if res.status == 0 else
                                     "time limit: best solution found") if exact
               else "LP relaxation, rounded")]
     if wider is not None and wider.x is not None:
         plans.append((wide.decode(wider.x), "LP relaxation with more arcs, rounded"))
-    left = time_limit - (time.perf_counter() - started)
+    left = deadline - clock()
     if not exact and max_starts is None and left > 2 * (time_limit - left):
         # Time for a second relaxation of what the first left to the greedy rule, with
         # the first's placements started (their images on their nodes, their GPUs taken).
         again = _again(workloads, prices, *plans[0][0], burst, left / 2)
         if again is not None:
             plans.append((again, "LP relaxation, rounded, twice"))
-    deadline = started + time_limit
     tries, took, counting = [], 0.0, 0.0  # (result, placements); a try's, an account's time
     # Cheapest first costs ~4x the others (a move re-priced per placement): at 1,000
     # workloads it improved nothing and pushed the 2 s call past its limit.
     orders = (True, False, None) if len(workloads) <= CHEAPEST_FIRST_MAX else (True, False)
     for (placed, elsewhere, pending), note in plans:
         for widest in orders:
-            begun = time.perf_counter()
+            begun = clock()
             if tries and begun + took > deadline:  # the first is owed; the others, if time
                 break
-            done = complete(workloads, nodes, prices, placed, elsewhere, max_starts, widest)
-            done = complete(workloads, nodes, prices, done, pending, max_starts, widest)
-            counted = time.perf_counter()
+            # Each completion stops at the deadline, less what accounting for it takes.
+            until = {"deadline": deadline - counting, "clock": clock}
+            done = complete(workloads, nodes, prices, placed, elsewhere, max_starts, widest,
+                            **until)
+            done = complete(workloads, nodes, prices, done, pending, max_starts, widest,
+                            **until)
+            counted = clock()
             tries.append((account("milp", workloads, nodes, done, 0.0, note), done))
-            now = time.perf_counter()
+            now = clock()
             took, counting = max(took, now - begun), now - counted
     best, done = min(tries, key=lambda t: (t[0].pending_replicas, t[0].bytes_to_fetch))
-    if time.perf_counter() + counting < deadline:  # the best plan, costliest fetches undone
-        better = consolidate(workloads, prices, done, max_starts, deadline - counting)
+    if clock() + counting < deadline:  # the best plan, costliest fetches undone
+        better = consolidate(workloads, prices, done, max_starts, deadline - counting,
+                             clock=clock)
         tries.append((account("milp", workloads, nodes, better, 0.0,
                               best.note + ", consolidated"), better))
-        if max_starts is None and time.perf_counter() + counting < deadline:
-            better = rehome(workloads, prices, better, deadline - counting)
+        if max_starts is None and clock() + counting < deadline:
+            better = rehome(workloads, prices, better, deadline - counting, clock=clock)
             tries.append((account("milp", workloads, nodes, better, 0.0,
                                   best.note + ", consolidated, rehomed"), better))
     result = min((r for r, _ in tries), key=lambda r: (r.pending_replicas, r.bytes_to_fetch))
-    result.seconds = time.perf_counter() - started
+    result.seconds = clock() - started
     if (fallback.pending_replicas, fallback.bytes_to_fetch) < (result.pending_replicas,
                                                                result.bytes_to_fetch):
         fallback.policy, fallback.note = "milp", "greedy was better; greedy used"

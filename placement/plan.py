@@ -60,8 +60,9 @@ class Plan:
 
 
 def plan_pods(pods: list[tuple[PendingPod, float]], nodes: list[Node], now: float, *,
-              time_limit: float = 2.0) -> Plan:
-    """One node per pod that the MILP places (pods it leaves pending are not in the plan)."""
+              time_limit: float = 2.0, prices=None) -> Plan:
+    """One node per pod that the MILP places (pods it leaves pending are not in the plan).
+    ``prices``: the report snapshot's (``view.Snapshot.prices``), built outside the limit."""
     groups: dict[tuple, list[tuple[float, str]]] = {}
     for pod, first in pods:
         key = (pod.image, pod.image_bytes, pod.gpus, pod.gpu_memory)
@@ -79,7 +80,7 @@ def plan_pods(pods: list[tuple[PendingPod, float]], nodes: list[Node], now: floa
         return plan
     from .milp import solve  # scipy: only the extender's planning thread pays its import
 
-    result = solve(workloads, nodes, time_limit=time_limit)
+    result = solve(workloads, nodes, time_limit=time_limit, prices=prices)
     plan.note = result.note
     queues = {f"g{i}": [uid for _, uid in groups[key]] for i, key in enumerate(keys)}
     gpus = {f"g{i}": key[2] for i, key in enumerate(keys)}

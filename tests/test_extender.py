@@ -16,7 +16,8 @@ import pytest
 from blobstore.images import open_image
 from blobstore.local import LocalStore
 from blobstore.nodereport import build_report, write_report
-from placement.extender import filter_nodes, pod_gpus, scores
+from placement.extender import filter_nodes, scores
+from placement.extenderargs import parse, pod_gpus
 from placement.model import Node
 
 from .conftest import REPO
@@ -41,7 +42,7 @@ def test_nodes_short_of_gpus_fail_and_unknown_nodes_pass():
     nodes = {"a": Node("a", "H200", 1, 1), "b": Node("b", "H200", 4, 1)}
     assert filter_nodes(["a", "b", "x"], 2, nodes) == {
         "a": "thaw: 1 free GPUs reported, the pod needs 2"}
-    assert pod_gpus(pod(gpus=2)) == 2 and pod_gpus(pod()) == 0
+    assert pod_gpus(parse({"Pod": pod(gpus=2)})) == 2 and pod_gpus(parse({"Pod": pod()})) == 0
 
 
 @contextmanager
@@ -52,7 +53,11 @@ def extender(store: str, *options: str, env: dict | None = None):
                              "extender", "--listen", f"127.0.0.1:{port}"], cwd=REPO,
                             env=env or dict(os.environ), stderr=subprocess.PIPE, text=True)
     try:
-        assert "scheduler extender" in proc.stderr.readline()
+        for _ in range(20):  # a dead store is warned about first
+            line = proc.stderr.readline()
+            if "scheduler extender" in line or not line:
+                break
+        assert "scheduler extender" in line, line
         yield port
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -101,7 +106,7 @@ def test_the_extender_answers_the_scheduler_from_node_reports(thaw, rich_tree, s
         status, result = post(port, "/filter", json.dumps(
             {"Pod": {"spec": {"containers": [{"resources": {"limits": {
                 "nvidia.com/gpu": "many"}}}]}}, "NodeNames": ["a"]}).encode())
-        assert status == 200 and "not a number" in result["Error"]
+        assert status == 200 and "not a whole number" in result["Error"]
 
 
 def v1_pod(image: str | None, gpus: int, gpu_memory: str | None = None) -> dict:
@@ -211,30 +216,86 @@ def test_pods_pending_together_are_placed_jointly_and_a_stale_plan_falls_back():
     px, py = a_pod("x", "uid-x"), a_pod("y", "uid-y")
     names = {"NodeNames": ["a", "b"]}
     for p in (px, py):  # the scheduler asks about both; each fits both nodes
-        assert ext.filter({"Pod": p, **names})["NodeNames"] == ["a", "b"]
-    assert ext.prioritize({"Pod": px, **names}) == [{"Host": "a", "Score": 10},
+        assert ext.filter(parse({"Pod": p, **names}))["NodeNames"] == ["a", "b"]
+    assert ext.prioritize(parse({"Pod": px, **names})) == [{"Host": "a", "Score": 10},
                                                     {"Host": "b", "Score": 10}]
     plan = ext.replan()
     assert plan.node_of == {"uid-x": "b", "uid-y": "a"}
-    out = ext.filter({"Pod": px, **names})
+    out = ext.filter(parse({"Pod": px, **names}))
     assert out["NodeNames"] == ["b"] and "planned on b" in out["FailedNodes"]["a"]
-    assert ext.prioritize({"Pod": px, **names}) == [{"Host": "a", "Score": 9},
+    assert ext.prioritize(parse({"Pod": px, **names})) == [{"Host": "a", "Score": 9},
                                                     {"Host": "b", "Score": 10}]
-    assert ext.filter({"Pod": py, **names})["NodeNames"] == ["a"]  # b's GPU is x's
-    assert ext.prioritize({"Pod": py, **names}) == [{"Host": "a", "Score": 10},
+    assert ext.filter(parse({"Pod": py, **names}))["NodeNames"] == ["a"]  # b's GPU is x's
+    assert ext.prioritize(parse({"Pod": py, **names})) == [{"Host": "a", "Score": 10},
                                                     {"Host": "b", "Score": 0}]
     clock.now += ext.stale + 1  # no plan since: each pod on its own again
-    assert ext.filter({"Pod": px, **names})["NodeNames"] == ["a", "b"]
-    assert ext.prioritize({"Pod": px, **names})[0] == {"Host": "a", "Score": 10}
+    assert ext.filter(parse({"Pod": px, **names}))["NodeNames"] == ["a", "b"]
+    assert ext.prioritize(parse({"Pod": px, **names}))[0] == {"Host": "a", "Score": 10}
     clock.now += ext.pending.forget + 1  # neither asked about since: forgotten
     assert ext.replan().node_of == {}
     other = a_pod("x", "uid-z")  # a pod that is not in the plan is scored on its own
-    ext.filter({"Pod": px, **names})
+    ext.filter(parse({"Pod": px, **names}))
     ext.replan()
-    assert ext.prioritize({"Pod": other, **names})[0]["Score"] == 10
+    assert ext.prioritize(parse({"Pod": other, **names}))[0]["Score"] == 10
     off = Extender(lambda: nodes, lambda ref: (ref.split(":")[0], 10 * gib), clock=clock,
                    replan=0)  # --replan 0: each pod on its own, none remembered
     for p in (px, py):
-        assert off.filter({"Pod": p, **names})["NodeNames"] == ["a", "b"]
+        assert off.filter(parse({"Pod": p, **names}))["NodeNames"] == ["a", "b"]
     assert not off.pending.pods and off.replan().node_of == {}
-    assert off.prioritize({"Pod": px, **names})[1] == {"Host": "b", "Score": 10}
+    assert off.prioritize(parse({"Pod": px, **names}))[1] == {"Host": "b", "Score": 10}
+
+
+def _gpus(value) -> dict:
+    return {"Pod": {"spec": {"containers": [{"resources": {"limits": {"nvidia.com/gpu": value}}}]}},
+            "NodeNames": ["a", "b"]}
+
+
+def _memory(text: str) -> dict:
+    return {"Pod": {"metadata": {"annotations": {"thaw.dev/gpu-memory": text}}, "spec": {
+        "containers": [{"resources": {"limits": {"nvidia.com/gpu": "1"}}}]}},
+        "NodeNames": ["a", "b"]}
+
+
+WRONG_SHAPES = [
+    b'{"Pod":[1]}', b'{"Nodes":[1,2]}', b'{"Pod":NaN}', b'{"Pod":Infinity}',
+    b'{"NodeNames":"abc"}', b"[" * 100_000 + b"]" * 100_000, b'{"NodeNames":[1]}',
+    b'{"Nodes":{"items":"abc"}}', b'{"Nodes":{"items":[{"metadata":{"name":1}}]}}',
+    b'{"Nodes":{"items":[{"metadata":null}]}}', b'{"Pod":{"metadata":"x"}}',
+    b'{"Pod":{"metadata":{"annotations":{"thaw.dev/image":5}}}}',
+    b'{"Pod":{"spec":{"containers":{"a":1}}}}', b'{"Pod":{"spec":{"containers":[7]}}}',
+    b'{"Pod":{"metadata":{"uid":["x"]}}}', b"\xff\xfe{}",
+    json.dumps(_gpus([1])).encode(), json.dumps(_gpus(True)).encode(),
+]
+UNUSABLE_VALUES = [
+    json.dumps(_gpus("X")).replace('"X"', "1e999").encode(), json.dumps(_gpus("-1")).encode(),
+    json.dumps(_gpus(1.5)).encode(), json.dumps(_gpus("9" * 5000)).encode(),
+    json.dumps(_memory("9" * 5000)).encode(), json.dumps(_memory("9" * 5000 + "G")).encode(),
+    json.dumps(_memory("lots")).encode(), json.dumps(_memory("nan")).encode(),
+]
+
+
+def test_a_body_of_the_wrong_shape_is_a_400_and_a_value_thaw_cannot_use_passes_every_node(
+        store_url):
+    """Never a dropped connection or a traceback: the issue's ~15 hostile bodies."""
+    port = free_ports(1)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "thaw", "--store", store_url, "extender",
+                             "--listen", f"127.0.0.1:{port}"], cwd=REPO,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert "scheduler extender" in proc.stderr.readline()
+        for body in WRONG_SHAPES:
+            for path in ("/filter", "/prioritize"):
+                status, result = post(port, path, body)
+                assert status == 400 and result["Error"], (body[:60], result)
+                assert "\n" not in result["Error"] and len(result["Error"]) < 300
+        for body in UNUSABLE_VALUES:
+            status, result = post(port, "/filter", body)
+            assert status == 200 and result["NodeNames"] == ["a", "b"], (body[:60], result)
+            assert result["FailedNodes"] == {} and result["Error"], result
+            status, result = post(port, "/prioritize", body)
+            assert status == 200 and result == [{"Host": "a", "Score": 0},
+                                                {"Host": "b", "Score": 0}]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    assert "Traceback" not in proc.stderr.read()

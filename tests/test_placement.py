@@ -109,14 +109,22 @@ def test_simulated_clusters_capacity_and_pending(seed, load):
         results["solve"].pending_replicas < results["greedy"].pending_replicas)
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_lower_bound_is_below_every_policy(seed):
-    work, nodes = make_cluster(120, 40, load="normal", seed=seed)
+def assert_bound_below_every_policy(work, nodes) -> int:
+    """Each policy's bytes are at least the lower bound for the replicas it left pending
+    (a bound of 0 or a policy let off for leaving some pending would prove nothing)."""
     bound = lower_bound(work, nodes)
-    assert bound is not None
+    assert bound, "a cluster where nothing need be fetched cannot test a bound"
     for policy in POLICIES:
         r = policy(work, nodes)
-        assert r.pending_replicas > 0 or bound <= r.bytes_to_fetch, policy.__name__
+        own = lower_bound(work, nodes, pending=r.pending) if r.pending_replicas else bound
+        assert own is not None and own <= r.bytes_to_fetch, policy.__name__
+    return bound
+
+
+@pytest.mark.parametrize("seed", [1, 4])
+def test_lower_bound_is_below_every_policy(seed):
+    work, nodes = make_cluster(120, 40, load="normal", seed=seed)
+    bound = assert_bound_below_every_policy(work, nodes)
     relaxed = solve(work, nodes, exact=False)  # the relaxation path on the same cluster
     assert relaxed.pending_replicas <= greedy(work, nodes).pending_replicas
     assert bound <= relaxed.bytes_to_fetch <= greedy(work, nodes).bytes_to_fetch
@@ -139,7 +147,8 @@ def test_a_relaxation_with_more_arcs_is_valid_and_no_worse_than_the_one_without(
     work, nodes = make_cluster(300, 80, load="tight", seed=1)  # where more arcs win
     # The relaxations' plans, compared before the local search that follows both (which
     # may land a worse start on a better local optimum).
-    monkeypatch.setattr(placement.milp, "rehome", lambda work, prices, placed, deadline: placed)
+    monkeypatch.setattr(placement.milp, "rehome",
+                        lambda work, prices, placed, deadline, clock=None: placed)
     r = solve(work, nodes, exact=False)  # account() inside checks every node's capacity
     assert r.note.startswith("LP relaxation with more arcs")
     monkeypatch.setattr(placement.milp, "WIDE_CELLS", 0)
@@ -326,11 +335,7 @@ def test_the_bounds_rest_arcs_charge_a_replica_its_gpus_share_of_a_fetch():
 
 def test_lower_bound_is_below_every_policy_where_rest_arcs_stand_for_nodes():
     work, nodes = make_cluster(400, 150, load="normal", seed=4)  # past the exact size
-    bound = lower_bound(work, nodes)
-    assert bound is not None
-    for policy in POLICIES:
-        r = policy(work, nodes)
-        assert r.pending_replicas > 0 or bound <= r.bytes_to_fetch, policy.__name__
+    assert_bound_below_every_policy(work, nodes)
 
 
 def test_solver_time_limit_still_gives_a_valid_answer():
@@ -371,7 +376,8 @@ def test_a_time_limit_spent_before_the_optional_tries_skips_them(monkeypatch):
     work, nodes = make_cluster(200, 40, load="normal", seed=1)
     calls = []
     real = milp.complete
-    monkeypatch.setattr(milp, "complete", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(milp, "complete",
+                        lambda *a, **k: calls.append(a[-1]) or real(*a, **k))
     r = solve(work, nodes, time_limit=1e-4, exact=False)
     assert calls in ([True, True], [])  # one try (two steps), or greedy's fallback
     assert "consolidated" not in r.note
@@ -448,3 +454,86 @@ def test_best_known_lies_between_the_bound_and_every_policy():
     assert bound <= proof + GB // 100 and proof <= found + GB // 100
     assert found <= r.bytes_to_fetch + GB // 100
     assert best_known([wl("big", "img", gpus=8)], [node("a", free=4)]) is None
+
+
+class StepClock:
+    """A clock that moves ``step`` seconds each time it is read (thread-safe): work that
+    reads it as it goes runs out of time after so many steps, whatever the machine."""
+
+    def __init__(self, step: float) -> None:
+        import threading
+
+        self.step, self.now, self._lock = step, 0.0, threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            self.now += self.step
+            return self.now
+
+
+def test_greedy_stops_at_its_deadline_and_leaves_the_rest_pending():
+    work, cluster = make_cluster(100, 50, load="normal", seed=0)
+    full = greedy(work, cluster)
+    assert full.note == "" and full.pending_replicas == 0
+    clock = StepClock(1.0)
+    r = greedy(work, cluster, deadline=10.0, clock=clock)
+    assert r.note.startswith("time limit") and r.pending_replicas > 0
+    assert sum(a.replicas for a in r.assignments) < sum(w.replicas for w in work)
+    assert clock.now <= 10.0 + 2 * clock.step  # the check, then the result's own reading
+
+
+@pytest.mark.parametrize("nodes, workloads", [(100, 50), (1000, 200)])
+def test_solve_stops_at_its_deadline_greedy_and_completion_included(nodes, workloads):
+    """Every stage reads the clock: on one that moves a millisecond a reading, a 2 s limit
+    is ~2,000 readings, far fewer than placing every replica one at a time takes."""
+    work, cluster = make_cluster(nodes, workloads, load="tight", seed=0)
+    clock = StepClock(0.001)
+    r = solve(work, cluster, time_limit=2.0, clock=clock)
+    assert r.seconds <= 2.0 + 10 * clock.step  # a reading past it, then the result's own
+    assert clock.now <= 2.0 + 10 * clock.step  # the greedy thread's readings included
+
+
+def test_solve_takes_a_snapshots_prices_built_before_it():
+    from placement.prices import Prices
+
+    work, cluster = make_cluster(100, 50, load="normal", seed=0)
+    prices = Prices(cluster)  # every image the reports name, as a snapshot's
+    assert solve(work, cluster, prices=prices).bytes_to_fetch == solve(
+        work, cluster).bytes_to_fetch
+
+
+@pytest.mark.allow_log_warnings  # the image it could not resolve in time, said
+def test_a_slow_store_never_holds_up_a_request():
+    """The first snapshot is waited for; later ones are read in the background while
+    requests answer from the last; an image the store is slow to resolve is scored 0."""
+    import threading
+
+    from placement.extender import Extender
+    from placement.extenderargs import parse
+
+    now = [0.0]
+    held, calls = threading.Event(), []
+
+    def reports():
+        calls.append(1)
+        if len(calls) > 1:
+            held.wait(30)
+        return {"a": node("a", cached={"img": 10 * GB})}
+
+    def resolve(ref):
+        held.wait(30)
+        return "img", 10 * GB
+
+    ext = Extender(reports, resolve, clock=lambda: now[0])
+    ext.view.wait = 0.05
+    assert list(ext.nodes()) == ["a"]
+    now[0] += 60  # stale: read again, in the background, which hangs
+    assert list(ext.nodes()) == ["a"] and list(ext.nodes()) == ["a"]
+    args = parse({"Pod": {"metadata": {"annotations": {"thaw.dev/image": "x:1"}}},
+                  "NodeNames": ["a"]})
+    assert ext.prioritize(args) == [{"Host": "a", "Score": 0}]  # not resolved in time
+    held.set()
+    deadline = time.monotonic() + 30
+    while ext.prioritize(args) != [{"Host": "a", "Score": 10}]:
+        assert time.monotonic() < deadline
+    assert len(calls) == 2  # one read in the background, not one per request

@@ -2,9 +2,12 @@
 ``placement.extender.Extender``: ``POST /filter``, ``POST /prioritize``, ``GET /healthz``.
 
 ``http.server``, a thread per request, bodies bounded, a client that stops sending dropped
-after 30 s. Every answer is well-formed JSON: a body that does not parse is a 400 with the
-protocol's ``Error`` field; what goes wrong inside (a store that is down) is logged and
-answered so that the pod schedules as if thaw were not there.
+after 30 s. Every answer is well-formed JSON: a body that is not strict JSON (``NaN``,
+nesting past the parser's depth) or not ``ExtenderArgs`` in shape
+(``placement.extenderargs``) is a 400 whose ``Error`` says what is wrong in one line; what
+goes wrong inside (a store that is down) is logged and answered so that the pod schedules
+as if thaw were not there; a bug is a 500 with its traceback in the log, never a dropped
+connection.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ import threading
 import time
 
 from blobstore.errors import UsageError
+from blobstore.units import seconds
 from placement.extender import MAX_BODY, Extender
+from placement.extenderargs import BadRequest, ExtenderArgs, parse
 from placement.reports import DEFAULT_TTL
 
 log = logging.getLogger(__name__)
@@ -50,24 +55,43 @@ def make_handler(extender: Extender):
             if not 0 < length <= MAX_BODY:
                 self._send(400, {"Error": f"a JSON body of 1 to {MAX_BODY} bytes is required"})
                 return
+            route = {"/filter": extender.filter, "/prioritize": extender.prioritize}.get(
+                self.path.rstrip("/"))
             try:
-                args = json.loads(self.rfile.read(length))
-                if not isinstance(args, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                self._send(400, {"Error": f"ExtenderArgs is not valid JSON: {exc}"})
+                args = read_args(self.rfile.read(length))
+            except BadRequest as exc:
+                self._send(400, {"Error": str(exc)})
                 return
-            if self.path.rstrip("/") == "/filter":
-                self._send(200, extender.filter(args))
-            elif self.path.rstrip("/") == "/prioritize":
-                self._send(200, extender.prioritize(args))
-            else:
+            if route is None:
                 self._send(404, {"Error": "POST /filter or /prioritize"})
+                return
+            try:
+                answer = route(args)
+            except Exception:  # noqa: BLE001 - a bug: said in the log, answered, not dropped
+                log.exception("%s failed", self.path)
+                self._send(500, {"Error": "thaw's extender failed (a bug; its log says why)"})
+                return
+            self._send(200, answer)
 
         def log_message(self, fmt, *a):
             log.debug("%s " + fmt, self.address_string(), *a)
 
     return Handler
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def read_args(body: bytes) -> ExtenderArgs:
+    """The request body as ``ExtenderArgs``; BadRequest (one line) if it is not."""
+    try:
+        doc = json.loads(body, parse_constant=_no_constant)
+    except RecursionError:
+        raise BadRequest("ExtenderArgs is nested too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError too
+        raise BadRequest(f"ExtenderArgs is not valid JSON: {str(exc)[:200]}") from None
+    return parse(doc)
 
 
 def serve(extender: Extender, host: str, port: int, on_ready=lambda: None) -> None:
@@ -89,9 +113,9 @@ def register(sub, common) -> None:
                                    "v1) from the store's node reports; pods name their image "
                                    "with the annotation thaw.dev/image.")
     p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen")
-    p.add_argument("--ttl", type=float, default=DEFAULT_TTL,
+    p.add_argument("--ttl", type=seconds(), default=DEFAULT_TTL,
                    help=f"ignore reports older than this many seconds (default {DEFAULT_TTL:g})")
-    p.add_argument("--replan", type=float, default=5.0, metavar="SECONDS",
+    p.add_argument("--replan", type=seconds(positive=False), default=5.0, metavar="SECONDS",
                    help="place the GPU pods asked about lately jointly, this often (default "
                         "5; 0: score each pod on its own)")
     p.set_defaults(func=cmd_extender)
@@ -131,9 +155,8 @@ def cmd_extender(args, console) -> int:
         mid, manifest = open_image(objects, ref)
         return mid, sum({c.id: c.size for c in manifest.chunks}.values())
 
-    if args.replan < 0:
-        raise UsageError("--replan must be 0 (off) or a number of seconds")
     extender = Extender(reports, resolve, replan=args.replan)
+    extender.nodes()  # the first snapshot, read before the scheduler may ask
     if args.replan > 0:
         keep_planning(extender, args.replan)
     try:
