@@ -12,6 +12,7 @@ from .errors import BlobCorrupt, BlobNotFound, UsageError
 from .images import open_image
 from .manifest import Manifest
 from .refs import Refs
+from .units import seconds
 from .url import open_store
 
 
@@ -49,7 +50,8 @@ def register(sub, common) -> None:
                                    "them at a later run, at least the grace after.")
     p.add_argument("--grace", default=None, metavar="DURATION",
                    help="how old an unreferenced object must be, and how long it stays "
-                        "condemned before it is deleted (default 24h; e.g. 90m, 2d)")
+                        "condemned before it is deleted: seconds, or with a unit (s, m, h, "
+                        "d), at most 365d (default 24h)")
     p.add_argument("--force", action="store_true", help="allow a grace under 1h (tests)")
     p.add_argument("--dry-run", action="store_true",
                    help="say what would be condemned and deleted; change nothing")
@@ -71,7 +73,7 @@ def register(sub, common) -> None:
                         "ask for is read and verified once (default 256M; 0: none)")
     p.add_argument("--in-flight", type=int, default=64, metavar="N",
                    help="blob requests answered at once (default 64)")
-    p.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+    p.add_argument("--header-timeout", type=seconds(), default=10.0, metavar="SECONDS",
                    help="close a connection whose request head takes longer (default 10)")
     p.set_defaults(func=cmd_serve)
 
@@ -91,8 +93,6 @@ def cmd_serve(args, console) -> int:
         raise UsageError("--in-flight must be at least 1")
     objects = open_store(args.store, timeout=args.store_timeout)
     tiers = node_tiers(BlobStore(objects), DiskCache(args.cache_dir, parse_size(args.cache_size)))
-    if not args.header_timeout > 0:
-        raise UsageError("--header-timeout must be a number of seconds > 0")
     server = PeerServer(tiers, token, in_flight=args.in_flight,
                         header_timeout=args.header_timeout, memory_bytes=parse_size(args.memory))
     try:
@@ -153,7 +153,7 @@ def cmd_rm(args, console) -> int:
 def cmd_tag(args, console) -> int:
     from .refs import parse_ref
 
-    dst = parse_ref(args.dst)
+    dst = parse_ref(args.dst, new=True)
     objects = open_store(args.store, timeout=args.store_timeout)
     mid, _ = open_image(objects, args.src)  # it must exist and decode
     Refs(objects).set(dst, mid)
@@ -164,27 +164,17 @@ def cmd_tag(args, console) -> int:
     return 0
 
 
-def _duration(text: str) -> float:
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    t = text.strip()
-    try:
-        return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
-    except ValueError:
-        raise UsageError(f"--grace {text!r}: use a duration such as 24h, 90m, 2d") from None
-
-
 def cmd_gc(args, console) -> int:
     from .gc import MIN_GRACE, collect
+    from .units import parse_duration
 
     if args.cache_dir is not None:
         if args.grace is not None or args.force:
             raise UsageError("--grace and --force are for collecting the store; "
                              "--cache-dir prunes a cache by what the store holds now")
         return _gc_cache(args, console, open_store(args.store, timeout=args.store_timeout))
-    args.grace = args.grace or "24h"
-    grace = _duration(args.grace)
-    if grace < 0:
-        raise UsageError("--grace cannot be negative")
+    args.grace = "24h" if args.grace is None else args.grace
+    grace = parse_duration(args.grace, "--grace")
     if grace < MIN_GRACE and not args.force:
         raise UsageError(f"--grace {args.grace} is under 1h: a push or mount that started "
                          "before this run could lose blobs; add --force if you mean it")

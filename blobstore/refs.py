@@ -39,9 +39,12 @@ class MalformedRef(StoreError):
     """A ref object that does not hold a manifest id."""
 
 
-def parse_ref(text: str) -> Ref:
-    """``NAME[:TAG]`` as a Ref; UsageError says what a valid one looks like."""
+def parse_ref(text: str, *, new: bool = False) -> Ref:
+    """``NAME[:TAG]`` as a Ref; UsageError says what a valid one looks like. ``new``: a
+    tag about to be made, whose name must not read as a manifest id (``Refs.set``)."""
     name, _, tag = text.rpartition(":") if ":" in text else (text, "", "latest")
+    if new and is_blob_id(name):
+        raise _id_like(name)
     if not _NAME_RE.fullmatch(name) or len(name) > 255:
         raise UsageError(f"invalid image name {name!r}: use lowercase letters, digits and "
                          "'.', '_', '-' separated by '/', e.g. library/debian:12")
@@ -49,6 +52,11 @@ def parse_ref(text: str) -> Ref:
         raise UsageError(f"invalid tag {tag!r} in {text!r}: use letters, digits, '.', '_', '-' "
                          "(at most 128, not starting with '.' or '-')")
     return Ref(name, tag)
+
+
+def _id_like(name: str) -> UsageError:
+    return UsageError(f"the image name {name} is 64 hex digits, which reads as a manifest "
+                      "id; choose another name")
 
 
 class Refs:
@@ -67,8 +75,12 @@ class Refs:
         return text
 
     def set(self, ref: Ref, manifest_id: str) -> None:
+        """Point ``ref`` at ``manifest_id``. A name of 64 hex digits is refused: a bare ref
+        of that name would read as a manifest id, never as this tag."""
         if not is_blob_id(manifest_id):
             raise ValueError(f"not a manifest id: {manifest_id!r}")
+        if is_blob_id(ref.name):
+            raise _id_like(ref.name)
         self.objects.put(ref.key, (manifest_id + "\n").encode())
 
     def delete(self, ref: Ref) -> None:

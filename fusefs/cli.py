@@ -7,25 +7,30 @@ import json
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
 
 from blobstore.errors import UsageError
 from blobstore.hints import START, hints_key
 from blobstore.images import open_image_dirs
 from blobstore.nodereport import parse_gpus
-from blobstore.units import parse_size
+from blobstore.units import parse_size, seconds
 from blobstore.url import open_store
 
 from .errors import MountError
+from .mountpoint import is_mounted, probe
 
 # trio, pyfuse3 and the rest of fusefs are imported by the commands that use them, so the
 # other commands of thaw start without them.
-
-
+T = TypeVar("T")
+STATS_TIMEOUT = 10.0  # seconds a mount that answered statfs has to give its statistics
+ANSWER_MARGIN = 5.0  # seconds past --store-timeout a daemon has to answer `thaw warm`
 
 def default_cache_dir() -> str:
     cache_home = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -43,7 +48,7 @@ def _cache_args(p) -> None:
                         f"and record this start (default {START!r})")
     p.add_argument("--no-hints", dest="hints", action="store_const", const=None,
                    help="neither prefetch nor record")
-    p.add_argument("--hints-window", type=float, default=60.0, metavar="SECONDS",
+    p.add_argument("--hints-window", type=seconds(), default=60.0, metavar="SECONDS",
                    help="how long after an image is first read reads count as its start "
                         "(default 60)")
     p.add_argument("--prefetch", choices=("hints", "all", "none"), default="hints",
@@ -82,7 +87,7 @@ def register(sub, common) -> None:
     p.add_argument("--node-id", help="name in node reports (default: the host name)")
     p.add_argument("--gpus", metavar="COUNTxMODEL:MEM", help="GPUs to report where NVML is "
                    "missing, e.g. 8xH200:141G (default: ask NVML)")
-    p.add_argument("--report-interval", type=float, default=5.0,
+    p.add_argument("--report-interval", type=seconds(), default=5.0,
                    help="seconds between node reports (default 5)")
     _cache_args(p)
     p.set_defaults(func=cmd_daemon)
@@ -114,8 +119,6 @@ def _options(args):
     from .options import MountOptions
 
     _check_workload(args.hints)
-    if args.hints_window <= 0:
-        raise UsageError("--hints-window must be a number of seconds > 0")
     budget = None if args.prefetch_budget is None else parse_size(args.prefetch_budget)
     token, self_url = "", None
     if args.peers:
@@ -227,8 +230,6 @@ def cmd_daemon(args, console) -> int:
 
 
 def cmd_umount(args, console) -> int:
-    from .mountpoint import is_mounted
-
     if not is_mounted(args.mountpoint):
         raise UsageError(f"{args.mountpoint} is not mounted")
     proc = subprocess.run(["fusermount3", "-u", args.mountpoint], capture_output=True)
@@ -254,22 +255,22 @@ def cmd_warm(args, console) -> int:
     from .control import warm_name
 
     _check_workload(args.hints)
-    read_stats(args.mountpoint)  # a thaw mount, answering
+    stats = read_stats(args.mountpoint)  # a thaw mount, answering
+    if stats.get("mount") == "image":
+        raise UsageError(f"{args.mountpoint} is a single-image `thaw mount`; `thaw warm` "
+                         "needs `thaw daemon`, which serves every image of the store")
     path = _image_path(args.mountpoint, args.ref)
-    try:
+
+    def warm() -> dict:
         image_ino = os.stat(path).st_ino
+        with open(os.path.join(args.mountpoint, warm_name(image_ino, args.hints)), "rb") as f:
+            return json.loads(f.read())
+
+    try:
+        doc = ask_mount(args.mountpoint, warm, args.store_timeout + ANSWER_MARGIN)
     except FileNotFoundError:
         raise UsageError(f"{args.ref}: no such image in the store the daemon at "
                          f"{args.mountpoint} serves (see `thaw ls`)") from None
-    except OSError as exc:
-        raise MountError(f"the daemon at {args.mountpoint} could not find {args.ref}: "
-                         f"{exc.strerror} (its log says why)") from None
-    try:
-        with open(os.path.join(args.mountpoint, warm_name(image_ino, args.hints)), "rb") as f:
-            doc = json.loads(f.read())
-    except FileNotFoundError:
-        raise UsageError(f"{args.mountpoint} is a single-image mount or an older daemon; "
-                         "`thaw warm` needs `thaw daemon`") from None
     except OSError as exc:
         raise MountError(f"the daemon at {args.mountpoint} could not warm {args.ref}: "
                          f"{exc.strerror} (its log says why)") from None
@@ -287,12 +288,50 @@ def cmd_warm(args, console) -> int:
     return 0
 
 
+def ask_mount(mountpoint: str, fn: Callable[[], T], timeout: float) -> T:
+    """``fn()``, which touches the mount at ``mountpoint``, once the mount answers
+    ``statfs`` (``mountpoint.probe``), within ``timeout`` seconds; MountError if it does
+    not answer. A request to a stopped daemon waits in the kernel until it answers or the
+    process dies, so ``fn`` runs in a daemon thread that blocks SIGTERM and SIGINT: they
+    reach the main thread, which gives up at once, and the process's exit ends the thread."""
+    if probe(os.path.abspath(mountpoint)) == "hung":
+        raise _not_answering(mountpoint)
+    result: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+        try:
+            result.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - raised again on the caller's thread
+            result.append((False, exc))
+
+    thread = threading.Thread(target=run, daemon=True, name="thaw-ask-mount")
+    thread.start()
+    thread.join(timeout)
+    if not result:
+        raise _not_answering(mountpoint)
+    ok, value = result[0]
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
+
+
+def _not_answering(mountpoint: str) -> MountError:
+    return MountError(f"the mount at {mountpoint} does not answer (its daemon is stopped "
+                      f"or stuck); its log says why, and `umount -l {mountpoint}` clears it")
+
+
 def read_stats(mountpoint: str) -> dict:
     from .control import STATS_NAME
 
-    try:
+    def read() -> dict:
         with open(os.path.join(mountpoint, STATS_NAME), "rb") as f:
             return json.loads(f.read())
+
+    if not is_mounted(mountpoint):
+        raise UsageError(f"{mountpoint} is not a thaw mount (nothing is mounted there)")
+    try:
+        return ask_mount(mountpoint, read, STATS_TIMEOUT)
     except (OSError, ValueError):
         raise UsageError(f"{mountpoint} is not a thaw mount (or it is not answering)") from None
 

@@ -49,6 +49,8 @@ async def decoded(tree: FsTree, ino: int) -> None:
 
 
 class SingleImage:
+    kind = "image"
+
     def __init__(self, manifest_id: str, tree: FsTree) -> None:
         self.manifest_id, self.tree = manifest_id, tree
 
@@ -92,6 +94,8 @@ class SingleImage:
 
 class StoreImages:
     """Every image of one store under one mount point."""
+
+    kind = "daemon"
 
     def __init__(self, objects: ObjectStore,
                  on_image: Callable[[FsTree], None] = lambda tree: None, *,

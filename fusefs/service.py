@@ -119,7 +119,7 @@ def _serve(namespace: Namespace, tiers: NodeTiers, fetcher: ChunkFetcher,
 
     def statistics() -> MountStats:
         return MountStats.collect(namespace.images(), tiers, fetcher.statistics(),
-                                  learners.hinted() if learners else 0)
+                                  learners.hinted() if learners else 0, namespace.kind)
 
     def publish() -> None:
         if collector is not None:

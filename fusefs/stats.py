@@ -42,19 +42,21 @@ class MountStats:
     readdir_requests: int = 0  # pages of names the kernel asked for (not from its cache)
     peer: TierSnapshot | None = None  # None: no cache peers
     peers: dict = field(default_factory=dict)  # per peer URL: chunks, bytes, errors, skipped
+    mount: str = "image"  # "image" (`thaw mount`) or "daemon" (every image of a store)
 
     @classmethod
     def collect(cls, images: dict[str, int], tiers: NodeTiers, fetcher_stats: FetcherStats,
-                hinted: int = 0) -> MountStats:
+                hinted: int = 0, mount: str = "image") -> MountStats:
         disk = tiers.disk.stats.snapshot() if tiers.disk else TierSnapshot("disk")
         peer = tiers.peer.stats.snapshot() if tiers.peer else None
         per_peer = tiers.peer.inner.peer_stats() if tiers.peer else {}
         return cls(dict(images), fetcher_stats, disk, tiers.store.stats.snapshot(), hinted,
-                   peer=peer, peers=per_peer)
+                   peer=peer, peers=per_peer, mount=mount)
 
     def as_json(self) -> dict:
         f, store, disk = self.fetcher, self.store.as_dict(), self.disk.as_dict()
         return {
+            "mount": self.mount,
             "manifest": next(iter(self.images)) if len(self.images) == 1 else None,
             "images": sorted(self.images),
             "image_bytes": sum(self.images.values()),

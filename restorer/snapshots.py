@@ -85,7 +85,7 @@ def snapshot(module_or_state_dict, ref: str, *, store: str | ObjectStore | None 
     its manifest id and points ``ref`` at it. ``compile_cache``: also store the kernels
     ``torch.compile`` built in this process, which a restore puts back in place."""
     state = _state(module_or_state_dict)
-    target = parse_ref(ref)
+    target = parse_ref(ref, new=True)
     writer = SnapshotWriter(_objects(store), jobs=jobs)
     storage_of: dict[tuple, int] = {}
     storages, tensors = [], []

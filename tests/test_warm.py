@@ -4,7 +4,12 @@ into the disk cache, with no read, and where they stop."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +19,7 @@ from blobstore.images import open_image
 from blobstore.local import LocalStore
 from fusefs.prefetch import image_order
 
-from .conftest import Mounted
+from .conftest import REPO, Mounted, mount_pid
 
 pytestmark = pytest.mark.mount
 
@@ -85,3 +90,54 @@ def test_prefetch_all_under_a_small_budget_stops_at_the_budget(thaw, pushed, tmp
         assert stats["tiers"]["store"]["stored_bytes"] <= budget
         assert stats["demand_fetches"] == 0
         assert stats["tiers"]["memory"]["chunks"] == 0 and stats["cache_hits"] == 0
+
+
+def _waiting_in_the_kernel(pid: int) -> bool:
+    """Whether a thread of ``pid`` waits for a FUSE daemon's answer."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            if (task / "wchan").read_text() == "request_wait_answer":
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def test_warm_and_stats_against_a_stopped_daemon_end_with_one_line(thaw, pushed, tmp_path):
+    """A stopped daemon never answers, and the kernel's wait for it yields only to a fatal
+    signal: `thaw warm` and `thaw stats` give up with exit 2, and SIGTERM ends a warm that
+    is waiting. The bound is the harness's wall clock, not an assertion on time."""
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "daemon", "--mountpoint", str(mnt), "--cache-dir",
+                 str(tmp_path / "cache"), "--no-hints"):
+        pid = mount_pid(mnt)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            for args in (["warm", "rich:1", "--mountpoint", str(mnt)], ["stats", str(mnt)]):
+                proc = subprocess.run([sys.executable, "-m", "thaw", "--store", thaw.store,
+                                       *args], capture_output=True, text=True, timeout=60,
+                                      cwd=REPO)
+                assert proc.returncode == 2, proc.stderr
+                assert "does not answer" in proc.stderr and "Traceback" not in proc.stderr
+                assert len(proc.stderr.strip().splitlines()) == 1
+            warm = subprocess.Popen([sys.executable, "-m", "thaw", "--store", thaw.store,
+                                     "warm", "rich:1", "--mountpoint", str(mnt)],
+                                    stderr=subprocess.PIPE, text=True, cwd=REPO)
+            deadline = time.monotonic() + 60
+            while not _waiting_in_the_kernel(warm.pid):
+                assert warm.poll() is None and time.monotonic() < deadline
+            warm.send_signal(signal.SIGTERM)
+            assert warm.wait(timeout=30) == 128 + signal.SIGTERM
+            assert warm.stderr.read().strip() == "thaw: terminated"
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+
+def test_warm_on_a_single_image_mount_says_it_needs_a_daemon(thaw, pushed, tmp_path):
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "rich:1", str(mnt), "--cache-dir",
+                 str(tmp_path / "cache"), "--no-hints"):
+        proc = thaw("warm", "rich:1", "--mountpoint", str(mnt), check=False)
+        assert proc.returncode == 2 and b"Traceback" not in proc.stderr
+        assert b"single-image `thaw mount`; `thaw warm` needs `thaw daemon`" in proc.stderr
+        assert stats_of(thaw, mnt)["mount"] == "image"

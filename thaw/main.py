@@ -22,6 +22,7 @@ import sys
 
 from blobstore.errors import ThawError
 from blobstore.retrying import DEFAULT_BUDGET
+from blobstore.units import seconds
 
 from .ui import Console
 
@@ -55,24 +56,34 @@ def shorten(message: str) -> str:
     return _LONG_WORD.sub(lambda m: f"{m[0][:90]}...{m[0][-90:]}", message)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, saying a mistake in one line as every other error is (its usage lines are
+    what ``-h`` shows)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"thaw: error: {shorten(message)} (`{self.prog} -h` shows the usage)",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every subcommand, or only of ``command``'s module when that names one
     (what a command line does: importing and building the others was ~15 ms of every
     start, a mount's above all; help and a mistyped command still see them all)."""
-    common = argparse.ArgumentParser(add_help=False)
+    common = Parser(add_help=False)
     # SUPPRESS: an option given before the subcommand is not reset by the subparser's default.
     common.add_argument("--store", metavar="URL", default=argparse.SUPPRESS,
                         help="store URL: file:///DIR, s3://BUCKET/PREFIX (default: $THAW_STORE, "
                              "else ~/.local/share/thaw/store)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print results as JSON")
-    common.add_argument("--store-timeout", metavar="SECONDS", type=float,
+    common.add_argument("--store-timeout", metavar="SECONDS", type=seconds(),
                         default=argparse.SUPPRESS,
                         help="how long one store call may take, retries included, before the "
                              "command gives up with exit 3 (a mount's read: EIO) (default 20)")
     common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                         help="log what happens")
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="thaw", parents=[common],
         description="Content-addressed, lazy-loading images for fast cold starts.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
