@@ -31,8 +31,7 @@ def register(sub, common) -> None:
                    help=f"fastcdc or fixed, with an average size (default {DEFAULT})")
     p.add_argument("--jobs", type=int, default=8, help="parallel uploads (default 8)")
     p.add_argument("--trust-links", action="store_true",
-                   help="keep symlinks that climb out of the image (refused by default: "
-                        "outside a chroot they reach the host's files)")
+                   help="accepted and ignored: symlinks are always kept verbatim")
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser("export", parents=[common], help="write an image out as a directory",
@@ -53,12 +52,15 @@ def cmd_push(args, console) -> int:
     from .push import push_tree  # here, not at the top: a mount never pays for it
     from .sources import open_source
 
-    ref = parse_ref(args.ref)
+    ref = parse_ref(args.ref, new=True)
+    if args.trust_links:
+        console.note("--trust-links changes nothing now: every symlink is kept verbatim, as "
+                     "docker and podman keep it")
     params = parse_chunker(args.chunker)
     objects = open_store(args.store, timeout=args.store_timeout)
     with tempfile.TemporaryDirectory(prefix="thaw-push-") as tmp:
-        with open_source(args.source, platform=args.platform, fmt=args.fmt, tmpdir=tmp,
-                         trust_links=args.trust_links) as tree:
+        with open_source(args.source, platform=args.platform, fmt=args.fmt,
+                         tmpdir=tmp) as tree:
             total = sum(n.size for _, n in tree.data_nodes())
             with console.progress(total, f"push {ref}") as on_bytes:
                 result = push_tree(tree, objects, ref, params=params, jobs=max(1, args.jobs),

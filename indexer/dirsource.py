@@ -6,8 +6,7 @@ bytes are read later by ``FileData`` and checked against the size seen here, so 
 changes during a push is an error, not a torn chunk. A sparse file is read by its data
 extents (``SEEK_DATA``/``SEEK_HOLE``): holes become zeros without being read. A file whose
 size is 0 but which reads bytes (``/proc``, ``/sys``) is pushed empty with a warning.
-Symlinks follow the rule every source shares (``TreeBuilder``): one that climbs out of the
-image is refused unless the caller trusts the tree. Single-threaded.
+Symlinks are kept verbatim, as every source keeps them (``TreeBuilder``). Single-threaded.
 """
 
 from __future__ import annotations
@@ -133,10 +132,9 @@ def _lstat(path: str) -> os.stat_result:
         raise SourceError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def dir_source(root: str, *, trust_links: bool = False) -> SourceTree:
-    """``trust_links``: keep symlinks that climb out of the tree (a tree you trust)."""
+def dir_source(root: str) -> SourceTree:
     root = os.path.abspath(root)
-    builder = TreeBuilder(node_from_stat(root, _lstat(root)), strict_links=not trust_links)
+    builder = TreeBuilder(node_from_stat(root, _lstat(root)))
     inodes: dict[tuple[int, int], str] = {}
     stack = [""]
     while stack:

@@ -150,7 +150,7 @@ def parse_created(text: object) -> int | None:
 
 def _apply_layers(blobs: _Blobs, layers: list[tuple[str, str | None]], opts: ReadOptions,
                   closers: list) -> TreeBuilder:
-    builder = TreeBuilder(strict_links=not opts.trust_links)
+    builder = TreeBuilder()
     for n, (path, digest) in enumerate(layers):
         what = f"{blobs.name}: layer {n} ({path})"
         raw = blobs.open(path)

@@ -20,9 +20,8 @@ from .tree import ReadOptions, SourceTree, TreeBuilder, newest_mtime, normalize
 
 
 def open_source(path: str, *, platform: str = "linux/amd64", fmt: str = "auto",
-                tmpdir: str | None = None, trust_links: bool = False) -> SourceTree:
-    """``trust_links``: keep symlinks that climb out of the image (refused by default)."""
-    opts = ReadOptions(platform, tmpdir, trust_links)
+                tmpdir: str | None = None) -> SourceTree:
+    opts = ReadOptions(platform, tmpdir)
     if fmt not in FORMATS:
         raise SourceError(f"unknown source format {fmt!r}; use one of {', '.join(FORMATS)}")
     if not os.path.lexists(path):
@@ -34,7 +33,7 @@ def open_source(path: str, *, platform: str = "linux/amd64", fmt: str = "auto",
             return oci_layout_source(path, opts)
         if fmt not in ("auto", "dir"):
             raise SourceError(f"{path}: a directory cannot be read as {fmt}")
-        return dir_source(path, trust_links=trust_links)
+        return dir_source(path)
     if fmt == "file":
         return file_source(path)
     return _file_or_archive(path, fmt, opts)
@@ -61,7 +60,7 @@ def _file_or_archive(path: str, fmt: str, opts: ReadOptions) -> SourceTree:
         if fmt in ("oci", "docker-archive") or (fmt == "auto" and kind):
             return archive_source(f, members, fmt if fmt != "auto" else kind, path, opts,
                                   closers)
-        builder = TreeBuilder(strict_links=not opts.trust_links)
+        builder = TreeBuilder()
         apply_tar(tf, members, builder, path, layer=False)
         return SourceTree(builder.nodes, "tar", newest_mtime(builder.nodes), closers=closers)
     except BaseException as exc:

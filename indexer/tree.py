@@ -62,39 +62,27 @@ def normalize(name: str, where: str) -> str:
 
 
 def check_symlink(path: str, target: str, where: str) -> None:
-    """Refuse a relative symlink that climbs above the image's root."""
+    """Refuse a symlink whose target is empty or holds a NUL. Any other target is data,
+    kept verbatim as docker and podman keep it, and resolved inside the container's root
+    when read: a link that climbs out of the image is no danger to a push, and where the
+    tree is written out (``thaw export``) links are never followed."""
     if not target or "\0" in target:
         raise SourceError(f"{where}: symlink {path!r} has an empty or NUL target")
-    if target.startswith("/"):
-        return  # resolved inside the container's root, like any rootfs
-    depth = path.count("/")  # directories above the link, the root not counted
-    for part in target.split("/"):
-        if part == "..":
-            depth -= 1
-            if depth < 0:
-                raise SourceError(f"{where}: symlink {path!r} -> {target!r} escapes the image")
-        elif part not in ("", "."):
-            depth += 1
 
 
 @dataclass(frozen=True)
 class ReadOptions:
-    """How a source is read: which platform of a multi-platform image, where temporary
-    copies go, and whether to keep symlinks that climb out of the image (a trusted tree)."""
+    """How a source is read: which platform of a multi-platform image, and where
+    temporary copies go."""
 
     platform: str = "linux/amd64"
     tmpdir: str | None = None
-    trust_links: bool = False
 
 
 class TreeBuilder:
     """Paths to nodes, with the rules every source shares."""
 
-    def __init__(self, root: Node | None = None, *, strict_links: bool = True) -> None:
-        # One rule for every source, a directory as much as an archive: a relative link that
-        # climbs out of the image would reach the host's files through a mount that is not
-        # chrooted, so it is refused unless the person pushing says the tree is trusted.
-        self.strict_links = strict_links
+    def __init__(self, root: Node | None = None) -> None:
         self.nodes: dict[str, Node] = {"": root or implicit_dir()}
         self.children: dict[str, set[str]] = {"": set()}
         self._layer_paths: set[str] = set()
@@ -107,7 +95,7 @@ class TreeBuilder:
         if path in self._layer_paths:
             raise SourceError(f"{where}: {path!r} appears twice; refusing an ambiguous archive")
         self._layer_paths.add(path)
-        if node.type == SYMLINK and self.strict_links:
+        if node.type == SYMLINK:
             check_symlink(path, node.target, where)
         if path == "":
             if node.type != DIR:

@@ -6,6 +6,7 @@ import io
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -171,3 +172,75 @@ def test_single_file_image(tmp_path):
     export(objects, "model:v1", tmp_path / "out")
     assert (tmp_path / "out" / "model.bin").read_bytes() == weights.read_bytes()
     shutil.rmtree(tmp_path / "out")
+
+
+def test_the_first_push_a_newcomer_tries_works_on_debian(thaw):
+    """`thaw push /usr/lib/python3.11 demo:1`: its config directory holds a link that climbs
+    out of the tree (python3-dev, which `make install` installs, puts it there)."""
+    lib = sorted(Path("/usr/lib").glob("python3.[0-9]*"))[-1]
+    climbing = [p for p in lib.rglob("*") if p.is_symlink()
+                and os.readlink(p).startswith("../../")]
+    assert climbing, f"{lib} has no link that climbs out: the case this test is for"
+    proc = thaw("push", str(lib), "demo:1")
+    assert b"Traceback" not in proc.stderr
+    proc = thaw("push", str(lib), "demo:2", "--trust-links")
+    assert b"--trust-links changes nothing" in proc.stderr
+
+
+@pytest.fixture
+def hostile_links(tmp_path) -> Path:
+    tree = tmp_path / "links"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "etc" / "data").write_bytes(b"inside\n" * 100)
+    for name, target in (("up", "../../../../../tmp"), ("abs", "/etc"), ("dot", "."),
+                         ("self", "self"), ("shadow", "../../../../etc/shadow")):
+        (tree / "etc" / name).symlink_to(target)
+    return tree
+
+
+def test_export_writes_hostile_links_as_links_and_nothing_outside(thaw, hostile_links,
+                                                                  tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    thaw("push", str(hostile_links), "links:1")
+    dest = tmp_path / "sub" / "dest"
+    dest.parent.mkdir()
+    thaw("export", "links:1", str(dest))
+    assert rsync_diff(hostile_links, dest) == ""
+    for name in ("up", "abs", "dot", "self", "shadow"):
+        assert (dest / "etc" / name).is_symlink()
+    assert list(outside.iterdir()) == []
+
+
+def test_export_never_follows_a_link_swapped_in_while_it_writes(thaw, hostile_links, tmp_path,
+                                                                monkeypatch):
+    """A directory of the tree being written is replaced by a link to another directory
+    (a race: injected, since a real one cannot be timed): the files go where the tree's
+    own directory went, never through the link."""
+    import indexer.export as export
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "data").write_bytes(b"victim")  # what a write through the link would hit
+    thaw("push", str(hostile_links), "links:1")
+    real = export._write_files
+
+    def swapped(w, files, *args):
+        partial = next(tmp_path.glob(".dest.thaw-partial-*"))
+        (partial / "etc").rename(partial / "etc-moved")
+        (partial / "etc").symlink_to(outside)
+        return real(w, files, *args)
+
+    monkeypatch.setattr(export, "_write_files", swapped)
+    from blobstore.blobs import BlobStore
+    from blobstore.images import open_image
+    from blobstore.url import open_store
+
+    objects = open_store(thaw.store)
+    _, manifest = open_image(objects, "links:1")
+    try:
+        export.export_tree(manifest, BlobStore(objects), str(tmp_path / "dest"))
+    except ExportError:  # the directory's own metadata, set last, met the link
+        assert not (tmp_path / "dest").exists()  # and nothing was left behind
+    assert [p.name for p in outside.iterdir()] == ["data"]
+    assert (outside / "data").read_bytes() == b"victim"
