@@ -12,11 +12,14 @@ is waited for, never fetched twice. A store
 that fails or hangs is retried with capped exponential back-off and jitter (``trio.sleep``,
 so tests run it on trio's autojump clock), each attempt bounded by ``attempt_timeout`` and
 all of them together by ``budget`` (``--store-timeout``); then the error goes up and that
-read gets EIO, while the mount stays up. A chunk that has failed so in the last
-``FAILED_TTL`` seconds (and the store has not answered since) gets one short attempt, not a
-whole budget: the kernel re-asks a failed read-ahead page synchronously, and that second ask
-must not double the time a reader waits on a hung store. Bytes that fail verification are
-never cached or served: the tier below raises ``BlobCorrupt`` and it is not retried.
+read gets EIO, while the mount stays up. The kernel re-asks a failed read-ahead page
+synchronously, and that second ask must not add to what a reader already waited: a chunk
+whose fetch ran out the budget (a hung store) in the last ``FAILED_TTL`` seconds fails
+again at once, so a read gets EIO within the budget (it took the budget and a second when
+the re-ask got an attempt too); one that failed sooner (a store that refuses at once) gets
+one short attempt. Any answer from the store clears that record. Bytes that fail
+verification are never cached or served: the tier below raises ``BlobCorrupt`` and it is
+not retried.
 """
 
 from __future__ import annotations
@@ -43,12 +46,16 @@ from .stats import FetcherStats
 from .threads import WorkerThreads
 
 log = logging.getLogger(__name__)
-FAILED_TTL = 2.0
-QUICK_ATTEMPT = 1.0  # seconds: the one attempt a chunk that just failed gets
+FAILED_TTL = 2.0  # seconds a failure is remembered, while the store answers nothing
+QUICK_ATTEMPT = 1.0  # seconds: the attempt a chunk gets that just failed quickly
 
 
 DEMAND_THREADS = 32  # reads in flight against the store at once
 PREFETCH_THREADS = 32  # prefetches in flight; the store client's pool holds both
+
+
+class _OutOfBudget(StoreUnavailable):
+    """The store did not answer within the whole budget (it hangs)."""
 
 
 class Source(enum.Enum):
@@ -105,7 +112,8 @@ class ChunkFetcher:
         self._fetch_sync = fetch_sync  # (id, size) -> verified bytes; blocking
         self._memory = BytesLRU(memory_bytes)
         self._inflight: dict[str, _Flight] = {}
-        self._failed: dict[str, float] = {}  # id -> until when it gets one short attempt
+        # id -> (until when it is remembered, whether it ran out the budget)
+        self._failed: dict[str, tuple[float, bool]] = {}
         self._limiters = {Source.DEMAND: trio.CapacityLimiter(demand_threads),
                           Source.PREFETCH: trio.CapacityLimiter(prefetch_threads)}
         self._prefetchers = prefetch_threads
@@ -185,22 +193,29 @@ class ChunkFetcher:
         except BaseException as exc:
             flight.error = exc
             self.counts["errors"] += 1
-            if isinstance(exc, StoreUnavailable):
-                self._failed[chunk.id] = trio.current_time() + FAILED_TTL
+            if isinstance(exc, StoreUnavailable) and source is Source.DEMAND:
+                # (a prefetch that failed is no reader's wait: the first read asks anew)
+                self._failed[chunk.id] = (trio.current_time() + FAILED_TTL,
+                                          isinstance(exc, _OutOfBudget))
             raise
         finally:
             del self._inflight[chunk.id]
             flight.event.set()
 
     def _policy(self, id: str) -> RetryPolicy:
-        if self._failed.get(id, -math.inf) > trio.current_time():
-            return RetryPolicy(attempts=1, attempt_timeout=min(QUICK_ATTEMPT,
-                               self.retry.attempt_timeout), budget=QUICK_ATTEMPT)
-        return self.retry
+        until, out_of_budget = self._failed.get(id, (-math.inf, False))
+        if until <= trio.current_time():
+            return self.retry
+        if out_of_budget:
+            raise _OutOfBudget(f"chunk {id}: the store did not answer it within "
+                               f"{self.retry.budget:g}s moments ago, nor anything since")
+        return RetryPolicy(attempts=1, attempt_timeout=min(QUICK_ATTEMPT,
+                           self.retry.attempt_timeout), budget=QUICK_ATTEMPT)
 
     async def _fetch_with_retries(self, chunk: ChunkRef, source: Source,
                                   policy: RetryPolicy) -> bytes:
         last: Exception | None = None
+        started = trio.current_time()
         with trio.move_on_after(policy.budget):
             for attempt in range(policy.attempts):
                 try:
@@ -217,10 +232,12 @@ class ChunkFetcher:
                              exc if str(exc) else "no answer within "
                              f"{policy.attempt_timeout:g}s")
                     await trio.sleep(policy.delay(attempt))
+        ran_out = trio.current_time() - started >= policy.budget
+        error = _OutOfBudget if ran_out else StoreUnavailable
         if isinstance(last, StoreUnavailable):
-            raise StoreUnavailable(f"{last} (gave up after {policy.budget:g}s)") from None
-        raise StoreUnavailable(f"chunk {chunk.id}: the store did not answer within "
-                               f"{policy.budget:g}s") from None
+            raise error(f"{last} (gave up after {policy.budget:g}s)") from None
+        raise error(f"chunk {chunk.id}: the store did not answer within "
+                    f"{policy.budget:g}s") from None
 
     # -- prefetch ----------------------------------------------------------------------------
 

@@ -1,7 +1,11 @@
 """Fuzz targets: everything thaw parses from bytes it did not write itself.
 
 Each target takes arbitrary bytes. The only allowed outcomes are a return or the documented
-error of that parser (``ALLOWED``); any other exception, a crash or a hang is a bug.
+error of that parser; any other exception, a crash or a hang is a bug. ``VALID`` holds, for
+each target, the strict reading its seeds must pass (they raise on what the target lets
+go): a seed the parser refuses would exercise only its first check, so a corpus gone stale
+must fail the tests, not pass them. Seeds named ``crash-*`` are past crashes, kept as they
+came.
 ``tests/test_fuzz.py`` runs every target under Hypothesis (bounded, in the suite) and on
 the seed corpus in ``fuzz/corpus/TARGET/``; ``fuzz/run.py TARGET`` runs one under atheris,
 coverage-guided, for as long as it is given (``make fuzz``).
@@ -13,7 +17,7 @@ import json
 import os
 import tempfile
 
-from blobstore.codec import decode_and_verify
+from blobstore.codec import decode_and_verify, decode_blob
 from blobstore.dirmanifest import open_dir_manifest
 from blobstore.errors import BlobCorrupt, ManifestInvalid, ThawError, UsageError
 from blobstore.hints import _decode as decode_hints
@@ -119,9 +123,49 @@ TARGETS = {"manifest": manifest, "hints": hints, "node_report": node_report, "le
            "blob": blob, "peer_request": peer_request, "archive": archive}
 
 
+def _valid_hints(data: bytes) -> None:
+    runs, chunks = decode_hints(data)
+    assert runs > 0 and chunks, "decodes as no hints"
+
+
+def _valid_peer_request(data: bytes) -> None:
+    text = data.decode("latin-1")
+    if parse_range(text, 1000) is None:
+        normalise_url(text)
+
+
+def _valid_archive(data: bytes) -> None:
+    from blobstore.memory import MemoryStore
+    from blobstore.refs import parse_ref
+    from indexer.push import push_tree
+    from indexer.sources import open_source
+
+    with tempfile.TemporaryDirectory(prefix="thaw-fuzz-") as tmp:
+        path = os.path.join(tmp, "input")
+        with open(path, "wb") as f:
+            f.write(data)
+        with open_source(path) as src:
+            push_tree(src, MemoryStore(), parse_ref("fuzz:1"))
+
+
+VALID = {"manifest": decode_manifest, "hints": _valid_hints,
+         "node_report": lambda data: node_from_report(json.loads(data)),
+         "lease": parse_lease, "blob": lambda data: decode_blob(data, max_size=1 << 20),
+         "peer_request": _valid_peer_request, "archive": _valid_archive}
+
+
 def seeds(name: str) -> list[bytes]:
     """The seed corpus of a target."""
+    return [data for _, data in seed_files(name)]
+
+
+def seed_files(name: str) -> list[tuple[str, bytes]]:
+    """(file name, bytes) of each seed of a target, in name order."""
     root = os.path.join(os.path.dirname(__file__), "corpus", name)
     if not os.path.isdir(root):
         return []
-    return [open(os.path.join(root, f), "rb").read() for f in sorted(os.listdir(root))]
+    out = []
+    for f in sorted(os.listdir(root)):
+        with open(os.path.join(root, f), "rb") as fh:
+            out.append((f, fh.read()))
+    return out

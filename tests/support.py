@@ -149,3 +149,10 @@ def tmpfs(path: Path, size: str):
         yield path
     finally:
         subprocess.run(["umount", str(path)], check=True)
+
+
+def safetensors_bytes() -> bytes:
+    """A one-tensor safetensors file (four float32 zeros), made without torch: the format
+    is a little-endian header length, a JSON header and the bytes."""
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})
+    return struct.pack("<Q", len(header)) + header.encode() + bytes(16)

@@ -155,7 +155,10 @@ def test_one_collector_at_a_time_and_a_dead_ones_lock_is_taken_over(two_images, 
     clock = Clock()
     with pytest.raises(GcLocked, match="held by node-7:1234"):
         collect(objects, grace=HOUR, clock=clock)
-    clock.now += LOCK_STALE + 60
+    clock.now += 8 * 60  # 9 minutes after it was written (the clock starts a minute on):
+    with pytest.raises(GcLocked, match="held by node-7:1234"):  # the README's 10 not up
+        collect(objects, grace=HOUR, clock=clock)
+    clock.now += 61
     collect(objects, grace=HOUR, clock=clock)  # a lock older than its TTL: taken over
     assert not objects.has(LOCK) and objects.has(CONDEMNED)
 

@@ -10,22 +10,21 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch  # a test dependency (pyproject's test extra): failing, never skipped
+from safetensors.torch import load_file
 
-torch = pytest.importorskip("torch")
-from safetensors.torch import load_file  # noqa: E402
+from blobstore.blobs import blob_key
+from blobstore.codec import encode_blob
+from blobstore.errors import BlobCorrupt, BlobNotFound
+from blobstore.hints import load_hints
+from blobstore.images import open_image
+from blobstore.local import LocalStore
+from blobstore.refs import parse_ref
+from restorer import load_into, restore, snapshot
+from restorer.layout import LayoutError
+from restorer.writer import SnapshotWriter
 
-from blobstore.blobs import blob_key  # noqa: E402
-from blobstore.codec import encode_blob  # noqa: E402
-from blobstore.errors import BlobCorrupt, BlobNotFound  # noqa: E402
-from blobstore.hints import load_hints  # noqa: E402
-from blobstore.images import open_image  # noqa: E402
-from blobstore.local import LocalStore  # noqa: E402
-from blobstore.refs import parse_ref  # noqa: E402
-from restorer import load_into, restore, snapshot  # noqa: E402
-from restorer.layout import LayoutError  # noqa: E402
-from restorer.writer import SnapshotWriter  # noqa: E402
-
-from .conftest import Mounted  # noqa: E402
+from .conftest import Mounted
 
 SENTENCES = ["thaw makes cold starts fast", "a lazily mounted model", "bit for bit"]
 
