@@ -23,13 +23,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from common import table
 
-from blobstore.blobs import BlobStore
-from blobstore.codec import encode_blob
-from blobstore.digest import blob_id
-from blobstore.local import LocalStore
-from blobstore.peerclient import deadline
-from blobstore.peers import Membership, PeerTier, owners
-from blobstore.tiers import Counting, FirstHit
+from blobstore.store.blobs import BlobStore
+from blobstore.store.codec import encode_blob
+from blobstore.store.digest import blob_id
+from blobstore.store.local import LocalStore
+from blobstore.store.peerclient import deadline
+from blobstore.store.peers import Membership, PeerTier, owners
+from blobstore.store.tiers import Counting, FirstHit
 from tests.badpeer import MODES, BadPeer
 
 TOKEN = "bench-token"

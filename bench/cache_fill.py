@@ -31,9 +31,9 @@ from pathlib import Path
 
 from common import table
 
-from blobstore.codec import encode_blob
-from blobstore.digest import blob_id
-from blobstore.diskcache import DiskCache
+from blobstore.store.codec import encode_blob
+from blobstore.store.digest import blob_id
+from blobstore.store.diskcache import DiskCache
 
 CHUNKS, SIZE = 290, 256 << 10
 

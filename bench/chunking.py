@@ -29,7 +29,7 @@ from pathlib import Path
 
 from common import add_package, debian_tar, extract, human, model_file, table
 
-from blobstore.digest import blob_id
+from blobstore.store.digest import blob_id
 from indexer.chunker import ChunkerParams, cut
 from indexer.sources import open_source
 from indexer.stream import DataStream

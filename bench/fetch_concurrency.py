@@ -23,9 +23,9 @@ from pathlib import Path
 
 from common import REPO, table
 
-from blobstore.blobs import BlobStore
-from blobstore.images import open_image
-from blobstore.s3 import S3Store, _make_client
+from blobstore.image.images import open_image
+from blobstore.store.blobs import BlobStore
+from blobstore.store.s3 import S3Store, _make_client
 from tests.proxy import RemoteLikeProxy
 from tests.seaweed import SeaweedServer
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 from common import human, table
 
-from blobstore.base import ObjectStore
-from blobstore.blobs import BlobStore
-from blobstore.gc import collect
-from blobstore.local import LocalStore
-from blobstore.manifest import FILE, ChunkRef, Entry, Header, Manifest, Span, encode
-from blobstore.refs import Refs, parse_ref
+from blobstore.image.manifest import FILE, ChunkRef, Entry, Header, Manifest, Span, encode
+from blobstore.image.refs import Refs, parse_ref
+from blobstore.ops.gc import collect
+from blobstore.store.base import ObjectStore
+from blobstore.store.blobs import BlobStore
+from blobstore.store.local import LocalStore
 from tests.seaweed import SeaweedServer
 
 LAYER, PER_IMAGE = 100, 5
@@ -118,7 +118,7 @@ def main() -> None:
     rows = bench("file store", LocalStore(work / "store"), args.blobs)
     with SeaweedServer(work / "seaweed") as s3:
         os.environ.update(s3.env())
-        from blobstore.s3 import S3Store
+        from blobstore.store.s3 import S3Store
 
         rows += bench("SeaweedFS", S3Store("thaw", "gc"), args.s3_blobs)
     print("\nhalf of the images untagged, then two runs of `thaw gc` (grace passed)\n")

@@ -48,7 +48,7 @@ from common import (
     unmount_and_wait,
 )
 
-from blobstore.url import open_store
+from blobstore.store.url import open_store
 from tests.proxy import RemoteLikeProxy
 from tests.seaweed import SeaweedServer, free_ports
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from common import debian_tar, human, table
 
-from blobstore.codec import encode_blob
-from blobstore.digest import blob_id
-from blobstore.local import LocalStore
-from blobstore.refs import parse_ref
+from blobstore.image.refs import parse_ref
+from blobstore.store.codec import encode_blob
+from blobstore.store.digest import blob_id
+from blobstore.store.local import LocalStore
 from indexer.chunker import DEFAULT, cut
 from indexer.push import push_tree
 from indexer.sources import open_source
@@ -68,7 +68,7 @@ def main() -> None:
     size = 0
     with SeaweedServer(work / "seaweed") as s3:
         os.environ.update(s3.env())
-        from blobstore.s3 import S3Store
+        from blobstore.store.s3 import S3Store
 
         for r in range(args.rounds):
             t, size = baseline(tar)

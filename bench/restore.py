@@ -31,11 +31,11 @@ from common import table
 from safetensors.torch import load as st_load
 from safetensors.torch import load_file, save_file
 
-from blobstore.blobs import BlobStore
-from blobstore.diskcache import DiskCache
-from blobstore.images import open_image
-from blobstore.local import LocalStore
-from blobstore.tiers import node_tiers
+from blobstore.image.images import open_image
+from blobstore.store.blobs import BlobStore
+from blobstore.store.diskcache import DiskCache
+from blobstore.store.local import LocalStore
+from blobstore.store.tiers import node_tiers
 from restorer import restore, snapshot
 from tests.seaweed import SeaweedServer
 
@@ -94,7 +94,7 @@ def main() -> None:
 
     with SeaweedServer(work / "seaweed") as s3:
         os.environ.update(s3.env())
-        from blobstore.s3 import S3Store
+        from blobstore.store.s3 import S3Store
 
         bucket = S3Store("thaw", f"bench-{uuid.uuid4().hex[:8]}")
         snapshot(load_file(str(work / "model.safetensors")), "bench:1", store=bucket)

@@ -34,11 +34,11 @@ from pathlib import Path
 
 from common import REPO, drop_caches, human, table
 
-from blobstore.blobs import BlobStore
-from blobstore.images import load_manifest, open_image
-from blobstore.local import LocalStore
-from blobstore.manifest import DIR, FILE, encode_v1
-from blobstore.refs import Refs, parse_ref
+from blobstore.image.images import load_manifest, open_image
+from blobstore.image.manifest import DIR, FILE, encode_v1
+from blobstore.image.refs import Refs, parse_ref
+from blobstore.store.blobs import BlobStore
+from blobstore.store.local import LocalStore
 from indexer.push import push_tree
 from indexer.tree import Node, SourceTree
 
@@ -92,7 +92,7 @@ def mount_scale(work: Path, sizes: list[int]) -> list[list[object]]:
     rows = []
     for n in sizes:
         result = push_tree(synthetic(n), store, parse_ref(f"scale:{n}"))
-        manifest = load_manifest(BlobStore(store), result.manifest)
+        manifest = load_manifest(BlobStore(store), result.manifest_id)
         Refs(store).set(parse_ref(f"scale-v1:{n}"), BlobStore(store).put(encode_v1(manifest))[0])
         took, rss = {}, {}
         for fmt, ref in (("v2", f"scale:{n}"), ("v1", f"scale-v1:{n}")):
@@ -190,7 +190,7 @@ def random_reads(work: Path) -> list[list[object]]:
 
 
 def _spans(entry, off: int, size: int):
-    from blobstore.manifest import FileSpans
+    from blobstore.image.manifest import FileSpans
 
     return FileSpans(entry.spans).lookup(off, size)
 

@@ -1,6 +1,5 @@
 """Blob ids, encoding, stores, tiers and the manifest format. Imports nothing of ours."""
 
-from .blobs import BlobStore
 from .errors import (
     BlobCorrupt,
     BlobNotFound,
@@ -12,7 +11,8 @@ from .errors import (
     StoreUnavailable,
     ThawError,
 )
-from .url import open_store
+from .store.blobs import BlobStore
+from .store.url import open_store
 
 __all__ = [
     "BlobCorrupt", "BlobNotFound", "BlobStore", "ManifestInvalid", "NotFound", "RefNotFound",

@@ -59,6 +59,12 @@ class ManifestInvalid(ThawError):
     """A manifest does not decode or breaks one of its invariants (untrusted input)."""
 
 
+class EntryNotFound(ThawError):
+    """A path that is not in the image."""
+
+    exit_code = 2
+
+
 class UsageError(ThawError):
     """A command was given arguments it cannot use."""
 

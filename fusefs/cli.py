@@ -17,14 +17,15 @@ from types import ModuleType
 from typing import TypeVar
 
 from blobstore.errors import UsageError
-from blobstore.hints import START, hints_key
-from blobstore.images import open_image_dirs
-from blobstore.nodereport import parse_gpus
+from blobstore.image.hints import START, hints_key
+from blobstore.image.images import open_image_dirs
+from blobstore.ops.nodereport import parse_gpus
+from blobstore.store.url import open_store
 from blobstore.units import parse_size, seconds
-from blobstore.url import open_store
 
 from .errors import MountError
 from .mountpoint import is_mounted, probe
+from .stats import MountStats
 
 # trio, pyfuse3 and the rest of fusefs are imported by the commands that use them, so the
 # other commands of thaw start without them.
@@ -122,13 +123,13 @@ def _options(args):
     budget = None if args.prefetch_budget is None else parse_size(args.prefetch_budget)
     token, self_url = "", None
     if args.peers:
-        from blobstore.peers import Membership, read_token
+        from blobstore.store.peers import Membership, read_token
 
         token = read_token(args.peer_token_file, "--peer-token-file")
         if args.peers != "store":
             Membership.parse(args.peers)  # a bad URL or file is one line now, not at a read
     if args.self_url:
-        from blobstore.peers import normalise_url
+        from blobstore.store.peers import normalise_url
 
         self_url = normalise_url(args.self_url)
     return MountOptions(args.cache_dir or default_cache_dir(), parse_size(args.cache_size),
@@ -205,9 +206,9 @@ def cmd_mount(args, console) -> int:
         mid, manifest = open_image_dirs(objects, args.ref)
     finally:
         service.wait()  # an error exits with no import half done behind it
-    mount_image = service.module().mount_image
-    return _run(args, console, lambda ready: mount_image(
-        objects, mid, manifest, args.mountpoint, options, on_ready=ready))
+    mount = service.module().Mount
+    return _run(args, console, lambda ready: mount(
+        objects, args.mountpoint, options, image=(mid, manifest), on_ready=ready).run())
 
 
 def cmd_daemon(args, console) -> int:
@@ -223,10 +224,10 @@ def cmd_daemon(args, console) -> int:
     else:
         from restorer.gpus import nvml_gpus as gpus  # the GPUs' one home; no torch import
     node = NodeOptions(args.node_id, gpus, args.report_interval, options.self_url)
-    from .service import run_daemon  # nothing to overlap it with: no round trip before
+    from .service import Mount  # nothing to overlap it with: no round trip before
 
-    return _run(args, console, lambda ready: run_daemon(
-        objects, args.mountpoint, options, node, on_ready=ready))
+    return _run(args, console, lambda ready: Mount(
+        objects, args.mountpoint, options, node=node, on_ready=ready).run())
 
 
 def cmd_umount(args, console) -> int:
@@ -243,7 +244,7 @@ def cmd_umount(args, console) -> int:
 
 def _image_path(mountpoint: str, ref: str) -> str:
     """Where the daemon at ``mountpoint`` shows ``ref``: ``<id>`` or ``refs/NAME/TAG``."""
-    from blobstore.refs import parse_ref
+    from blobstore.image.refs import parse_ref
 
     if re.fullmatch(r"[0-9a-f]{64}", ref):
         return os.path.join(mountpoint, ref)
@@ -256,7 +257,7 @@ def cmd_warm(args, console) -> int:
 
     _check_workload(args.hints)
     stats = read_stats(args.mountpoint)  # a thaw mount, answering
-    if stats.get("mount") == "image":
+    if stats.mount == "image":
         raise UsageError(f"{args.mountpoint} is a single-image `thaw mount`; `thaw warm` "
                          "needs `thaw daemon`, which serves every image of the store")
     path = _image_path(args.mountpoint, args.ref)
@@ -321,12 +322,12 @@ def _not_answering(mountpoint: str) -> MountError:
                       f"or stuck); its log says why, and `umount -l {mountpoint}` clears it")
 
 
-def read_stats(mountpoint: str) -> dict:
+def read_stats(mountpoint: str) -> MountStats:
     from .control import STATS_NAME
 
-    def read() -> dict:
+    def read() -> MountStats:
         with open(os.path.join(mountpoint, STATS_NAME), "rb") as f:
-            return json.loads(f.read())
+            return MountStats.from_json(json.loads(f.read()))
 
     if not is_mounted(mountpoint):
         raise UsageError(f"{mountpoint} is not a thaw mount (nothing is mounted there)")
@@ -337,20 +338,19 @@ def read_stats(mountpoint: str) -> dict:
 
 
 def cmd_stats(args, console) -> int:
-    doc = read_stats(args.mountpoint)
+    s = read_stats(args.mountpoint)
     if console.json_output:
-        console.json(doc)
+        console.json(s.as_json())
         return 0
-    share = doc["fetched_bytes"] / doc["image_bytes"] if doc["image_bytes"] else 0
-    console.line(f"images:        {', '.join(doc['images'])}")
-    console.line(f"image bytes:   {doc['image_bytes']}")
-    console.line(f"fetched bytes: {doc['fetched_bytes']} ({share:.1%} of the image), "
-                 f"{doc['fetched_stored_bytes']} over the wire")
-    for tier, t in doc["tiers"].items():
+    share = s.fetched_bytes / s.image_bytes if s.image_bytes else 0
+    console.line(f"images:        {', '.join(s.images)}")
+    console.line(f"image bytes:   {s.image_bytes}")
+    console.line(f"fetched bytes: {s.fetched_bytes} ({share:.1%} of the image), "
+                 f"{s.fetched_stored_bytes} over the wire")
+    for tier, t in s.tiers.items():
         console.line(f"  {tier:<7} {t['chunks']:>8} chunks {t['bytes']:>14} bytes")
-    console.line(f"cache hits:    {doc['cache_hits']}; fetch latency (ms): "
-                 f"{doc['fetch_latency_ms']}")
-    console.line(f"prefetched:    {doc['prefetches']} chunks, {doc['prefetched_bytes']} bytes "
-                 f"({doc['prefetched_unread_bytes']} never read since); "
-                 f"{doc['hinted_chunks']} queued from earlier starts' hints")
+    console.line(f"cache hits:    {s.cache_hits}; fetch latency (ms): {s.fetch_latency_ms}")
+    console.line(f"prefetched:    {s.prefetches} chunks, {s.prefetched_bytes} bytes "
+                 f"({s.prefetched_unread_bytes} never read since); "
+                 f"{s.hinted_chunks} queued from earlier starts' hints")
     return 0

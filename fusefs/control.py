@@ -22,7 +22,7 @@ from dataclasses import dataclass
 STATS_NAME = ".thaw-stats"
 WARM_PREFIX = ".thaw-warm."
 CONTROL_INO = 1 << 62  # above every image's inode range
-# INO, then a workload name as hints take it (blobstore/hints.py)
+# INO, then a workload name as hints take it (blobstore/image/hints.py)
 _WARM = re.compile(rb"\.thaw-warm\.([0-9]{1,20})\.([A-Za-z0-9_][A-Za-z0-9._-]{0,63})")
 
 

@@ -33,16 +33,16 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import trio
 
 from blobstore.errors import StoreUnavailable
-from blobstore.lru import BytesLRU
-from blobstore.manifest import ChunkRef
-from blobstore.tiers import percentiles
+from blobstore.image.manifest import ChunkRef
+from blobstore.store.lru import BytesLRU
+from blobstore.store.tiers import percentiles
 
-from .stats import FetcherStats
+from .stats import FetcherCounters, FetcherStats
 from .threads import WorkerThreads
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,7 @@ class ChunkFetcher:
         self._unread_bytes = 0
         self.retry = retry
         self._running = False
-        self.counts = {"memory_hits": 0, "memory_bytes": 0, "waited": 0, "demand_fetches": 0,
-                       "prefetches": 0, "prefetched_bytes": 0, "errors": 0, "retries": 0}
+        self.counters = FetcherCounters()
         self._latencies: deque = deque(maxlen=10_000)
 
     async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -159,12 +158,12 @@ class ChunkFetcher:
             self._unread_bytes -= self._unread.pop(chunk.id)
         data = self.cached(chunk.id)
         if data is not None:
-            self.counts["memory_hits"] += 1
-            self.counts["memory_bytes"] += len(data)
+            self.counters.memory_hits += 1
+            self.counters.memory_bytes += len(data)
             return data
         flight = self._inflight.get(chunk.id)
         if flight is not None:
-            self.counts["waited"] += 1
+            self.counters.waited += 1
             await flight.event.wait()
             if flight.error is not None:
                 raise flight.error
@@ -180,11 +179,11 @@ class ChunkFetcher:
             if remember or flight.event.statistics().tasks_waiting:
                 self._memory.put(chunk.id, flight.data)
             if source is Source.DEMAND:
-                self.counts["demand_fetches"] += 1
+                self.counters.demand_fetches += 1
                 self._latencies.append(time.monotonic() - started)
             else:
-                self.counts["prefetches"] += 1
-                self.counts["prefetched_bytes"] += chunk.size
+                self.counters.prefetches += 1
+                self.counters.prefetched_bytes += chunk.size
                 if not flight.event.statistics().tasks_waiting and (  # no reader wanted it
                         chunk.id not in self._unread):
                     self._unread[chunk.id] = chunk.size
@@ -192,7 +191,7 @@ class ChunkFetcher:
             return flight.data
         except BaseException as exc:
             flight.error = exc
-            self.counts["errors"] += 1
+            self.counters.errors += 1
             if isinstance(exc, StoreUnavailable) and source is Source.DEMAND:
                 # (a prefetch that failed is no reader's wait: the first read asks anew)
                 self._failed[chunk.id] = (trio.current_time() + FAILED_TTL,
@@ -227,7 +226,7 @@ class ChunkFetcher:
                     last = exc
                     if attempt + 1 == policy.attempts:
                         break
-                    self.counts["retries"] += 1
+                    self.counters.retries += 1
                     log.info("chunk %s: %s; retrying", chunk.id,
                              exc if str(exc) else "no answer within "
                              f"{policy.attempt_timeout:g}s")
@@ -293,7 +292,7 @@ class ChunkFetcher:
                 log.debug("prefetch of %s failed: %s", chunk.id, exc)
 
     def statistics(self) -> FetcherStats:
-        return FetcherStats(**self.counts, memory_cached_bytes=self._memory.size,
+        return FetcherStats(**asdict(self.counters), memory_cached_bytes=self._memory.size,
                             prefetched_unread_bytes=self._unread_bytes,
                             prefetch_queued=len(self._queued),
                             fetch_latency_ms=percentiles(sorted(self._latencies)))

@@ -1,7 +1,7 @@
 """Learn what a workload reads as it starts, and prefetch it the next time.
 
 A mount records, for the first ``window`` seconds, the chunks of its image in the order they
-were first read (``blobstore.hints.HintRecorder``), and saves them as
+were first read (``blobstore.image.hints.HintRecorder``), and saves them as
 ``hints/<manifest id>/<workload>`` when the window closes or the mount ends; runs are
 merged, so the order settles over several starts. A later mount of the same image and
 workload queues those chunks for prefetch, in that order, as soon as it is mounted: they
@@ -19,11 +19,11 @@ import math
 
 import trio
 
-from blobstore.base import ObjectStore
-from blobstore.dirmanifest import AnyManifest
 from blobstore.errors import ThawError
-from blobstore.hints import START, HintRecorder, load_hints, save_hints
-from blobstore.manifest import ChunkRef
+from blobstore.image.dirmanifest import AnyManifest
+from blobstore.image.hints import START, HintRecorder, load_hints, save_hints
+from blobstore.image.manifest import ChunkRef
+from blobstore.store.base import ObjectStore
 
 from .fetch import ChunkFetcher, Priority
 from .tree import FsTree

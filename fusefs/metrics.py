@@ -21,40 +21,41 @@ class SnapshotCollector:
     def collect(self):
         if self.snapshot is None:
             return
-        s = self.snapshot.as_json()  # one mapping of the record's names, shared with stats
+        s = self.snapshot
         yield GaugeMetricFamily("thaw_image_bytes", "Bytes of the mounted images",
-                                value=s["image_bytes"])
+                                value=s.image_bytes)
         fetched = CounterMetricFamily("thaw_fetched_bytes", "Bytes fetched from the store",
                                       labels=["form"])
-        fetched.add_metric(["uncompressed"], s["fetched_bytes"])
-        fetched.add_metric(["stored"], s["fetched_stored_bytes"])
+        fetched.add_metric(["uncompressed"], s.fetched_bytes)
+        fetched.add_metric(["stored"], s.fetched_stored_bytes)
         yield fetched
         chunks = CounterMetricFamily("thaw_tier_chunks", "Chunks served per tier", labels=["tier"])
         data = CounterMetricFamily("thaw_tier_bytes", "Bytes served per tier", labels=["tier"])
-        for tier, t in s["tiers"].items():
+        for tier, t in s.tiers.items():
             chunks.add_metric([tier], t["chunks"])
             data.add_metric([tier], t["bytes"])
         yield chunks
         yield data
-        if s.get("peers"):
+        if s.peers:
             families = {k: CounterMetricFamily(f"thaw_peer_{k}", f"{k} from each cache peer",
                                                labels=["peer"])
                         for k in ("chunks", "bytes", "errors")}
-            for url, p in s["peers"].items():
+            for url, p in s.peers.items():
                 for k, family in families.items():
                     family.add_metric([url], p[k])
             yield from families.values()
         for name in ("demand_fetches", "prefetches", "retries", "errors", "coalesced_waits"):
-            yield CounterMetricFamily(f"thaw_{name}", name.replace("_", " "), value=s[name])
+            yield CounterMetricFamily(f"thaw_{name}", name.replace("_", " "),
+                                      value=getattr(s, name))
         yield CounterMetricFamily("thaw_prefetched_bytes", "Bytes of chunks prefetched",
-                                  value=s["prefetched_bytes"])
+                                  value=s.prefetched_bytes)
         yield GaugeMetricFamily("thaw_prefetched_unread_bytes", "Bytes prefetched and not "
-                                "read since (the waste)", value=s["prefetched_unread_bytes"])
+                                "read since (the waste)", value=s.prefetched_unread_bytes)
         yield GaugeMetricFamily("thaw_hinted_chunks", "Chunks queued from earlier starts' hints",
-                                value=s["hinted_chunks"])
+                                value=s.hinted_chunks)
         lat = GaugeMetricFamily("thaw_fetch_latency_seconds", "Demand fetch latency",
                                 labels=["quantile"])
-        for q, ms in s["fetch_latency_ms"].items():
+        for q, ms in s.fetch_latency_ms.items():
             lat.add_metric([f"0.{q[1:]}"], ms / 1000)
         yield lat
 

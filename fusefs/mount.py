@@ -1,30 +1,29 @@
-"""Mounting: the trio main loop (the mount point's checks are ``mountpoint.py``'s).
+"""The FUSE session of a mount, on the trio thread (its parts are put together by
+``service.Mount``; the mount point's checks are ``mountpoint.py``'s).
 
-``serve()`` runs on the trio thread: ``pyfuse3.init`` mounts, one nursery runs the fetcher,
-the signal watcher (SIGTERM/SIGINT end the loop and unmount cleanly), the stats publisher,
-and ``pyfuse3.main()``. After a crash the mount is closed without unmounting, so a dead
-daemon shows "Transport endpoint is not connected", never an empty directory, and the next
-``thaw mount`` clears it (``mountpoint.prepare_mountpoint``). The kernel's read-ahead for
-the mount is raised to 1 MiB through ``/sys/class/bdi``, which is what makes FUSE send 1 MiB
-read requests.
+``fuse_session`` mounts with ``pyfuse3.init`` and closes on the way out: unmounting after a
+clean end, only closing after a crash, so a dead daemon shows "Transport endpoint is not
+connected", never an empty directory, and the next ``thaw mount`` clears it
+(``mountpoint.prepare_mountpoint``). ``answer_until_stopped`` runs ``pyfuse3.main()`` with
+its helpers: the signal watcher (SIGTERM/SIGINT end the loop and unmount cleanly), the
+statistics publisher, and the read-ahead raiser: the kernel's read-ahead for the mount is
+raised to 1 MiB through ``/sys/class/bdi``, which is what makes FUSE send 1 MiB read
+requests, and the mount is ready only then.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from collections.abc import Callable
+from contextlib import asynccontextmanager
 
 import pyfuse3
 import trio
 
 from .errors import MountError
-from .fetch import ChunkFetcher
 from .mountpoint import mount_device
-from .ops import ImageOps, Namespace
-from .stats import MountStats
-from .tree import FsTree
+from .ops import ImageOps
 
 log = logging.getLogger(__name__)
 READ_AHEAD_KB = 1024
@@ -84,35 +83,31 @@ async def _publish(snapshot: Callable[[], None]) -> None:
         await trio.sleep(1)
 
 
-async def serve(namespace: Namespace, fetcher: ChunkFetcher, mountpoint: str, *,
-                on_ready: Callable[[], None] = lambda: None,
-                publish: Callable[[], None] = lambda: None, extra=(),
-                on_chunk_read: Callable[[FsTree, int], None] | None = None,
-                statistics: Callable[[], MountStats] | None = None,
-                on_warm=None) -> None:
-    """Mount ``namespace`` at ``mountpoint`` (checked by the caller with
-    ``prepare_mountpoint``) and serve it until a signal or an unmount.
-
-    Nothing on this thread may touch the mount point once it is mounted: the requests it
-    makes would wait for this very loop.
-    """
-    mountpoint = os.path.realpath(mountpoint)
-    ops = ImageOps(namespace, fetcher, on_chunk_read, statistics, on_warm)
+@asynccontextmanager
+async def fuse_session(ops: ImageOps, mountpoint: str):
+    """Mount ``ops`` at ``mountpoint`` (checked by the caller with ``prepare_mountpoint``)
+    for the block; on leaving it, unmount when it ended cleanly, and only close after a
+    failure, so a dead daemon shows "Transport endpoint is not connected", never an empty
+    directory. Nothing on this thread may touch the mount point meanwhile: the requests it
+    makes would wait for this very loop."""
     try:
         pyfuse3.init(ops, mountpoint, set(OPTIONS))
     except RuntimeError as exc:
         raise MountError(f"cannot mount at {mountpoint}: {exc}") from None
     clean = False
     try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(fetcher.run)
-            for task in extra:  # long-lived parts: the daemon's node reporter, hints
-                await nursery.start(task)
-            nursery.start_soon(_watch_signals, nursery.cancel_scope)
-            nursery.start_soon(_publish, publish)
-            nursery.start_soon(raise_read_ahead, ops, mountpoint, READ_AHEAD_KB, on_ready)
-            await pyfuse3.main()
-            nursery.cancel_scope.cancel()
+        yield
         clean = True
     finally:
         pyfuse3.close(unmount=clean)
+
+
+async def answer_until_stopped(ops: ImageOps, mountpoint: str, nursery: trio.Nursery, *,
+                               on_ready: Callable[[], None], publish: Callable[[], None]
+                               ) -> None:
+    """Answer the kernel until a signal or an unmount; meanwhile watch for signals, publish
+    the statistics every second, and call ``on_ready`` once the read-ahead is raised."""
+    nursery.start_soon(_watch_signals, nursery.cancel_scope)
+    nursery.start_soon(_publish, publish)
+    nursery.start_soon(raise_read_ahead, ops, mountpoint, READ_AHEAD_KB, on_ready)
+    await pyfuse3.main()

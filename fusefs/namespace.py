@@ -22,12 +22,12 @@ from collections.abc import Callable
 
 import trio
 
-from blobstore.base import ObjectStore
-from blobstore.blobs import BlobStore
-from blobstore.digest import is_blob_id
 from blobstore.errors import BlobNotFound
-from blobstore.images import load_dir_manifest
-from blobstore.refs import Refs
+from blobstore.image.images import load_dir_manifest
+from blobstore.image.refs import Refs
+from blobstore.store.base import ObjectStore
+from blobstore.store.blobs import BlobStore
+from blobstore.store.digest import is_blob_id
 
 from .errors import NoSuchInode, NotASymlink
 from .tree import Attrs, FsTree

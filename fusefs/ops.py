@@ -28,7 +28,7 @@ import pyfuse3
 import trio
 
 from blobstore.errors import ThawError
-from blobstore.manifest import FILE
+from blobstore.image.manifest import FILE
 
 from . import control
 from .errors import FsError, NoSuchHandle

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from blobstore.hints import START
-from blobstore.retrying import DEFAULT_BUDGET
+from blobstore.image.hints import START
+from blobstore.store.retrying import DEFAULT_BUDGET
 
 if TYPE_CHECKING:
-    from blobstore.diskcache import DiskCache
+    from blobstore.store.diskcache import DiskCache
 
 
 @dataclass(frozen=True)

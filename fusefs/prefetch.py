@@ -15,10 +15,10 @@ import logging
 
 import trio
 
-from blobstore.base import ObjectStore
-from blobstore.dirmanifest import AnyManifest
-from blobstore.hints import hints_key, load_hints
-from blobstore.manifest import ChunkRef
+from blobstore.image.dirmanifest import AnyManifest
+from blobstore.image.hints import hints_key, load_hints
+from blobstore.image.manifest import ChunkRef
+from blobstore.store.base import ObjectStore
 
 from .errors import BadWorkload
 from .fetch import ChunkFetcher, Priority

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import trio
 
-from blobstore.base import ObjectStore
-from blobstore.dirmanifest import AnyManifest
-from blobstore.diskcache import CacheIndex, DiskCache
 from blobstore.errors import ThawError
-from blobstore.nodereport import build_report, write_report
-from blobstore.tempfiles import temp_path
+from blobstore.image.dirmanifest import AnyManifest
+from blobstore.ops.nodereport import build_report, write_report
+from blobstore.schema import NodeReport
+from blobstore.store.base import ObjectStore
+from blobstore.store.diskcache import CacheIndex, DiskCache
+from blobstore.store.tempfiles import temp_path
 
 log = logging.getLogger(__name__)
 _ROW = struct.Struct("<32sQ")  # chunk id (raw), size
@@ -88,7 +89,7 @@ class NodeReporter:
             if len(mid) == 64 and mid not in self._sizes:
                 self._sizes[mid] = read_table((self.tables / mid).read_bytes())
 
-    def report(self) -> dict:
+    def report(self) -> NodeReport:
         self._load_tables()
         present = self.index.refresh()
         cached = {}

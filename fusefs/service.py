@@ -1,11 +1,13 @@
-"""Putting a mount together, in one place: the read path (tiers and fetcher), what learns
-hints and what else is prefetched, the lease that keeps its images from ``thaw gc``, the
-namespace, the node reporter, metrics, and serving.
+"""A mount, put together in one place: ``Mount.run()`` makes each part, the read path
+(tiers and fetcher), what learns hints and what else is prefetched, the namespace, the node
+reporter (the daemon's), the lease that keeps its images from ``thaw gc``, metrics and the
+FUSE session, and registers each one's teardown right after it on an ``AsyncExitStack``
+(as s3ql's mount does), so whatever fails to start leaves the parts before it torn down in
+reverse order.
 
-``mount_image`` (one image) and ``run_daemon`` (every image of a store) take a
-``MountOptions`` record, the daemon a ``NodeOptions`` too; each builds its parts with
-``_read_path`` and hands them to ``_serve``, which runs trio. Called from the command line
-on the main thread (after the mount point was checked there, so errors reach the person);
+A ``Mount`` serves one image (``image=(manifest id, manifest)``: ``thaw mount``) or every
+image of a store (``thaw daemon``, with ``NodeOptions``). Built from the command line on the
+main thread (after the mount point was checked there, so errors reach the person);
 everything after ``trio.run`` is on the trio thread, with store calls in worker threads.
 """
 
@@ -13,25 +15,27 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack
 
 import trio
 
-from blobstore.base import ObjectStore
-from blobstore.blobs import BlobStore
-from blobstore.dirmanifest import DirManifest
-from blobstore.diskcache import DiskCache
-from blobstore.leases import REFRESH, Lease
-from blobstore.nodereport import peer_urls
-from blobstore.peers import Membership, PeerTier
-from blobstore.retrying import without_retries
-from blobstore.tiers import NodeTiers, node_tiers
+from blobstore.image.dirmanifest import DirManifest
+from blobstore.lifecycle.leases import REFRESH, Lease
+from blobstore.ops.nodereport import peer_urls
+from blobstore.store.base import ObjectStore
+from blobstore.store.blobs import BlobStore
+from blobstore.store.diskcache import DiskCache
+from blobstore.store.peers import Membership, PeerTier
+from blobstore.store.retrying import without_retries
+from blobstore.store.tiers import NodeTiers, node_tiers
 
 from .fetch import ChunkFetcher, RetryPolicy
 from .learn import Learners
-from .mount import serve
+from .mount import answer_until_stopped, fuse_session
 from .namespace import SingleImage, StoreImages
-from .ops import Namespace
+from .ops import ImageOps, Namespace
 from .options import MountOptions, NodeOptions
 from .prefetch import Warmer, queue_image
 from .reporter import NodeReporter
@@ -57,24 +61,100 @@ def one_malloc_arena() -> None:
         log.info("could not limit malloc's arenas: %s", exc)
 
 
-def _read_path(objects: ObjectStore, opts: MountOptions
-               ) -> tuple[NodeTiers, ChunkFetcher, Learners | None, Warmer]:
-    """Memory (the fetcher) over the node's tiers (``node_tiers``: disk cache over the
-    store). The fetcher retries within ``store_timeout`` itself, so it reads the store
-    without ``Retrying``. With ``hints`` (a workload): prefetch what that workload read at
-    its last starts of an image, and record this start (``Learners``)."""
-    one_malloc_arena()
-    tiers = node_tiers(BlobStore(without_retries(objects)),
-                       DiskCache(opts.cache_dir, opts.cache_bytes), peer_tier(objects, opts))
-    fetcher = ChunkFetcher(lambda id, size: tiers.stack.get(id, max_size=size),
-                           memory_bytes=opts.memory_bytes,
-                           retry=RetryPolicy.within(opts.store_timeout),
-                           enabled=opts.prefetch != "none", on_disk=tiers.disk.has)
-    learners = None if not opts.hints else Learners(
-        objects, fetcher, workload=opts.hints, window=opts.hints_window,
-        max_bytes=opts.cache_bytes // 2)
-    warmer = Warmer(objects, fetcher, workload=opts.hints, max_bytes=opts.cache_bytes // 2)
-    return tiers, fetcher, learners, warmer
+class Mount:
+    """One mount's parts, made and torn down by ``run()`` (see the module docstring)."""
+
+    def __init__(self, objects: ObjectStore, mountpoint: str, opts: MountOptions, *,
+                 image: tuple[str, DirManifest] | None = None, node: NodeOptions | None = None,
+                 on_ready: Callable[[], None] = lambda: None) -> None:
+        self.objects, self.opts, self.image = objects, opts, image
+        self.mountpoint = os.path.realpath(mountpoint)
+        self.node = node or NodeOptions()
+        self.on_ready = on_ready
+        self.served: set[str] = set()  # every image served so far: leased against gc
+
+    def run(self) -> None:
+        """Serve until a signal or an unmount."""
+        one_malloc_arena()
+        trio.run(self._run)
+
+    async def _run(self) -> None:
+        opts, objects = self.opts, self.objects
+        tiers = node_tiers(BlobStore(without_retries(objects)),
+                           DiskCache(opts.cache_dir, opts.cache_bytes), peer_tier(objects, opts))
+        # The fetcher retries within store_timeout itself: it reads the store bare.
+        fetcher = ChunkFetcher(lambda id, size: tiers.stack.get(id, max_size=size),
+                               memory_bytes=opts.memory_bytes,
+                               retry=RetryPolicy.within(opts.store_timeout),
+                               enabled=opts.prefetch != "none", on_disk=tiers.disk.has)
+        learners = None if not opts.hints else Learners(
+            objects, fetcher, workload=opts.hints, window=opts.hints_window,
+            max_bytes=opts.cache_bytes // 2)
+        reporter = None if self.image else NodeReporter(
+            objects, tiers.disk.inner, node_id=self.node.node_id, gpus=self.node.gpus,
+            interval=self.node.report_interval, peer_url=self.node.peer_url)
+        namespace = self._namespace(tiers, fetcher, learners, reporter)
+
+        def statistics() -> MountStats:
+            return MountStats.collect(namespace.images(), tiers, fetcher.statistics(),
+                                      learners.hinted() if learners else 0, namespace.kind)
+
+        ops = ImageOps(namespace, fetcher, learners.read if learners else None, statistics,
+                       Warmer(objects, fetcher, workload=opts.hints,
+                              max_bytes=opts.cache_bytes // 2).warm)
+        publish = self._metrics(statistics)
+        async with AsyncExitStack() as stack:
+            await stack.enter_async_context(fuse_session(ops, self.mountpoint))
+            nursery = await stack.enter_async_context(trio.open_nursery())
+            stack.callback(nursery.cancel_scope.cancel)  # on the way out, before the wait
+            await nursery.start(fetcher.run)
+            if learners:
+                await nursery.start(learners.run)
+            if reporter:
+                await nursery.start(reporter.run)
+                await nursery.start(prepare_store, objects)
+            await nursery.start(keep_lease, Lease(objects, "mount"), lambda: tuple(self.served))
+            if self.image and opts.prefetch == "all":
+                queue_image(fetcher, namespace.tree, opts.image_budget(tiers.disk.inner))
+            await answer_until_stopped(ops, self.mountpoint, nursery,
+                                       on_ready=self.on_ready, publish=publish)
+
+    def _namespace(self, tiers: NodeTiers, fetcher: ChunkFetcher, learners: Learners | None,
+                   reporter: NodeReporter | None) -> Namespace:
+        """One image, or every image of the store: each one, as it is first used, is
+        leased, reported, learnt from, and (``--prefetch all``) queued whole."""
+        if self.image:
+            mid, manifest = self.image
+            tree = FsTree(manifest, image_id=mid)
+            self.served.add(mid)
+            if learners:
+                learners.add(tree)
+            return SingleImage(mid, tree)
+
+        def on_image(tree: FsTree) -> None:
+            self.served.add(tree.image_id)
+            reporter.add(tree.image_id, tree.manifest)
+            if learners:
+                learners.add(tree)
+            if self.opts.prefetch == "all":
+                queue_image(fetcher, tree, self.opts.image_budget(tiers.disk.inner))
+
+        return StoreImages(self.objects, on_image)
+
+    def _metrics(self, statistics: Callable[[], MountStats]) -> Callable[[], None]:
+        """What publishes the statistics to the Prometheus exporter, once a second; nothing
+        without ``--metrics`` (prometheus_client costs 60-300 ms to import)."""
+        if not self.opts.metrics:
+            return lambda: None
+        from .metrics import SnapshotCollector, start_metrics
+
+        collector = SnapshotCollector()
+        start_metrics(self.opts.metrics, collector)
+
+        def publish() -> None:
+            collector.snapshot = statistics()
+
+        return publish
 
 
 def peer_tier(objects: ObjectStore, opts: MountOptions) -> PeerTier | None:
@@ -100,84 +180,8 @@ async def keep_lease(lease: Lease, images: Callable[[], Iterable[str]],
             await trio.to_thread.run_sync(lease.release)
 
 
-def _serve(namespace: Namespace, tiers: NodeTiers, fetcher: ChunkFetcher,
-           learners: Learners | None, warmer: Warmer, mountpoint: str, opts: MountOptions,
-           on_ready: Callable[[], None], extra=(), objects: ObjectStore | None = None,
-           leased: Callable[[], Iterable[str]] = lambda: ()) -> None:
-    """``leased``: the manifests to hold against ``thaw gc`` (every image served so far:
-    a tree the daemon dropped while idle may still be in a pod's use)."""
-    collector = None
-    if opts.metrics:  # prometheus_client costs 60-300 ms to import: only when asked for
-        from .metrics import SnapshotCollector, start_metrics
-
-        collector = SnapshotCollector()
-        start_metrics(opts.metrics, collector)
-    if objects is not None:
-        lease = Lease(objects, "mount")
-        extra = (*extra, lambda task_status=trio.TASK_STATUS_IGNORED: keep_lease(
-            lease, leased, task_status=task_status))
-
-    def statistics() -> MountStats:
-        return MountStats.collect(namespace.images(), tiers, fetcher.statistics(),
-                                  learners.hinted() if learners else 0, namespace.kind)
-
-    def publish() -> None:
-        if collector is not None:
-            collector.snapshot = statistics()
-
-    trio.run(lambda: serve(namespace, fetcher, mountpoint, on_ready=on_ready,
-                           publish=publish, statistics=statistics,
-                           extra=(*extra, learners.run) if learners else extra,
-                           on_chunk_read=learners.read if learners else None,
-                           on_warm=warmer.warm))
-
-
-def mount_image(objects: ObjectStore, mid: str, manifest: DirManifest, mountpoint: str,
-                opts: MountOptions, on_ready: Callable[[], None] = lambda: None) -> None:
-    """Mount one image read-only at ``mountpoint`` until unmounted or signalled."""
-    tiers, fetcher, learners, warmer = _read_path(objects, opts)
-    tree = FsTree(manifest, image_id=mid)
-    if learners:
-        learners.add(tree)
-    extra = ()
-    if opts.prefetch == "all":
-        async def prefetch_image(task_status=trio.TASK_STATUS_IGNORED) -> None:
-            queue_image(fetcher, tree, opts.image_budget(tiers.disk.inner))
-            task_status.started()
-
-        extra = (prefetch_image,)
-    _serve(SingleImage(mid, tree), tiers, fetcher, learners, warmer, mountpoint, opts,
-           on_ready, extra, objects, leased=lambda: (mid,))
-
-
-def run_daemon(objects: ObjectStore, mountpoint: str, opts: MountOptions,
-               node: NodeOptions | None = None,
-               on_ready: Callable[[], None] = lambda: None) -> None:
-    """Serve every image of the store under ``mountpoint``: ``<id>/`` and ``refs/``; write
-    this node's report to ``nodes/<node id>.json`` every ``report_interval`` seconds."""
-    node = node or NodeOptions()
-    tiers, fetcher, learners, warmer = _read_path(objects, opts)
-    assert tiers.disk is not None
-    reporter = NodeReporter(objects, tiers.disk.inner, node_id=node.node_id, gpus=node.gpus,
-                            interval=node.report_interval, peer_url=node.peer_url)
-
-    served: set[str] = set()
-
-    def on_image(tree: FsTree) -> None:
-        served.add(tree.image_id)
-        reporter.add(tree.image_id, tree.manifest)
-        if learners:
-            learners.add(tree)
-        if opts.prefetch == "all":
-            queue_image(fetcher, tree, opts.image_budget(tiers.disk.inner))
-
-    _serve(StoreImages(objects, on_image), tiers, fetcher, learners, warmer, mountpoint, opts,
-           on_ready, extra=(reporter.run, lambda task_status=trio.TASK_STATUS_IGNORED:
-                            prepare_store(objects, task_status=task_status)),
-           objects=objects, leased=lambda: tuple(served))
-
-
-async def prepare_store(objects: ObjectStore, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def prepare_store(objects: ObjectStore, *, task_status=trio.TASK_STATUS_IGNORED
+                        ) -> None:
     """The store's client set up before the daemon says it is ready: its first lookup
     lists the refs, and on S3 boto3's imports and set-up (~0.3 s, more on a cold page
     cache) were most of that lookup. A failure here is the listing's to report."""

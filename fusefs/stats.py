@@ -1,7 +1,7 @@
-"""What a mount reports, as frozen records: bytes of its images, what each tier served,
-hits, latencies. ``MountStats.as_json`` is the one place the record becomes the `thaw stats
---json` document (whose keys scripts read: they do not change), and ``metrics.py`` the one
-place it becomes Prometheus metrics.
+"""What a mount reports, as frozen records: the fetcher's own counters (``FetcherStats``)
+and the `thaw stats --json` document (``MountStats``: bytes of its images, what each tier
+served, hits, latencies), which the daemon writes and ``thaw stats``, ``thaw warm`` and the
+Prometheus exporter (``metrics.py``) read.
 
 Collected on the trio thread from the fetcher's and the tiers' counters; the Prometheus
 exporter reads the record published once a second, never the live counters.
@@ -9,9 +9,23 @@ exporter reads the record published once a second, never the live counters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
-from blobstore.tiers import NodeTiers, TierSnapshot
+from blobstore.store.tiers import NodeTiers, TierSnapshot
+
+
+@dataclass(slots=True)
+class FetcherCounters:
+    """The fetcher's running counts (trio thread only); ``FetcherStats`` is a moment of them."""
+
+    memory_hits: int = 0
+    memory_bytes: int = 0
+    waited: int = 0
+    demand_fetches: int = 0
+    prefetches: int = 0
+    prefetched_bytes: int = 0
+    errors: int = 0
+    retries: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,50 +46,62 @@ class FetcherStats:
     fetch_latency_ms: dict = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class MountStats:
-    images: dict  # manifest id -> bytes of its files
-    fetcher: FetcherStats
-    disk: TierSnapshot
-    store: TierSnapshot
-    hinted_chunks: int = 0  # queued for prefetch from earlier starts' hints
-    readdir_requests: int = 0  # pages of names the kernel asked for (not from its cache)
-    peer: TierSnapshot | None = None  # None: no cache peers
-    peers: dict = field(default_factory=dict)  # per peer URL: chunks, bytes, errors, skipped
-    mount: str = "image"  # "image" (`thaw mount`) or "daemon" (every image of a store)
+    """The `thaw stats --json` document, one field per key (their names are what scripts
+    read: they do not change). The daemon collects it (``collect``), ``thaw stats`` and
+    ``thaw warm`` read it back (``from_json``), and Prometheus reads its fields."""
+
+    mount: str  # "image" (`thaw mount`) or "daemon" (every image of a store)
+    manifest: str | None  # the image's id when the mount serves one image
+    images: list  # manifest ids served, sorted
+    image_bytes: int
+    fetched_bytes: int  # from the store, uncompressed
+    fetched_stored_bytes: int  # from the store, as stored (over the wire)
+    tiers: dict  # tier -> {"chunks", "bytes", ...}: memory, disk, peer (with peers), store
+    peers: dict  # per peer URL: chunks, bytes, errors, skipped
+    cache_hits: int
+    coalesced_waits: int
+    fetch_latency_ms: dict
+    demand_fetches: int
+    prefetches: int
+    prefetched_bytes: int
+    prefetched_unread_bytes: int
+    prefetch_queued: int
+    hinted_chunks: int
+    readdir_requests: int
+    retries: int
+    errors: int
 
     @classmethod
-    def collect(cls, images: dict[str, int], tiers: NodeTiers, fetcher_stats: FetcherStats,
-                hinted: int = 0, mount: str = "image") -> MountStats:
-        disk = tiers.disk.stats.snapshot() if tiers.disk else TierSnapshot("disk")
-        peer = tiers.peer.stats.snapshot() if tiers.peer else None
-        per_peer = tiers.peer.inner.peer_stats() if tiers.peer else {}
-        return cls(dict(images), fetcher_stats, disk, tiers.store.stats.snapshot(), hinted,
-                   peer=peer, peers=per_peer, mount=mount)
+    def collect(cls, images: dict[str, int], tiers: NodeTiers, f: FetcherStats,
+                hinted: int = 0, mount: str = "image", readdir_requests: int = 0
+                ) -> MountStats:
+        """From the fetcher's record and the tiers' counters, now."""
+        disk = (tiers.disk.stats.snapshot() if tiers.disk else TierSnapshot("disk")).as_dict()
+        store = tiers.store.stats.snapshot().as_dict()
+        peer = {"peer": tiers.peer.stats.snapshot().as_dict()} if tiers.peer else {}
+        return cls(
+            mount=mount, manifest=next(iter(images)) if len(images) == 1 else None,
+            images=sorted(images), image_bytes=sum(images.values()),
+            fetched_bytes=store["bytes"], fetched_stored_bytes=store["stored_bytes"],
+            tiers={"memory": {"chunks": f.memory_hits, "bytes": f.memory_bytes},
+                   "disk": disk, **peer, "store": store},
+            peers=tiers.peer.inner.peer_stats() if tiers.peer else {},
+            cache_hits=f.memory_hits + disk["chunks"], coalesced_waits=f.waited,
+            fetch_latency_ms=dict(f.fetch_latency_ms), demand_fetches=f.demand_fetches,
+            prefetches=f.prefetches, prefetched_bytes=f.prefetched_bytes,
+            prefetched_unread_bytes=f.prefetched_unread_bytes,
+            prefetch_queued=f.prefetch_queued, hinted_chunks=hinted,
+            readdir_requests=readdir_requests, retries=f.retries, errors=f.errors)
 
     def as_json(self) -> dict:
-        f, store, disk = self.fetcher, self.store.as_dict(), self.disk.as_dict()
-        return {
-            "mount": self.mount,
-            "manifest": next(iter(self.images)) if len(self.images) == 1 else None,
-            "images": sorted(self.images),
-            "image_bytes": sum(self.images.values()),
-            "fetched_bytes": store["bytes"],
-            "fetched_stored_bytes": store["stored_bytes"],
-            "tiers": {"memory": {"chunks": f.memory_hits, "bytes": f.memory_bytes},
-                      "disk": disk, **({"peer": self.peer.as_dict()} if self.peer else {}),
-                      "store": store},
-            "peers": dict(self.peers),
-            "cache_hits": f.memory_hits + disk["chunks"],
-            "coalesced_waits": f.waited,
-            "fetch_latency_ms": dict(f.fetch_latency_ms),
-            "demand_fetches": f.demand_fetches,
-            "prefetches": f.prefetches,
-            "prefetched_bytes": f.prefetched_bytes,
-            "prefetched_unread_bytes": f.prefetched_unread_bytes,
-            "prefetch_queued": f.prefetch_queued,
-            "hinted_chunks": self.hinted_chunks,
-            "readdir_requests": self.readdir_requests,
-            "retries": f.retries,
-            "errors": f.errors,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, doc: object) -> MountStats:
+        """The document a mount wrote; ValueError if it is not one."""
+        names = {f.name for f in fields(cls)}
+        if not isinstance(doc, dict) or set(doc) != names:
+            raise ValueError("not a thaw mount's statistics")
+        return cls(**doc)

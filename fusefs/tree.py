@@ -17,8 +17,8 @@ import os
 import stat
 from typing import NamedTuple
 
-from blobstore.dirmanifest import DirManifest, as_dir_manifest
-from blobstore.manifest import (
+from blobstore.image.dirmanifest import DirManifest, as_dir_manifest
+from blobstore.image.manifest import (
     BLOCK,
     CHAR,
     DIR,

@@ -17,14 +17,14 @@ import json
 import os
 import tempfile
 
-from blobstore.codec import decode_and_verify, decode_blob
-from blobstore.dirmanifest import open_dir_manifest
 from blobstore.errors import BlobCorrupt, ManifestInvalid, ThawError, UsageError
-from blobstore.hints import _decode as decode_hints
-from blobstore.leases import LeaseInvalid, parse_lease
-from blobstore.manifest import decode as decode_manifest
-from blobstore.peers import normalise_url
-from blobstore.peerserver import parse_range
+from blobstore.image.dirmanifest import open_dir_manifest
+from blobstore.image.hints import HintList
+from blobstore.image.manifest import decode as decode_manifest
+from blobstore.lifecycle.leases import LeaseInvalid, parse_lease
+from blobstore.ops.peerserver import parse_range
+from blobstore.store.codec import decode_and_verify, decode_blob
+from blobstore.store.peers import normalise_url
 from placement.model import PlacementInputError
 from placement.reports import node_from_report
 
@@ -63,8 +63,8 @@ def _plain(entries) -> list:
 
 
 def hints(data: bytes) -> None:
-    runs, chunks = decode_hints(data)  # garbage is "no hints", never an error
-    assert isinstance(runs, int) and isinstance(chunks, dict)
+    got = HintList.decode(data)  # garbage is "no hints", never an error
+    assert isinstance(got.runs, int) and isinstance(got.times, dict)
 
 
 def node_report(data: bytes) -> None:
@@ -103,8 +103,8 @@ def peer_request(data: bytes) -> None:
 
 def archive(data: bytes) -> None:
     """Bytes as a tar, OCI layout or docker-save tar (compressed or not), pushed."""
-    from blobstore.memory import MemoryStore
-    from blobstore.refs import parse_ref
+    from blobstore.image.refs import parse_ref
+    from blobstore.store.memory import MemoryStore
     from indexer.push import push_tree
     from indexer.sources import open_source
 
@@ -124,8 +124,8 @@ TARGETS = {"manifest": manifest, "hints": hints, "node_report": node_report, "le
 
 
 def _valid_hints(data: bytes) -> None:
-    runs, chunks = decode_hints(data)
-    assert runs > 0 and chunks, "decodes as no hints"
+    got = HintList.decode(data)
+    assert got.runs > 0 and got.times, "decodes as no hints"
 
 
 def _valid_peer_request(data: bytes) -> None:
@@ -135,8 +135,8 @@ def _valid_peer_request(data: bytes) -> None:
 
 
 def _valid_archive(data: bytes) -> None:
-    from blobstore.memory import MemoryStore
-    from blobstore.refs import parse_ref
+    from blobstore.image.refs import parse_ref
+    from blobstore.store.memory import MemoryStore
     from indexer.push import push_tree
     from indexer.sources import open_source
 

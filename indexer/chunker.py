@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from blobstore.codec import read_full
 from blobstore.errors import UsageError
+from blobstore.store.codec import read_full
 from blobstore.units import parse_size
 
 ALGORITHMS = ("fastcdc", "fixed")

@@ -7,10 +7,10 @@ import sys
 import tempfile
 import time
 
-from blobstore.blobs import BlobStore
-from blobstore.images import open_image
-from blobstore.refs import parse_ref
-from blobstore.url import open_store
+from blobstore.image.images import open_image
+from blobstore.image.refs import parse_ref
+from blobstore.store.blobs import BlobStore
+from blobstore.store.url import open_store
 
 from . import FORMATS
 from .chunker import DEFAULT, parse_chunker
@@ -68,7 +68,7 @@ def cmd_push(args, console) -> int:
     if console.json_output:
         console.json(result.as_dict())
     else:
-        console.line(result.manifest)
+        console.line(result.manifest_id)
         console.note(f"pushed {ref} to {objects}: {result.files} files, {result.bytes} bytes "
                      f"in {result.chunks} chunks, {result.new_chunks} new, "
                      f"{result.uploaded_bytes} bytes uploaded in {result.seconds:.1f}s")

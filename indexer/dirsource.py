@@ -18,7 +18,7 @@ import os
 import stat
 from typing import BinaryIO
 
-from blobstore.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK
+from blobstore.image.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK
 
 from .errors import SourceError
 from .tree import Node, SourceTree, TreeBuilder, newest_mtime

@@ -8,7 +8,7 @@ symlinks are data, kept verbatim, and never followed while the tree is written.
 Per file: bytes, then owner, then mode (chown clears setuid bits), then xattrs (a write or
 chown clears security.capability), then times; directories get their mode and times last,
 deepest first, as GNU tar does. Chunks are fetched ahead in parallel by
-``blobstore.images.fetch_in_order``; files are written by the calling thread.
+``blobstore.image.images.fetch_in_order``; files are written by the calling thread.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import uuid
 from collections.abc import Callable
 from typing import BinaryIO
 
-from blobstore.blobs import BlobStore
-from blobstore.images import chunk_order, fetch_in_order, iter_file_bytes
-from blobstore.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK, Entry, Manifest
+from blobstore.image.images import chunk_order, fetch_in_order, iter_file_bytes
+from blobstore.image.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SOCKET, SYMLINK, Entry, Manifest
+from blobstore.store.blobs import BlobStore
 
 from .errors import ExportError
 
@@ -226,10 +226,7 @@ def export_tree(manifest: Manifest, blobs: BlobStore, dest: str, *, jobs: int = 
 def write_file(manifest: Manifest, blobs: BlobStore, path: str, out: BinaryIO, *,
                jobs: int = 8) -> int:
     """Write the bytes of the regular file ``path`` of the image to ``out``."""
-    try:
-        e = manifest.entry(path)
-    except KeyError:
-        raise ExportError(f"no {path!r} in the image") from None
+    e = manifest.entry(path)  # EntryNotFound names the path
     if e.type == SYMLINK:
         raise ExportError(f"{path!r} is a symlink to {e.target!r}; cat that path instead")
     if e.type != FILE:

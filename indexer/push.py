@@ -3,7 +3,7 @@ manifest, then the tag.
 
 Threading: the calling thread reads the stream, cuts and hashes (blake3 of a 1 MiB chunk is
 a millisecond); a pool of ``jobs`` threads asks the store whether each chunk exists and, if
-not, compresses and uploads it (``blobstore.writer.ImageWriter``, shared with snapshots).
+not, compresses and uploads it (``blobstore.image.writer.ImageWriter``, shared with snapshots).
 zstd and the store release the GIL, so those overlap. At most ``2 * jobs`` chunks are in
 flight, which bounds memory. A chunk seen earlier in the same push
 is not sent twice. The tag is written last, after every chunk and the manifest are stored,
@@ -17,12 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 
-from blobstore.base import ObjectStore
-from blobstore.blobs import BlobStore
-from blobstore.digest import blob_id
-from blobstore.fence import GcFence
-from blobstore.leases import Lease, LeaseKeeper
-from blobstore.manifest import (
+from blobstore.image.manifest import (
     DIR,
     FILE,
     ChunkRef,
@@ -31,8 +26,13 @@ from blobstore.manifest import (
     Manifest,
     stream_spans,
 )
-from blobstore.refs import Ref
-from blobstore.writer import ImageWriter, KnownBlobs
+from blobstore.image.refs import Ref
+from blobstore.image.writer import ImageWriter, KnownBlobs
+from blobstore.lifecycle.fence import GcFence
+from blobstore.lifecycle.leases import Lease, LeaseKeeper
+from blobstore.store.base import ObjectStore
+from blobstore.store.blobs import BlobStore
+from blobstore.store.digest import blob_id
 
 from .chunker import DEFAULT, ChunkerParams, cut
 from .stream import DataStream
@@ -41,7 +41,7 @@ from .tree import Node, SourceTree
 
 @dataclass
 class PushResult:
-    manifest: str
+    manifest_id: str
     files: int
     bytes: int
     chunks: int
@@ -50,7 +50,9 @@ class PushResult:
     seconds: float
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """``thaw push --json``: the id is ``manifest`` there, as the README documents."""
+        doc = asdict(self)
+        return {"manifest": doc.pop("manifest_id"), **doc}
 
 
 def _chunk_stream(tree: SourceTree, files: list[tuple[str, Node]], writer: ImageWriter,

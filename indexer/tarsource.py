@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import BinaryIO
 from urllib.parse import unquote_to_bytes
 
-from blobstore.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK
+from blobstore.image.manifest import BLOCK, CHAR, DIR, FIFO, FILE, SYMLINK
 
 from .errors import SourceError
 from .tree import Node, TreeBuilder, normalize

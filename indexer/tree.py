@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
-from blobstore.manifest import DIR, FILE, SYMLINK, path_key
+from blobstore.image.manifest import DIR, FILE, SYMLINK, path_key
 
 from .errors import SourceError
 

@@ -1,14 +1,16 @@
-"""``thaw place``: assign workloads to nodes from a workload file and node reports."""
+"""``thaw place`` (assign workloads to nodes from a workload file and node reports) and
+``thaw extender`` (a Kubernetes scheduler extender over the store's node reports; its HTTP
+face is ``extenderhttp.py``)."""
 
 from __future__ import annotations
 
 import json
 
 from blobstore.errors import UsageError
-from blobstore.images import open_image
-from blobstore.nodereport import read_reports
+from blobstore.image.images import open_image
+from blobstore.ops.nodereport import read_reports
+from blobstore.store.url import open_store
 from blobstore.units import seconds
-from blobstore.url import open_store
 
 from .model import PlacementInputError, parse_workloads
 from .reports import DEFAULT_TTL, fresh_nodes
@@ -25,6 +27,11 @@ def _policy(name: str):
 
 
 def register(sub, common) -> None:
+    _register_place(sub, common)
+    _register_extender(sub, common)
+
+
+def _register_place(sub, common) -> None:
     p = sub.add_parser("place", parents=[common], help="place workloads on cache-hot nodes",
                        description="Assign WORKLOADS to the nodes of fresh node reports so "
                                    "that the fewest bytes must still be fetched.")
@@ -91,4 +98,48 @@ def cmd_place(args, console) -> int:
         console.line(f"pending: {name} x{count} (no node can take it now)")
     console.note(f"{args.policy}: {len(nodes)} nodes, {result.bytes_to_fetch} bytes to fetch, "
                  f"{result.pending_replicas} replicas pending ({result.note or 'ok'})")
+    return 0
+
+
+def _register_extender(sub, common) -> None:
+    p = sub.add_parser("extender", parents=[common],
+                       help="a Kubernetes scheduler extender favouring cache-hot nodes",
+                       description="Serve /filter and /prioritize (kube-scheduler extender "
+                                   "v1) from the store's node reports; pods name their image "
+                                   "with the annotation thaw.dev/image.")
+    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen")
+    p.add_argument("--ttl", type=seconds(), default=DEFAULT_TTL,
+                   help=f"ignore reports older than this many seconds (default {DEFAULT_TTL:g})")
+    p.add_argument("--replan", type=seconds(positive=False), default=5.0, metavar="SECONDS",
+                   help="place the GPU pods asked about lately jointly, this often (default "
+                        "5; 0: score each pod on its own)")
+    p.set_defaults(func=cmd_extender)
+
+
+def cmd_extender(args, console) -> int:
+    from blobstore.units import parse_listen
+
+    from .extender import Extender
+    from .extenderhttp import keep_planning, serve
+
+    host, port = parse_listen(args.listen, "0.0.0.0:8741")
+    objects = open_store(args.store, timeout=args.store_timeout)
+
+    def reports():
+        nodes, skipped = fresh_nodes(read_reports(objects), ttl=args.ttl)
+        return {n.id: n for n in nodes}
+
+    def resolve(ref: str) -> tuple[str, int]:
+        mid, manifest = open_image(objects, ref)
+        return mid, sum({c.id: c.size for c in manifest.chunks}.values())
+
+    extender = Extender(reports, resolve, replan=args.replan)
+    extender.nodes()  # the first snapshot, read before the scheduler may ask
+    if args.replan > 0:
+        keep_planning(extender, args.replan)
+    try:
+        serve(extender, host, port, on_ready=lambda:
+              console.note(f"scheduler extender on http://{args.listen} (store {objects})"))
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {args.listen}: {exc.strerror}") from None
     return 0

@@ -30,7 +30,8 @@ planned node is a candidate, so it always has somewhere to go). A pod not in the
 any pod when the plan is stale, is scored on its own. The scoring is pure
 (``filter_nodes``, ``scores``); ``Extender`` adds the store's view: node reports read at
 most every ``refresh`` seconds, refs and image sizes cached. The HTTP server is in the
-command-line layer (``thaw/extender.py``); this package stays numpy and scipy only.
+command-line layer (``thaw/extender.py``); this package stays numpy and scipy, and the
+one pure module ``blobstore.schema`` (the node report).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What placement reasons about: workloads, nodes, and the result. Pure data, validated.
 
-Workloads and nodes arrive as JSON (a workload file, node reports); ``parse_workloads`` and
-``Node.from_report`` check every field and say which one is wrong. Imports nothing of ours
-(docs/architecture.md: placement reads node reports as JSON). Immutable once built; thread-safe.
+Workloads arrive as JSON (a workload file) and nodes as node reports (``reports.py``);
+``parse_workloads`` and ``blobstore.schema.NodeReport.from_json`` check every field and say
+which one is wrong. Imports nothing of thaw's packages. Immutable once built; thread-safe.
 """
 
 from __future__ import annotations

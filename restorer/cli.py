@@ -7,7 +7,7 @@ import os
 import time
 
 from blobstore.errors import UsageError
-from blobstore.url import open_store
+from blobstore.store.url import open_store
 
 
 def register(sub, common) -> None:
@@ -102,8 +102,8 @@ def _peers(args, objects):
     """The cache peers' tier of ``--peers``, or None."""
     if not args.peers:
         return None
-    from blobstore.nodereport import peer_urls
-    from blobstore.peers import Membership, PeerTier, read_token
+    from blobstore.ops.nodereport import peer_urls
+    from blobstore.store.peers import Membership, PeerTier, read_token
 
     token = read_token(args.peer_token_file, "--peer-token-file")
     membership = Membership.parse(args.peers, reports=lambda: peer_urls(objects))

@@ -28,7 +28,7 @@ def _nvml_free() -> list[tuple[int, int, str]] | None:
     gpus = nvml_gpus()
     if gpus is None:
         return None
-    return [(i, g["memory_free"], g["model"]) for i, g in enumerate(gpus)]
+    return [(i, g.memory_free, g.model) for i, g in enumerate(gpus)]
 
 
 def _gib(n: int) -> str:

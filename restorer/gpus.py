@@ -9,9 +9,11 @@ until called, pynvml; every failure means "no NVML here". Thread-safe as NVML is
 
 from __future__ import annotations
 
+from blobstore.schema import GpuReport
 
-def nvml_gpus() -> list[dict] | None:
-    """``[{"model", "memory_total", "memory_free"}]`` per GPU NVML sees, or None when there
+
+def nvml_gpus() -> list[GpuReport] | None:
+    """A ``GpuReport`` (model, memory total and free) per GPU NVML sees, or None when there
     is no NVML (no driver, no pynvml)."""
     try:
         import pynvml  # optional: only on GPU nodes
@@ -25,8 +27,8 @@ def nvml_gpus() -> list[dict] | None:
             h = pynvml.nvmlDeviceGetHandleByIndex(i)
             mem = pynvml.nvmlDeviceGetMemoryInfo(h)
             name = pynvml.nvmlDeviceGetName(h)
-            gpus.append({"model": name.decode() if isinstance(name, bytes) else str(name),
-                         "memory_total": int(mem.total), "memory_free": int(mem.free)})
+            gpus.append(GpuReport(name.decode() if isinstance(name, bytes) else str(name),
+                                  int(mem.total), int(mem.free)))
         return gpus
     finally:
         pynvml.nvmlShutdown()

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from blobstore.manifest import FILE, FileSpans, Manifest
+from blobstore.errors import EntryNotFound
+from blobstore.image.manifest import FILE, FileSpans, Manifest
 
 from .layout import Layout, LayoutError
 
@@ -33,7 +34,7 @@ def pieces(manifest: Manifest, layout: Layout) -> dict[int, list[Piece]]:
     for k, s in enumerate(layout.storages):
         try:
             entry = manifest.entry(s.path)
-        except KeyError:
+        except EntryNotFound:
             raise LayoutError(f"the image has no {s.path!r}") from None
         pos = 0
         for span in FileSpans(entry.spans).lookup(s.offset, s.nbytes):

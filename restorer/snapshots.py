@@ -12,7 +12,7 @@ every byte has arrived and verified: an error leaves no half-loaded tensors behi
 order chunks were first read in is saved as hints for the next restore. Compiled kernels
 a snapshot carries (``compilecache``) go back into torch's caches after the tensors.
 ``restore`` is ``plan_restore`` (what goes where, in which order, on which device) then
-``execute`` (the pipeline, ``blobstore.pipeline.in_order``, into a ``copiers`` piece).
+``execute`` (the pipeline, ``blobstore.image.pipeline.in_order``, into a ``copiers`` piece).
 """
 
 from __future__ import annotations
@@ -23,17 +23,17 @@ from dataclasses import dataclass
 
 import torch
 
-from blobstore.base import ObjectStore
-from blobstore.blobs import BlobStore
-from blobstore.diskcache import DiskCache
 from blobstore.errors import ThawError
-from blobstore.hints import HintRecorder, load_hints, save_hints
-from blobstore.images import fetch_chunk, open_image
-from blobstore.manifest import FileSpans, Manifest
-from blobstore.pipeline import in_order
-from blobstore.refs import parse_ref
-from blobstore.tiers import BlobTier, node_tiers
-from blobstore.url import open_store
+from blobstore.image.hints import HintRecorder, load_hints, save_hints
+from blobstore.image.images import fetch_chunk, open_image
+from blobstore.image.manifest import FileSpans, Manifest
+from blobstore.image.pipeline import in_order
+from blobstore.image.refs import parse_ref
+from blobstore.store.base import ObjectStore
+from blobstore.store.blobs import BlobStore
+from blobstore.store.diskcache import DiskCache
+from blobstore.store.tiers import BlobTier, node_tiers
+from blobstore.store.url import open_store
 
 from . import compilecache
 from .copiers import copier_for

@@ -1,5 +1,5 @@
 """Writing an image of kind ``snapshot``: files cut into fixed-size chunks and fed to
-``blobstore.writer.ImageWriter`` (parallel, bounded uploads of what the store lacks; the
+``blobstore.image.writer.ImageWriter`` (parallel, bounded uploads of what the store lacks; the
 manifest; the tag last).
 
 Each storage is its own file, cut from its first byte, so a storage that did not change
@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
-from blobstore.base import ObjectStore
-from blobstore.blobs import BlobStore
-from blobstore.digest import blob_id
-from blobstore.fence import GcFence
-from blobstore.leases import Lease, LeaseKeeper
-from blobstore.manifest import DIR, FILE, Entry, Header, Manifest, Span
-from blobstore.refs import Ref
-from blobstore.writer import ImageWriter
+from blobstore.image.manifest import DIR, FILE, Entry, Header, Manifest, Span
+from blobstore.image.refs import Ref
+from blobstore.image.writer import ImageWriter
+from blobstore.lifecycle.fence import GcFence
+from blobstore.lifecycle.leases import Lease, LeaseKeeper
+from blobstore.store.base import ObjectStore
+from blobstore.store.blobs import BlobStore
+from blobstore.store.digest import blob_id
 
 CHUNK = 4 << 20
 

@@ -13,8 +13,8 @@ from typing import Protocol
 
 import pytest
 
-from blobstore.base import ObjectStore
 from blobstore.errors import NotFound
+from blobstore.store.base import ObjectStore
 
 
 class RawAccess(Protocol):
@@ -172,15 +172,15 @@ class ObjectStoreContract:
 
 
 class BlobTierContract:
-    """What every tier and every stack of tiers answers (``blobstore.tiers.BlobTier``).
+    """What every tier and every stack of tiers answers (``blobstore.store.tiers.BlobTier``).
 
     A test subclasses it and provides ``tier`` (the tier or stack under test, empty) and
     ``below`` (a function ``(id, stored)`` that writes a stored blob into the lowest layer,
     bypassing the tier, so that reading and writing are tested apart)."""
 
     def test_reads_a_blob_written_below(self, tier, below) -> None:
-        from blobstore.codec import encode_blob
-        from blobstore.digest import blob_id
+        from blobstore.store.codec import encode_blob
+        from blobstore.store.digest import blob_id
 
         for data in (b"compressible " * 3000, bytes(range(256)) * 40):
             id, stored = blob_id(data), encode_blob(data)
@@ -206,9 +206,9 @@ class BlobTierContract:
                 call()
 
     def test_wrong_bytes_are_never_served(self, tier, below) -> None:
-        from blobstore.codec import encode_blob
-        from blobstore.digest import blob_id
         from blobstore.errors import BlobCorrupt, BlobNotFound
+        from blobstore.store.codec import encode_blob
+        from blobstore.store.digest import blob_id
 
         id = blob_id(b"the real bytes")
         below(id, encode_blob(b"other bytes!!!"))
@@ -218,9 +218,9 @@ class BlobTierContract:
             tier.read_into(id, memoryview(bytearray(14)))
 
     def test_sizes_are_bounded(self, tier, below) -> None:
-        from blobstore.codec import encode_blob
-        from blobstore.digest import blob_id
         from blobstore.errors import BlobCorrupt
+        from blobstore.store.codec import encode_blob
+        from blobstore.store.digest import blob_id
 
         data = b"x" * 10_000
         id = blob_id(data)
@@ -232,8 +232,8 @@ class BlobTierContract:
         assert tier.get(id) == data  # a lying size does not cost a good copy
 
     def test_put_stored_then_read(self, tier) -> None:
-        from blobstore.codec import encode_blob
-        from blobstore.digest import blob_id
+        from blobstore.store.codec import encode_blob
+        from blobstore.store.digest import blob_id
 
         data = b"written through the tier" * 100
         id = blob_id(data)

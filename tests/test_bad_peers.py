@@ -10,14 +10,14 @@ import threading
 
 import pytest
 
-from blobstore.blobs import BlobStore
-from blobstore.codec import encode_blob
-from blobstore.digest import blob_id
-from blobstore.images import open_image
-from blobstore.local import LocalStore
-from blobstore.peerclient import FIRST_BYTE, FLOOR_RATE, PeerClient, PeerFailed, deadline
-from blobstore.peers import Membership, PeerTier, owners
-from blobstore.tiers import BlobTier, Counting, FirstHit
+from blobstore.image.images import open_image
+from blobstore.store.blobs import BlobStore
+from blobstore.store.codec import encode_blob
+from blobstore.store.digest import blob_id
+from blobstore.store.local import LocalStore
+from blobstore.store.peerclient import FIRST_BYTE, FLOOR_RATE, PeerClient, PeerFailed, deadline
+from blobstore.store.peers import Membership, PeerTier, owners
+from blobstore.store.tiers import BlobTier, Counting, FirstHit
 
 from .badpeer import MODES, BadPeer
 from .conftest import Mounted
@@ -176,7 +176,7 @@ def test_a_mount_reads_every_file_right_beside_a_bad_peer(thaw, pushed, rich_tre
 
 def test_a_peer_is_skipped_for_30_s_after_three_failures_then_probed():
     """The README's figures, on a fake clock."""
-    from blobstore.peerhealth import HealthBook
+    from blobstore.store.peerhealth import HealthBook
 
     clock = Clock()
     book = HealthBook(clock=clock)

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from blobstore.blobs import blob_key
-from blobstore.codec import encode_blob
-from blobstore.local import LocalStore
+from blobstore.store.blobs import blob_key
+from blobstore.store.codec import encode_blob
+from blobstore.store.local import LocalStore
 
 from .support import safetensors_bytes
 
@@ -50,7 +50,7 @@ def test_verify_reports_damage(thaw, rich_tree, store_url):
     objects = LocalStore(store_url[len("file://"):])
     info = json.loads(thaw("inspect", "x:1", "--json", "--files").stdout)
     assert info["files_list"][0]["path"] == "/"
-    from blobstore.images import open_image
+    from blobstore.image.images import open_image
 
     _, m = open_image(objects, out["manifest"])
     objects.delete(blob_key(m.chunks[0].id))
@@ -92,7 +92,7 @@ def test_corrupt_manifest_in_store(thaw, rich_tree, store_url):
     objects = LocalStore(store_url[len("file://"):])
     objects.put(blob_key(out["manifest"]), encode_blob(b"\x93\x01\x02\x03"))
     assert_user_error(thaw("inspect", "x:1", check=False), 1, "does not hash")
-    from blobstore.blobs import BlobStore
+    from blobstore.store.blobs import BlobStore
 
     mid, _ = BlobStore(objects).put(b"\x93\x01\x02\x03")
     assert_user_error(thaw("inspect", mid, check=False), 1, "invalid manifest")
@@ -188,7 +188,7 @@ def test_a_source_file_that_fails_with_eio_is_one_line(thaw, rich_tree, store_ur
 def test_push_seconds_cover_opening_the_source():
     import time
 
-    from blobstore.memory import MemoryStore
+    from blobstore.store.memory import MemoryStore
     from indexer.push import push_tree
     from indexer.tree import Node, SourceTree
 

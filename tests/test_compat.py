@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from blobstore.hints import load_hints
-from blobstore.images import open_image
-from blobstore.local import LocalStore
-from blobstore.nodereport import read_reports
+from blobstore.image.hints import load_hints
+from blobstore.image.images import open_image
+from blobstore.ops.nodereport import read_reports
+from blobstore.store.local import LocalStore
 
 from .conftest import Mounted, rsync_diff
 

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blobstore.dirmanifest import DirManifest, decode_v2, encode_v2, open_dir_manifest
 from blobstore.errors import ManifestInvalid
-from blobstore.manifest import (
+from blobstore.image.dirmanifest import DirManifest, decode_v2, encode_v2, open_dir_manifest
+from blobstore.image.manifest import (
     DIR,
     FILE,
     SYMLINK,
@@ -322,7 +322,7 @@ def test_a_hard_link_check_waits_for_its_first_member_even_after_a_drop():
 def test_a_whole_decode_checks_hard_links_however_far_apart(monkeypatch):
     """With a reader's bound, the first member's directory would be dropped before the
     member's is decoded, and the member's check would wait for good."""
-    import blobstore.dirmanifest as dirmanifest
+    import blobstore.image.dirmanifest as dirmanifest
 
     monkeypatch.setattr(dirmanifest, "MAX_DECODED", 1)
     entries = [d("a"), f("a/x", group=1)] + [d(f"m{i}") for i in range(5)]

@@ -9,13 +9,13 @@ import threading
 
 import pytest
 
-from blobstore.blobs import BlobStore, blob_key
-from blobstore.codec import encode_blob
-from blobstore.digest import blob_id
-from blobstore.diskcache import DiskCache
 from blobstore.errors import BlobCorrupt, BlobNotFound, StoreUnavailable
-from blobstore.memory import MemoryStore
-from blobstore.tiers import node_tiers
+from blobstore.store.blobs import BlobStore, blob_key
+from blobstore.store.codec import encode_blob
+from blobstore.store.digest import blob_id
+from blobstore.store.diskcache import DiskCache
+from blobstore.store.memory import MemoryStore
+from blobstore.store.tiers import node_tiers
 
 from .support import tmpfs
 
@@ -107,9 +107,9 @@ def test_store_down_propagates(tmp_path):
 WRITER = """
 import os, sys
 sys.path.insert(0, {repo!r})
-from blobstore.diskcache import DiskCache
-from blobstore.codec import encode_blob
-from blobstore.digest import blob_id
+from blobstore.store.diskcache import DiskCache
+from blobstore.store.codec import encode_blob
+from blobstore.store.digest import blob_id
 cache = DiskCache({root!r}, 300_000)
 for i in range(60):
     data = os.urandom(10_000)
@@ -195,7 +195,7 @@ def test_opening_a_cache_sweeps_temporaries_a_killed_writer_left(tmp_path):
 def test_filling_a_chunk_locks_it_against_other_threads_and_processes(tmp_path):
     """The fill lock of a chunk is byte id[:4] of one file: another open of it (another
     thread's, another process's) finds it held while it is, and free after."""
-    from blobstore.rangelocks import RangeLocks
+    from blobstore.store.rangelocks import RangeLocks
 
     cache = DiskCache(tmp_path, 1 << 20)
     id = blob_id(b"x")

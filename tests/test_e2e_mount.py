@@ -130,10 +130,10 @@ def test_s3_down_gives_eio_then_recovers(thaw, debian_in_s3, gnu_tree, seaweed, 
 def test_corrupt_object_in_s3_is_eio(thaw, debian_in_s3, gnu_tree, tmp_path):
     import boto3
 
-    from blobstore.blobs import blob_key
-    from blobstore.codec import encode_blob
-    from blobstore.images import open_image
-    from blobstore.url import open_store
+    from blobstore.image.images import open_image
+    from blobstore.store.blobs import blob_key
+    from blobstore.store.codec import encode_blob
+    from blobstore.store.url import open_store
 
     _, manifest = open_image(open_store(debian_in_s3), "debian:12")
     victim = manifest.chunks[manifest.entry("usr/bin/bash").spans[0].chunk].id

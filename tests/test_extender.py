@@ -13,9 +13,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from blobstore.images import open_image
-from blobstore.local import LocalStore
-from blobstore.nodereport import build_report, write_report
+from blobstore.image.images import open_image
+from blobstore.ops.nodereport import build_report, write_report
+from blobstore.schema import GpuReport
+from blobstore.store.local import LocalStore
 from placement.extender import filter_nodes, scores
 from placement.extenderargs import parse, pod_gpus
 from placement.model import Node
@@ -77,7 +78,7 @@ def test_the_extender_answers_the_scheduler_from_node_reports(thaw, rich_tree, s
     objects = LocalStore(store_url[len("file://"):])
     mid, manifest = open_image(objects, "app:1")
     size = sum({c.id: c.size for c in manifest.chunks}.values())
-    gpus = [{"model": "H200", "memory_total": 100, "memory_free": 100}] * 2
+    gpus = [GpuReport("H200", 100, 100)] * 2
     for node, cached in (("node-a", size), ("node-b", size // 2), ("node-c", 0)):
         write_report(objects, build_report(node, gpus, 0, 1, {mid: cached}))
     with extender(store_url) as port:
@@ -147,8 +148,8 @@ def test_filter_then_prioritize_as_kube_scheduler_calls_them(thaw, rich_tree, st
     objects = LocalStore(store_url[len("file://"):])
     mid, manifest = open_image(objects, "app:1")
     size = sum({c.id: c.size for c in manifest.chunks}.values())
-    big = [{"model": "H200", "memory_total": 141 << 30, "memory_free": 141 << 30}] * 2
-    small = [{"model": "L4", "memory_total": 24 << 30, "memory_free": 24 << 30}] * 2
+    big = [GpuReport("H200", 141 << 30, 141 << 30)] * 2
+    small = [GpuReport("L4", 24 << 30, 24 << 30)] * 2
     for node, gpus, cached in (("hot", big, size), ("warm", big, size // 4),
                                ("tiny", small, size), ("cold", big, 0)):
         write_report(objects, build_report(node, gpus, 0, 1, {mid: cached}))

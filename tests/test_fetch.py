@@ -8,7 +8,7 @@ import pytest
 import trio
 
 from blobstore.errors import BlobCorrupt, StoreUnavailable
-from blobstore.manifest import ChunkRef
+from blobstore.image.manifest import ChunkRef
 from fusefs.fetch import ChunkFetcher, RetryPolicy, Source
 
 

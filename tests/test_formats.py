@@ -11,10 +11,10 @@ import tarfile
 
 import pytest
 
-from blobstore.blobs import BlobStore
-from blobstore.images import open_image
-from blobstore.memory import MemoryStore
-from blobstore.refs import parse_ref
+from blobstore.image.images import open_image
+from blobstore.image.refs import parse_ref
+from blobstore.store.blobs import BlobStore
+from blobstore.store.memory import MemoryStore
 from indexer.export import export_tree
 from indexer.push import push_tree
 from indexer.sources import open_source

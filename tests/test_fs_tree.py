@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import stat
 
-from blobstore.images import open_image
-from blobstore.memory import MemoryStore
-from blobstore.refs import parse_ref
+from blobstore.image.images import open_image
+from blobstore.image.refs import parse_ref
+from blobstore.store.memory import MemoryStore
 from fusefs.tree import FsTree
 from indexer.chunker import ChunkerParams
 from indexer.push import push_tree

@@ -9,12 +9,12 @@ import os
 import pyfuse3
 import pytest
 
-from blobstore.blobs import BlobStore, blob_key
-from blobstore.codec import encode_blob
-from blobstore.images import open_image
-from blobstore.memory import MemoryStore
-from blobstore.refs import parse_ref
-from blobstore.tiers import node_tiers
+from blobstore.image.images import open_image
+from blobstore.image.refs import parse_ref
+from blobstore.store.blobs import BlobStore, blob_key
+from blobstore.store.codec import encode_blob
+from blobstore.store.memory import MemoryStore
+from blobstore.store.tiers import node_tiers
 from fusefs.fetch import ChunkFetcher, RetryPolicy
 from fusefs.namespace import SingleImage
 from fusefs.ops import ImageOps

@@ -14,12 +14,13 @@ import uuid
 
 import pytest
 
-from blobstore.blobs import BlobStore
-from blobstore.gc import CONDEMNED, LOCK, LOCK_STALE, GcAborted, GcLocked, collect
-from blobstore.images import open_image
-from blobstore.leases import Lease
-from blobstore.local import LocalStore
-from blobstore.refs import parse_ref
+from blobstore.image.images import open_image
+from blobstore.image.refs import parse_ref
+from blobstore.lifecycle.gcrecord import CONDEMNED, LOCK, LOCK_STALE, GcAborted
+from blobstore.lifecycle.leases import Lease
+from blobstore.ops.gc import GcLocked, collect
+from blobstore.store.blobs import BlobStore
+from blobstore.store.local import LocalStore
 from indexer.chunker import ChunkerParams
 from indexer.push import push_tree
 from indexer.sources import open_source
@@ -38,7 +39,7 @@ class Clock:
 def push(objects, tree, ref: str) -> str:
     with open_source(str(tree)) as src:
         return push_tree(src, objects, parse_ref(ref),
-                         params=ChunkerParams("fastcdc", 64 << 10)).manifest
+                         params=ChunkerParams("fastcdc", 64 << 10)).manifest_id
 
 
 def readable(objects, ref: str) -> bool:
@@ -186,7 +187,7 @@ def test_rm_tag_and_gc_on_the_command_line(thaw, rich_tree):
 
 @pytest.mark.s3
 def test_two_collectors_at_once_on_seaweedfs(s3_env):
-    from blobstore.s3 import S3Store
+    from blobstore.store.s3 import S3Store
 
     objects = S3Store("thaw", f"gc-{uuid.uuid4().hex[:8]}")
     objects.put("nodes/x.json", b"{}")
@@ -424,8 +425,8 @@ def test_kill_9_in_the_middle_of_a_push_and_of_a_gc_loses_nothing(thaw, two_imag
 
 def test_gc_cache_dir_drops_what_the_store_lost_but_never_a_leased_images_blobs(
         thaw, two_images, tmp_path):
-    from blobstore.diskcache import DiskCache
-    from blobstore.tiers import ReadThrough
+    from blobstore.store.diskcache import DiskCache
+    from blobstore.store.tiers import ReadThrough
 
     objects = two_images
     cache_dir = tmp_path / "cache"

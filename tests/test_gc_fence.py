@@ -16,13 +16,14 @@ from unittest import mock
 
 import pytest
 
-from blobstore.blobs import BlobStore, blob_key
-from blobstore.fence import BlobsCollected, GcBusy, GcFence
-from blobstore.gc import CONDEMNED, LOCK, LOCK_STALE, GcAborted, collect
-from blobstore.images import open_image
-from blobstore.leases import Lease
-from blobstore.local import LocalStore
-from blobstore.refs import Refs, parse_ref
+from blobstore.image.images import open_image
+from blobstore.image.refs import Refs, parse_ref
+from blobstore.lifecycle.fence import BlobsCollected, GcBusy, GcFence
+from blobstore.lifecycle.gcrecord import CONDEMNED, LOCK, LOCK_STALE, GcAborted
+from blobstore.lifecycle.leases import Lease
+from blobstore.ops.gc import collect
+from blobstore.store.blobs import BlobStore, blob_key
+from blobstore.store.local import LocalStore
 
 from .test_gc import blob_ids, push, readable, two_images  # noqa: F401 - a fixture
 
@@ -223,15 +224,15 @@ def test_the_record_names_what_a_run_deletes_and_a_push_uploads_it_again(
 
 
 def test_a_push_waits_long_enough_for_a_dead_collectors_lock_to_go_stale():
-    from blobstore.fence import MAX_WAIT
-    from blobstore.gc import LOCK_REFRESH
+    from blobstore.lifecycle.fence import MAX_WAIT
+    from blobstore.lifecycle.gcrecord import LOCK_REFRESH
 
     assert LOCK_STALE + LOCK_REFRESH < MAX_WAIT <= 13 * 60  # as the README says
 
 
 @pytest.mark.allow_log_warnings
 def test_a_collector_never_writes_over_or_removes_a_lock_taken_over_from_it(tmp_path):
-    from blobstore.gc import _Lock
+    from blobstore.ops.gc import _Lock
 
     objects = LocalStore(tmp_path / "store")
     lock = _Lock(objects, time.time)
@@ -249,7 +250,7 @@ def test_a_collector_never_writes_over_or_removes_a_lock_taken_over_from_it(tmp_
 
 
 def test_a_collector_that_could_not_renew_its_lock_deletes_nothing(tmp_path):
-    from blobstore.gc import _Lock
+    from blobstore.ops.gc import _Lock
 
     lock = _Lock(LocalStore(tmp_path / "store"), time.time)
     lock.acquire()

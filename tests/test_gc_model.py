@@ -32,15 +32,16 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from blobstore.base import ObjectStore
-from blobstore.blobs import BlobStore, blob_key
-from blobstore.fence import BlobsCollected, GcBusy
-from blobstore.gc import COLLECTED, CONDEMNED, LOCK, LOCK_STALE, GcLocked, collect
-from blobstore.images import load_manifest
-from blobstore.leases import Lease, parse_lease
-from blobstore.local import LocalStore
-from blobstore.refs import Refs, parse_ref
-from blobstore.url import open_store
+from blobstore.image.images import load_manifest
+from blobstore.image.refs import Refs, parse_ref
+from blobstore.lifecycle.fence import BlobsCollected, GcBusy
+from blobstore.lifecycle.gcrecord import CONDEMNED, LOCK, LOCK_STALE
+from blobstore.lifecycle.leases import Lease, parse_lease
+from blobstore.ops.gc import COLLECTED, GcLocked, collect
+from blobstore.store.base import ObjectStore
+from blobstore.store.blobs import BlobStore, blob_key
+from blobstore.store.local import LocalStore
+from blobstore.store.url import open_store
 from indexer.chunker import ChunkerParams
 from indexer.push import push_tree
 from indexer.sources import open_source
@@ -185,10 +186,10 @@ class GcMachine(RuleBasedStateMachine):
         try:
             # the push's lease in the collector's clock, as a store clock gives it
             with mock.patch("indexer.push.Lease", partial(Lease, clock=self.clock)), \
-                    mock.patch("blobstore.fence.MAX_WAIT", 0.0), \
+                    mock.patch("blobstore.lifecycle.fence.MAX_WAIT", 0.0), \
                     open_source(str(self.trees[tree])) as src:
                 mid = push_tree(src, self.objects, parse_ref(ref), jobs=2,
-                                params=ChunkerParams("fastcdc", 64 << 10)).manifest
+                                params=ChunkerParams("fastcdc", 64 << 10)).manifest_id
         except Crash:
             mid = None
         except (BlobsCollected, GcBusy):

@@ -7,13 +7,13 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from blobstore.blobs import BlobStore
 from blobstore.errors import StoreUnavailable
-from blobstore.hints import hints_key, load_hints
-from blobstore.images import open_image
-from blobstore.memory import MemoryStore
-from blobstore.refs import parse_ref
-from blobstore.tiers import node_tiers
+from blobstore.image.hints import hints_key, load_hints
+from blobstore.image.images import open_image
+from blobstore.image.refs import parse_ref
+from blobstore.store.blobs import BlobStore
+from blobstore.store.memory import MemoryStore
+from blobstore.store.tiers import node_tiers
 from fusefs.fetch import ChunkFetcher, RetryPolicy
 from fusefs.learn import StartLearner
 from fusefs.namespace import SingleImage
@@ -90,9 +90,9 @@ async def test_a_start_is_recorded_and_the_next_one_prefetches_it(pushed, clock)
         assert second.learner.hinted == len(chunks_of(manifest, "bin/ping"))
         await trio.sleep(1)  # the prefetch workers run before anything is read
         assert set(second.fetched) == ping
-        before = second.fetcher.counts["demand_fetches"]
+        before = second.fetcher.statistics().demand_fetches
         await read_all(second.ops, await path_ino(second.ops, "bin/ping"), 1 << 20)
-        assert second.fetcher.counts["demand_fetches"] == before  # all there already
+        assert second.fetcher.statistics().demand_fetches == before  # all there already
 
 
 async def test_prefetch_from_hints_is_bounded(pushed, clock):

@@ -7,8 +7,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from blobstore.errors import ManifestInvalid
-from blobstore.manifest import (
+from blobstore.errors import EntryNotFound, ManifestInvalid
+from blobstore.image.manifest import (
     DIR,
     FILE,
     SYMLINK,
@@ -22,7 +22,6 @@ from blobstore.manifest import (
     encode,
     encode_v1,
     manifest_id,
-    spans_for,
     stream_spans,
 )
 
@@ -63,7 +62,7 @@ def test_lookup_by_path():
     m = sample()
     assert m.entry("/bin/sh").size == 120
     assert m.index_of("") == 0
-    with pytest.raises(KeyError):
+    with pytest.raises(EntryNotFound, match="no 'nope' in the image"):
         m.entry("nope")
 
 
@@ -187,10 +186,10 @@ def test_golden_valid_file_keeps_its_id(name, encoder):
 
 def test_spans_lookup():
     e = sample().entries[2]
-    assert spans_for(e, 0, 120) == [Span(0, 10, 90), Span(1, 0, 30)]
-    assert spans_for(e, 85, 10) == [Span(0, 95, 5), Span(1, 0, 5)]
-    assert spans_for(e, 100, 1000) == [Span(1, 10, 20)]
-    assert spans_for(e, 120, 10) == []
+    assert FileSpans(e.spans).lookup(0, 120) == [Span(0, 10, 90), Span(1, 0, 30)]
+    assert FileSpans(e.spans).lookup(85, 10) == [Span(0, 95, 5), Span(1, 0, 5)]
+    assert FileSpans(e.spans).lookup(100, 1000) == [Span(1, 10, 20)]
+    assert FileSpans(e.spans).lookup(120, 10) == []
     assert FileSpans(()).lookup(0, 10) == []
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from blobstore.blobs import blob_key
-from blobstore.codec import encode_blob
-from blobstore.hints import load_hints
-from blobstore.images import open_image
-from blobstore.local import LocalStore
+from blobstore.image.hints import load_hints
+from blobstore.image.images import open_image
+from blobstore.store.blobs import blob_key
+from blobstore.store.codec import encode_blob
+from blobstore.store.local import LocalStore
 from fusefs.mountpoint import is_mounted
 
 from .conftest import REPO, Mounted, mount_pid, rsync_diff
@@ -313,7 +313,7 @@ def test_no_dev_fuse_is_one_line(thaw, pushed, tmp_path):
 
 
 def test_daemon_writes_a_node_report_the_placer_reads(thaw, pushed, store_url, tmp_path):
-    from blobstore.nodereport import read_reports
+    from blobstore.ops.nodereport import read_reports
     from placement.reports import fresh_nodes
 
     mnt = tmp_path / "mnt"
@@ -435,8 +435,8 @@ def test_a_directory_that_fails_its_checks_is_eio_and_the_rest_of_the_image_read
     answers EIO, names the manifest in the log, and spoils nothing else."""
     import msgpack
 
-    from blobstore.blobs import BlobStore
-    from blobstore.refs import Refs, parse_ref
+    from blobstore.image.refs import Refs, parse_ref
+    from blobstore.store.blobs import BlobStore
 
     objects = LocalStore(store_url[len("file://"):])
     doc = msgpack.unpackb(BlobStore(objects).get(pushed), raw=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from blobstore.memory import MemoryStore
-from blobstore.refs import parse_ref
+from blobstore.image.refs import parse_ref
+from blobstore.store.memory import MemoryStore
 from fusefs.namespace import StoreImages
 from indexer.push import push_tree
 from indexer.sources import open_source
@@ -22,7 +22,7 @@ def three_images(tmp_path):
         for j in range(50):
             (src / "d" / f"f{j}").write_text(f"{i}-{j}")
         with open_source(str(src)) as tree:
-            mids.append(push_tree(tree, objects, parse_ref(f"img:{i}")).manifest)
+            mids.append(push_tree(tree, objects, parse_ref(f"img:{i}")).manifest_id)
     return objects, mids
 
 

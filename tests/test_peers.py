@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from blobstore.blobs import BlobStore
 from blobstore.errors import UsageError
-from blobstore.images import open_image
-from blobstore.lru import BytesLRU
-from blobstore.peers import Membership, normalise_url, owners
-from blobstore.url import open_store
+from blobstore.image.images import open_image
+from blobstore.store.blobs import BlobStore
+from blobstore.store.lru import BytesLRU
+from blobstore.store.peers import Membership, normalise_url, owners
+from blobstore.store.url import open_store
 
 from .conftest import REPO, Mounted
 from .proxy import RemoteLikeProxy
@@ -78,11 +78,11 @@ def test_a_bytes_lru_keeps_the_most_recently_used_within_its_bound():
 @pytest.mark.allow_log_warnings  # the damaged entry, dropped when nothing remembers it
 @pytest.mark.parametrize("memory", [1 << 20, 0])
 def test_serve_reads_and_verifies_a_chunk_many_peers_ask_for_once(tmp_path, memory):
-    from blobstore.digest import blob_id
-    from blobstore.diskcache import DiskCache
-    from blobstore.memory import MemoryStore
-    from blobstore.peerserver import PeerServer
-    from blobstore.tiers import node_tiers
+    from blobstore.ops.peerserver import PeerServer
+    from blobstore.store.digest import blob_id
+    from blobstore.store.diskcache import DiskCache
+    from blobstore.store.memory import MemoryStore
+    from blobstore.store.tiers import node_tiers
 
     data = os.urandom(100_000)
     id = blob_id(data)
@@ -147,7 +147,7 @@ def test_the_peer_list_file_cli_error_is_one_line(thaw, tmp_path):
 
 @pytest.mark.allow_log_warnings
 def test_a_token_file_others_can_read_is_warned_about_as_ssh_does(tmp_path, caplog):
-    from blobstore.peers import read_token
+    from blobstore.store.peers import read_token
 
     path = tmp_path / "token"
     path.write_text(TOKEN)
@@ -203,7 +203,7 @@ def cache_has(cache: Path, id: str) -> bool:
 @pytest.fixture
 def pushed(thaw, rich_tree, store_url):
     thaw("push", str(rich_tree), "rich:1", "--chunker", "fastcdc:64K")
-    from blobstore.local import LocalStore
+    from blobstore.store.local import LocalStore
 
     objects = LocalStore(store_url[len("file://"):])
     return objects, *open_image(objects, "rich:1")
@@ -286,7 +286,7 @@ def test_serve_logs_a_malformed_request_in_one_line_quoting_none_of_it(thaw, pus
 @pytest.mark.mount
 @pytest.mark.allow_log_warnings
 def test_serve_says_a_blob_corrupt_in_the_store_is_corrupt_with_a_502(thaw, pushed, tmp_path):
-    from blobstore.blobs import blob_key
+    from blobstore.store.blobs import blob_key
 
     objects, _, manifest = pushed
     id = manifest.chunks[0].id
@@ -310,10 +310,10 @@ def test_serve_closes_a_connection_that_sends_nothing_after_the_header_timeout(t
 def test_serve_closes_an_idle_keep_alive_connection(tmp_path):
     import asyncio
 
-    from blobstore.diskcache import DiskCache
-    from blobstore.memory import MemoryStore
-    from blobstore.peerserver import PeerServer
-    from blobstore.tiers import node_tiers
+    from blobstore.ops.peerserver import PeerServer
+    from blobstore.store.diskcache import DiskCache
+    from blobstore.store.memory import MemoryStore
+    from blobstore.store.tiers import node_tiers
 
     tiers = node_tiers(BlobStore(MemoryStore()), DiskCache(tmp_path / "cache", 1 << 20))
     server = PeerServer(tiers, TOKEN, keepalive=0.2)
@@ -525,16 +525,16 @@ def faulty_peers(n: int, stored: bytes):
 
 
 def _blob():
-    from blobstore.codec import encode_blob
-    from blobstore.digest import blob_id
+    from blobstore.store.codec import encode_blob
+    from blobstore.store.digest import blob_id
 
     data = os.urandom(200_000)
     return blob_id(data), data, encode_blob(data)
 
 
 def test_a_slow_first_owner_is_hedged_to_the_second():
-    from blobstore.peerhealth import PeerHealth
-    from blobstore.peers import PeerTier
+    from blobstore.store.peerhealth import PeerHealth
+    from blobstore.store.peers import PeerTier
 
     id, data, stored = _blob()
     with faulty_peers(2, stored) as peers:
@@ -550,8 +550,8 @@ def test_a_slow_first_owner_is_hedged_to_the_second():
 
 def _hedging_tier(peers: dict, id: str):
     """A tier that will hedge ``id``'s next request: its first owner is usually quick."""
-    from blobstore.peerhealth import PeerHealth
-    from blobstore.peers import PeerTier
+    from blobstore.store.peerhealth import PeerHealth
+    from blobstore.store.peers import PeerTier
 
     first, second = owners(list(peers), id)
     tier = PeerTier(Membership(urls=list(peers)), None, TOKEN)
@@ -573,7 +573,7 @@ def test_a_hedge_that_finds_nothing_waits_for_the_slow_first_owner():
 
 
 def test_a_quick_miss_at_the_first_owner_asks_the_second_to_read_through():
-    from blobstore.peerhealth import PeerHealth
+    from blobstore.store.peerhealth import PeerHealth
 
     id, data, stored = _blob()
     with faulty_peers(2, stored) as peers:
@@ -590,8 +590,8 @@ def test_a_quick_miss_at_the_first_owner_asks_the_second_to_read_through():
 def test_a_first_owner_that_refuses_connections_is_not_a_hedge(caplog):
     """The second owner is then asked as the owner (reading through on a miss), and the
     dead one is named."""
-    from blobstore.peerhealth import PeerHealth
-    from blobstore.peers import PeerTier
+    from blobstore.store.peerhealth import PeerHealth
+    from blobstore.store.peers import PeerTier
 
     dead = f"http://127.0.0.5:{free_ports(1)[0]}"  # nothing listens there
     id, data, stored = _blob()
@@ -610,7 +610,7 @@ def test_a_first_owner_that_refuses_connections_is_not_a_hedge(caplog):
 def test_hedges_stay_within_their_share_of_the_requests():
     """A node that is itself the slow part finds every owner slower than its p90; hedging
     them all doubles the load that made them slow. At most one in twenty are hedged."""
-    from blobstore.peerhedge import HedgePolicy
+    from blobstore.store.peerhedge import HedgePolicy
 
     policy = HedgePolicy()
     assert policy.may_hedge()  # the first may
@@ -621,7 +621,7 @@ def test_hedges_stay_within_their_share_of_the_requests():
 
 
 def test_a_transfer_cut_midway_is_resumed_with_a_range():
-    from blobstore.peers import PeerTier
+    from blobstore.store.peers import PeerTier
 
     id, data, stored = _blob()
     with faulty_peers(1, stored) as peers:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
 import pytest
 
-from blobstore.memory import MemoryStore
-from blobstore.nodereport import build_report, parse_gpus, read_reports, write_report
+from blobstore.ops.nodereport import build_report, parse_gpus, read_reports, write_report
+from blobstore.store.memory import MemoryStore
 from placement.baselines import greedy, image_locality, random_policy
 from placement.milp import best_known, lower_bound, solve
 from placement.model import Node, PlacementInputError, Workload, parse_workloads
@@ -389,7 +390,7 @@ def test_a_time_limit_spent_before_the_optional_tries_skips_them(monkeypatch):
 def test_report_written_by_blobstore_is_read_by_placement():
     objects = MemoryStore()
     gpus = parse_gpus("4xH200:141G")
-    gpus[0]["memory_free"] = 10 * GB  # busy
+    gpus[0] = dataclasses.replace(gpus[0], memory_free=10 * GB)  # busy
     write_report(objects, build_report("gpu-1", gpus, 5 * GB, 100 * GB, {"a" * 64: 3 * GB}))
     write_report(objects, build_report("gpu-2", gpus, 0, 100 * GB, {},
                                        now=time.time() - 3600))
@@ -425,13 +426,15 @@ def test_place_command(thaw, tmp_path, rich_tree):
     mid = json.loads(thaw("push", str(rich_tree / "etc"), "app:1", "--json").stdout)["manifest"]
     reports = [build_report("n1", parse_gpus("2xL4:24G"), 0, GB, {}),
                build_report("n2", parse_gpus("2xL4:24G"), 0, GB, {mid: 10})]
-    (tmp_path / "nodes.json").write_text(json.dumps(reports))
+    (tmp_path / "nodes.json").write_text(json.dumps([r.as_json() for r in reports]))
     (tmp_path / "work.json").write_text(json.dumps([
         {"name": "svc", "image": mid, "image_bytes": 20, "replicas": 5}]))
     out = json.loads(thaw("place", "--workloads", str(tmp_path / "work.json"), "--nodes",
                           str(tmp_path / "nodes.json"), "--json").stdout)
     assert out["pending"] == {"svc": 1} and out["bytes_to_fetch"] == 10 + 20
-    write_report(__import__("blobstore.url", fromlist=["x"]).open_store(thaw.store), reports[1])
+    from blobstore.store.url import open_store
+
+    write_report(open_store(thaw.store), reports[1])
     (tmp_path / "work.json").write_text(json.dumps([{"image": "app:1", "gpus": 2}]))
     out = json.loads(thaw("place", "--workloads", str(tmp_path / "work.json"),
                           "--json").stdout)

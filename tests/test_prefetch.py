@@ -10,12 +10,12 @@ import random
 import pytest
 import trio
 
-from blobstore.blobs import BlobStore
-from blobstore.hints import save_hints
-from blobstore.images import open_image
-from blobstore.memory import MemoryStore
-from blobstore.refs import parse_ref
-from blobstore.tiers import node_tiers
+from blobstore.image.hints import save_hints
+from blobstore.image.images import open_image
+from blobstore.image.refs import parse_ref
+from blobstore.store.blobs import BlobStore
+from blobstore.store.memory import MemoryStore
+from blobstore.store.tiers import node_tiers
 from fusefs.fetch import ChunkFetcher, Priority, RetryPolicy, Source
 from fusefs.learn import StartLearner
 from fusefs.namespace import SingleImage
@@ -258,7 +258,7 @@ async def test_with_hints_every_hinted_chunk_is_requested_before_the_workload_re
         await start_files(second, manifest)
         nursery.cancel_scope.cancel()
     assert second.not_requested == []
-    assert second.fetcher.counts["demand_fetches"] == 0
+    assert second.fetcher.statistics().demand_fetches == 0
 
 
 async def test_without_hints_reads_along_the_stream_are_fetched_ahead(many_files, clock):
@@ -270,9 +270,9 @@ async def test_without_hints_reads_along_the_stream_are_fetched_ahead(many_files
             await nursery.start(node.fetcher.run)
             await start_files(node, manifest)
             nursery.cancel_scope.cancel()
-    assert plain.fetcher.counts["prefetches"] == 0  # --prefetch none: nothing ahead
-    waited = ahead.fetcher.counts["demand_fetches"]
-    assert waited < plain.fetcher.counts["demand_fetches"] // 4
+    assert plain.fetcher.statistics().prefetches == 0  # --prefetch none: nothing ahead
+    waited = ahead.fetcher.statistics().demand_fetches
+    assert waited < plain.fetcher.statistics().demand_fetches // 4
 
 
 async def test_warm_queues_another_workloads_hints_for_the_disk_cache(many_files, clock):

@@ -126,8 +126,8 @@ def test_a_second_connection_is_delayed_on_its_own(upstream):
 
 @pytest.mark.s3
 def test_an_s3_store_works_through_the_proxy_and_its_gets_are_counted(seaweed, monkeypatch):
-    from blobstore.blobs import BlobStore
-    from blobstore.url import open_store
+    from blobstore.store.blobs import BlobStore
+    from blobstore.store.url import open_store
 
     host, port = seaweed.endpoint.removeprefix("http://").split(":")
     with RemoteLikeProxy((host, int(port)), delay=0.001, rate=500e6) as proxy:

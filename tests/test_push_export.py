@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from blobstore.blobs import BlobStore, blob_key
-from blobstore.codec import encode_blob
 from blobstore.errors import BlobCorrupt, BlobNotFound, StoreUnavailable
-from blobstore.images import open_image
-from blobstore.local import LocalStore
-from blobstore.memory import MemoryStore
-from blobstore.refs import Refs, parse_ref
+from blobstore.image.images import open_image
+from blobstore.image.refs import Refs, parse_ref
+from blobstore.store.blobs import BlobStore, blob_key
+from blobstore.store.codec import encode_blob
+from blobstore.store.local import LocalStore
+from blobstore.store.memory import MemoryStore
 from indexer.chunker import ChunkerParams
 from indexer.errors import ExportError
 from indexer.export import export_tree, write_file
@@ -67,11 +67,11 @@ def test_second_push_uploads_nothing_and_a_change_uploads_little(rich_tree, tmp_
     objects = MemoryStore()
     first = push(rich_tree, objects, params=ChunkerParams("fastcdc", 64 << 10))
     second = push(rich_tree, objects, params=ChunkerParams("fastcdc", 64 << 10))
-    assert second.manifest == first.manifest
+    assert second.manifest_id == first.manifest_id
     assert (second.new_chunks, second.uploaded_bytes) == (0, 0)
     (rich_tree / "etc" / "hostname").write_text("changed\n")
     third = push(rich_tree, objects, "img:v2", params=ChunkerParams("fastcdc", 64 << 10))
-    assert third.manifest != first.manifest
+    assert third.manifest_id != first.manifest_id
     assert 0 < third.new_chunks <= 3
     assert third.uploaded_bytes < first.uploaded_bytes / 4
 
@@ -232,9 +232,9 @@ def test_export_never_follows_a_link_swapped_in_while_it_writes(thaw, hostile_li
         return real(w, files, *args)
 
     monkeypatch.setattr(export, "_write_files", swapped)
-    from blobstore.blobs import BlobStore
-    from blobstore.images import open_image
-    from blobstore.url import open_store
+    from blobstore.image.images import open_image
+    from blobstore.store.blobs import BlobStore
+    from blobstore.store.url import open_store
 
     objects = open_store(thaw.store)
     _, manifest = open_image(objects, "links:1")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 
-from blobstore.blobs import BlobStore
-from blobstore.diskcache import CacheIndex, DiskCache
-from blobstore.images import open_image
-from blobstore.memory import MemoryStore
-from blobstore.refs import parse_ref
+from blobstore.image.images import open_image
+from blobstore.image.refs import parse_ref
+from blobstore.store.blobs import BlobStore
+from blobstore.store.diskcache import CacheIndex, DiskCache
+from blobstore.store.memory import MemoryStore
 from fusefs.reporter import NodeReporter
 from indexer.push import push_tree
 from indexer.sources import open_source
@@ -44,7 +44,7 @@ def test_a_report_at_start_reads_no_manifest(rich_tree, tmp_path):
     objects = pushed(rich_tree)
     reporter = NodeReporter(objects, DiskCache(tmp_path / "c", 1 << 30), node_id="n",
                             gpus=list)
-    assert reporter.report()["cached"] == {}
+    assert reporter.report().cached == {}
     assert not [k for k in objects.gets if k.startswith("blobs/")]
 
 
@@ -55,18 +55,18 @@ def test_served_images_are_reported_across_a_restart_and_forgotten_when_evicted(
     cache = DiskCache(tmp_path / "c", 1 << 30)
     reporter = NodeReporter(objects, cache, node_id="n", gpus=list)
     reporter.add(mid, manifest)
-    assert reporter.report()["cached"] == {}  # served, nothing read yet
+    assert reporter.report().cached == {}  # served, nothing read yet
     fill_cache(cache, objects, manifest)
     distinct = sum({c.id: c.size for c in manifest.chunks}.values())
-    assert reporter.report()["cached"] == {mid: distinct}
+    assert reporter.report().cached == {mid: distinct}
     objects.gets.clear()
     restarted = NodeReporter(objects, DiskCache(tmp_path / "c", 1 << 30), node_id="n",
                              gpus=list)
-    assert restarted.report()["cached"] == reporter.report()["cached"]
+    assert restarted.report().cached == reporter.report().cached
     assert not objects.gets  # from the chunk table kept in the cache, not the manifest
     for id in {c.id for c in manifest.chunks}:
         os.unlink(cache.root / id[:2] / id)
-    assert restarted.report()["cached"] == {}
+    assert restarted.report().cached == {}
     assert not (cache.root / ".images" / mid).exists()
 
 

@@ -13,13 +13,13 @@ import pytest
 import torch  # a test dependency (pyproject's test extra): failing, never skipped
 from safetensors.torch import load_file
 
-from blobstore.blobs import blob_key
-from blobstore.codec import encode_blob
 from blobstore.errors import BlobCorrupt, BlobNotFound
-from blobstore.hints import load_hints
-from blobstore.images import open_image
-from blobstore.local import LocalStore
-from blobstore.refs import parse_ref
+from blobstore.image.hints import load_hints
+from blobstore.image.images import open_image
+from blobstore.image.refs import parse_ref
+from blobstore.store.blobs import blob_key
+from blobstore.store.codec import encode_blob
+from blobstore.store.local import LocalStore
 from restorer import load_into, restore, snapshot
 from restorer.layout import LayoutError
 from restorer.writer import SnapshotWriter

@@ -14,8 +14,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
 from blobstore.errors import NotFound, StoreConfigError
-from blobstore.s3 import S3Store
-from blobstore.s3lite import Credentials, S3Lite, sign
+from blobstore.store.s3 import S3Store
+from blobstore.store.s3lite import Credentials, S3Lite, sign
 
 from .conftest import REPO
 
@@ -102,7 +102,8 @@ def test_lean_reads_and_writes_map_errors_as_boto3s_do(s3_env, monkeypatch):
 
 @pytest.mark.s3
 def test_a_mounts_store_calls_never_import_boto3(s3_env):
-    code = ("import sys; from blobstore.url import open_store; s = open_store('s3://thaw/l2'); "
+    code = ("import sys; from blobstore.store.url import open_store; "
+            "s = open_store('s3://thaw/l2'); "
             "s.put('refs/a/b', b'x'); assert s.get('refs/a/b') == b'x'; s.has('refs/a/b'); "
             "s.delete('refs/a/b'); assert not s.has('refs/a/b'); s.delete('refs/a/b'); "
             "assert 'boto3' not in sys.modules, 'boto3 imported'")  # delete: a lease's release
@@ -124,7 +125,7 @@ def test_the_daemon_prepares_its_store_before_it_is_ready():
     comes after the store's set-up, and a set-up that fails is left to the listing."""
     import trio
 
-    from blobstore.memory import MemoryStore
+    from blobstore.store.memory import MemoryStore
     from fusefs.service import prepare_store
 
     calls = []

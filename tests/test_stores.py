@@ -9,19 +9,19 @@ import uuid
 import boto3
 import pytest
 
-from blobstore.blobs import BlobStore
-from blobstore.codec import RAW, ZSTD, decode_blob, encode_blob
-from blobstore.digest import blob_id, is_blob_id
 from blobstore.errors import (
     BlobCorrupt,
     BlobNotFound,
     StoreConfigError,
     StoreUnavailable,
 )
-from blobstore.local import LocalStore
-from blobstore.memory import MemoryStore
-from blobstore.s3 import S3Store
-from blobstore.url import default_store_url, open_store
+from blobstore.store.blobs import BlobStore
+from blobstore.store.codec import RAW, ZSTD, decode_blob, encode_blob
+from blobstore.store.digest import blob_id, is_blob_id
+from blobstore.store.local import LocalStore
+from blobstore.store.memory import MemoryStore
+from blobstore.store.s3 import S3Store
+from blobstore.store.url import default_store_url, open_store
 
 from .contract import ObjectStoreContract
 
@@ -190,7 +190,7 @@ def test_missing_bucket_is_a_config_error(s3_env):
 
 
 def test_a_file_store_keeps_temporaries_in_one_hidden_place_and_sweeps_old_ones(tmp_path):
-    from blobstore.local import LocalStore
+    from blobstore.store.local import LocalStore
 
     store = LocalStore(tmp_path)
     store.put("refs/a/b", b"x")

@@ -7,11 +7,11 @@ import uuid
 
 import pytest
 
-from blobstore.blobs import BlobStore, blob_key
-from blobstore.diskcache import DiskCache
-from blobstore.local import LocalStore
-from blobstore.memory import MemoryStore
-from blobstore.tiers import Counting, ReadThrough, Verifying, node_tiers
+from blobstore.store.blobs import BlobStore, blob_key
+from blobstore.store.diskcache import DiskCache
+from blobstore.store.local import LocalStore
+from blobstore.store.memory import MemoryStore
+from blobstore.store.tiers import Counting, ReadThrough, Verifying, node_tiers
 
 from .contract import BlobTierContract
 
@@ -83,7 +83,7 @@ class TestUnusualOrder(TestBlobStoreOverMemory):
 class TestNodeStackOverS3(TestBlobStoreOverMemory):
     @pytest.fixture
     def objects(self, s3_env):
-        from blobstore.url import open_store
+        from blobstore.store.url import open_store
 
         return open_store(f"s3://thaw/tiers-{uuid.uuid4().hex[:8]}")
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from blobstore.diskcache import DiskCache
-from blobstore.hints import save_hints
-from blobstore.images import open_image
-from blobstore.local import LocalStore
+from blobstore.image.hints import save_hints
+from blobstore.image.images import open_image
+from blobstore.store.diskcache import DiskCache
+from blobstore.store.local import LocalStore
 from fusefs.prefetch import image_order
 
 from .conftest import REPO, Mounted, mount_pid

@@ -21,7 +21,7 @@ import signal
 import sys
 
 from blobstore.errors import ThawError
-from blobstore.retrying import DEFAULT_BUDGET
+from blobstore.store.retrying import DEFAULT_BUDGET
 from blobstore.units import seconds
 
 from .ui import Console
@@ -31,11 +31,10 @@ _LONG_WORD = re.compile(r"\S{201,}")
 # Each package's subcommands, registered by its ``cli`` module, in the order help lists them.
 CLI_MODULES = {
     "indexer.cli": ("push", "export", "cat"),
-    "blobstore.cli": ("ls", "inspect", "verify", "check", "rm", "tag", "gc", "serve"),
+    "blobstore.ops.cli": ("ls", "inspect", "verify", "check", "rm", "tag", "gc", "serve"),
     "fusefs.cli": ("mount", "daemon", "warm", "umount", "stats"),
-    "placement.cli": ("place",),
+    "placement.cli": ("place", "extender"),
     "restorer.cli": ("snapshot", "restore"),
-    "thaw.extender": ("extender",),
 }
 _VALUED = ("--store", "--store-timeout")  # the common options that take a value
 

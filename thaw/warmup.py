@@ -73,8 +73,8 @@ def record(listing: str = LIST) -> int:
     """Import what ``thaw mount`` imports and write the list of its files."""
     import importlib
 
-    for name in ("thaw.main", "fusefs.cli", "fusefs.service", "blobstore.s3lite",
-                 "blobstore.peers"):
+    for name in ("thaw.main", "fusefs.cli", "fusefs.service", "blobstore.store.s3lite",
+                 "blobstore.store.peers"):
         importlib.import_module(name)
     files = module_files()
     tmp = f"{listing}.tmp"

@@ -31,10 +31,10 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
-from .base import ObjectStore
-from .blobs import BlobStore
-from .errors import BlobNotFound, NotFound, ThawError
-from .gc import LOCK_REFRESH, LOCK_STALE, LockInfo, Record, lock_info, read_record
+from ..errors import BlobNotFound, NotFound, ThawError
+from ..store.base import ObjectStore
+from ..store.blobs import BlobStore
+from .gcrecord import LOCK_REFRESH, LOCK_STALE, LockInfo, Record, lock_info, read_record
 from .leases import PREFIX as LEASES
 from .leases import Lease
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-from .base import ObjectStore
-from .blobs import BlobStore
-from .codec import MAX_BLOB_SIZE
+from ..errors import BlobCorrupt, BlobNotFound, ManifestInvalid
+from ..store.base import ObjectStore
+from ..store.blobs import BlobStore
+from ..store.codec import MAX_BLOB_SIZE
 from .dirmanifest import DirManifest, open_dir_manifest
-from .errors import BlobCorrupt, BlobNotFound, ManifestInvalid
 from .manifest import FILE, Entry, Manifest, decode
 from .pipeline import in_order
 from .refs import Refs

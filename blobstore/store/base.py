@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .errors import NotFound
+from ..errors import NotFound
 
 # Keys are relative slash paths of plain components: no empty, '.' or '..' parts, no
 # backslashes or control characters, so they map safely onto a directory and an S3 prefix.

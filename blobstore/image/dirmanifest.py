@@ -49,8 +49,8 @@ import threading
 
 import msgpack
 
-from .errors import ManifestInvalid
-from .manifest import (
+from ..errors import ManifestInvalid
+from .entries import (
     _FS_ENCODING,
     _FS_ERRORS,
     _I64,
@@ -64,12 +64,12 @@ from .manifest import (
     _check_entry,
     _decode_chunk,
     _decode_entry,
+    _decode_v1,
     _encode_entry,
     _entry_ok,
     _inode_fields,
     _int,
     _no_cyclic_gc,
-    decode_doc,
     unpack,
     validate,
 )
@@ -432,7 +432,9 @@ def open_dir_manifest(data: bytes) -> DirManifest:
     parts) and then laid out as format 2. Raises ManifestInvalid."""
     doc = unpack(data)
     if doc["version"] == 1:
-        return as_dir_manifest(decode_doc(doc))
+        with _no_cyclic_gc():
+            whole = _decode_v1(doc)
+        return as_dir_manifest(whole)
     return DirManifest(doc)
 
 

@@ -32,8 +32,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from ..errors import BlobCorrupt, BlobNotFound, StoreUnavailable
 from .codec import MAX_BLOB_SIZE, decode_and_verify
-from .errors import BlobCorrupt, BlobNotFound, StoreUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``open_store(url)``: one small opener per scheme, each returning None for a foreign URL.
 
-Schemes: ``file://DIR`` (or a plain path), ``s3://BUCKET/PREFIX``, ``memory://NAME``. The
+Schemes: ``file://DIR`` (or a plain path) and ``s3://BUCKET/PREFIX``. The
 default store is ``$THAW_STORE``, else ``$XDG_DATA_HOME/thaw/store`` (a local directory).
 A network store is bounded in time: each request by a third of ``timeout``, each call,
 retries included, by ``timeout`` (``Retrying``), so nothing waits on a hung store for long.
@@ -12,13 +12,10 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..errors import StoreConfigError
 from .base import ObjectStore
-from .errors import StoreConfigError
 from .local import LocalStore
-from .memory import MemoryStore
 from .retrying import DEFAULT_BUDGET, Retrying
-
-_memory_stores: dict[str, MemoryStore] = {}
 
 
 def default_store_url() -> str:
@@ -50,14 +47,7 @@ def get_s3_store(url: str, timeout: float) -> ObjectStore | None:
     return S3Store(parts.netloc, parts.path, timeout=timeout / 3)
 
 
-def get_memory_store(url: str, timeout: float) -> ObjectStore | None:
-    if not url.startswith("memory://"):
-        return None
-    name = url[len("memory://"):]
-    return _memory_stores.setdefault(name, MemoryStore(name))
-
-
-_OPENERS = (get_file_store, get_s3_store, get_memory_store)
+_OPENERS = (get_file_store, get_s3_store)
 
 
 def open_store(url: str | None = None, *, timeout: float = DEFAULT_BUDGET,
@@ -75,7 +65,6 @@ def open_store(url: str | None = None, *, timeout: float = DEFAULT_BUDGET,
     for opener in _OPENERS:
         store = opener(url, timeout)
         if store is not None:
-            remote = not isinstance(store, LocalStore | MemoryStore)
+            remote = not isinstance(store, LocalStore)
             return Retrying(store, timeout) if retry and remote else store
-    raise StoreConfigError(f"{url}: unknown store URL; use file:///DIR, s3://BUCKET/PREFIX "
-                           "or memory://NAME")
+    raise StoreConfigError(f"{url}: unknown store URL; use file:///DIR or s3://BUCKET/PREFIX")

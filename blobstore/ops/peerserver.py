@@ -37,10 +37,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
-from .errors import BlobCorrupt, BlobNotFound, StoreUnavailable, ThawError
-from .lru import BytesLRU
-from .peerclient import API, CACHED_ONLY
-from .tiers import NodeTiers
+from ..errors import BlobCorrupt, BlobNotFound, StoreUnavailable, ThawError
+from ..store.lru import BytesLRU
+from ..store.peerclient import API, CACHED_ONLY
+from ..store.tiers import NodeTiers
 
 log = logging.getLogger(__name__)
 _ID_RE = re.compile(r"[0-9a-f]{64}")

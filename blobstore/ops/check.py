@@ -17,12 +17,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from .base import ObjectStore
-from .blobs import BlobStore
-from .errors import BlobCorrupt, BlobNotFound, ThawError, UsageError
-from .images import load_manifest
-from .leases import scan_leases
-from .refs import Refs
+from ..errors import BlobCorrupt, BlobNotFound, ThawError, UsageError
+from ..image.images import load_manifest
+from ..image.refs import Refs
+from ..lifecycle.leases import scan_leases
+from ..store.base import ObjectStore
+from ..store.blobs import BlobStore
 
 
 @dataclass

@@ -17,11 +17,11 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .blobs import BlobStore
-from .digest import blob_id
-from .errors import BlobNotFound, StoreUnavailable
-from .fence import GcFence
-from .leases import Lease
+from ..errors import BlobNotFound, StoreUnavailable
+from ..lifecycle.fence import GcFence
+from ..lifecycle.leases import Lease
+from ..store.blobs import BlobStore
+from ..store.digest import blob_id
 from .manifest import ChunkRef, Manifest, encode
 from .refs import Ref, Refs
 

@@ -1,5 +1,6 @@
-"""``thaw extender``: the command and its HTTP face (kube-scheduler extender v1), over
-``placement.extender.Extender``: ``POST /filter``, ``POST /prioritize``, ``GET /healthz``.
+"""The HTTP face of the kube-scheduler extender (v1), over ``extender.Extender``:
+``POST /filter``, ``POST /prioritize``, ``GET /healthz``; the ``thaw extender`` command
+that serves it is ``cli.py``'s.
 
 ``http.server``, a thread per request, bodies bounded, a client that stops sending dropped
 after 30 s. Every answer is well-formed JSON: a body that is not strict JSON (``NaN``,
@@ -17,11 +18,8 @@ import logging
 import threading
 import time
 
-from blobstore.errors import UsageError
-from blobstore.units import seconds
-from placement.extender import MAX_BODY, Extender
-from placement.extenderargs import BadRequest, ExtenderArgs, parse
-from placement.reports import DEFAULT_TTL
+from .extender import MAX_BODY, Extender
+from .extenderargs import BadRequest, ExtenderArgs, parse
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +104,6 @@ def serve(extender: Extender, host: str, port: int, on_ready=lambda: None) -> No
         server.server_close()
 
 
-def register(sub, common) -> None:
-    p = sub.add_parser("extender", parents=[common],
-                       help="a Kubernetes scheduler extender favouring cache-hot nodes",
-                       description="Serve /filter and /prioritize (kube-scheduler extender "
-                                   "v1) from the store's node reports; pods name their image "
-                                   "with the annotation thaw.dev/image.")
-    p.add_argument("--listen", required=True, metavar="HOST:PORT", help="where to listen")
-    p.add_argument("--ttl", type=seconds(), default=DEFAULT_TTL,
-                   help=f"ignore reports older than this many seconds (default {DEFAULT_TTL:g})")
-    p.add_argument("--replan", type=seconds(positive=False), default=5.0, metavar="SECONDS",
-                   help="place the GPU pods asked about lately jointly, this often (default "
-                        "5; 0: score each pod on its own)")
-    p.set_defaults(func=cmd_extender)
-
-
 def keep_planning(extender: Extender, every: float) -> threading.Thread:
     """A daemon thread that replans every ``every`` seconds; a failure is logged and the
     last plan goes stale (the pods are then scored on their own)."""
@@ -135,33 +118,3 @@ def keep_planning(extender: Extender, every: float) -> threading.Thread:
     thread = threading.Thread(target=run, daemon=True, name="thaw-replan")
     thread.start()
     return thread
-
-
-def cmd_extender(args, console) -> int:
-    from blobstore.images import open_image
-    from blobstore.nodereport import read_reports
-    from blobstore.units import parse_listen
-    from blobstore.url import open_store
-    from placement.reports import fresh_nodes
-
-    host, port = parse_listen(args.listen, "0.0.0.0:8741")
-    objects = open_store(args.store, timeout=args.store_timeout)
-
-    def reports():
-        nodes, skipped = fresh_nodes(read_reports(objects), ttl=args.ttl)
-        return {n.id: n for n in nodes}
-
-    def resolve(ref: str) -> tuple[str, int]:
-        mid, manifest = open_image(objects, ref)
-        return mid, sum({c.id: c.size for c in manifest.chunks}.values())
-
-    extender = Extender(reports, resolve, replan=args.replan)
-    extender.nodes()  # the first snapshot, read before the scheduler may ask
-    if args.replan > 0:
-        keep_planning(extender, args.replan)
-    try:
-        serve(extender, host, port, on_ready=lambda:
-              console.note(f"scheduler extender on http://{args.listen} (store {objects})"))
-    except OSError as exc:
-        raise UsageError(f"cannot listen on {args.listen}: {exc.strerror}") from None
-    return 0

@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from .base import ObjectStore
-from .digest import is_blob_id
-from .errors import NotFound, RefNotFound, StoreError, UsageError
+from ..errors import NotFound, RefNotFound, StoreError, UsageError
+from ..store.base import ObjectStore
+from ..store.digest import is_blob_id
 
 PREFIX = "refs/"
 _NAME_PART = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"

@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import botocore.exceptions as bexc
 
+from ..errors import NotFound, StoreConfigError, StoreError, StoreUnavailable
 from .base import ObjectInfo, ObjectStore, check_key, check_prefix
-from .errors import NotFound, StoreConfigError, StoreError, StoreUnavailable
 from .s3lite import Response, S3Lite, Unexpected
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")

@@ -1,4 +1,5 @@
-"""An in-memory object store, for tests and as a reference implementation.
+"""An in-memory object store: the reference implementation of ``ObjectStore``, which tests
+and the fuzz targets build directly (no URL names it: a store by URL outlives a process).
 
 Thread-safe through one lock; the stored bytes are immutable ``bytes`` objects.
 """
@@ -9,8 +10,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
+from ..errors import NotFound
 from .base import ObjectInfo, ObjectStore, check_key, check_prefix
-from .errors import NotFound
 
 
 class MemoryStore(ObjectStore):

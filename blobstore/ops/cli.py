@@ -7,13 +7,13 @@ import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-from .blobs import BlobStore
-from .errors import BlobCorrupt, BlobNotFound, UsageError
-from .images import open_image
-from .manifest import Manifest
-from .refs import Refs
-from .units import seconds
-from .url import open_store
+from ..errors import BlobCorrupt, BlobNotFound, UsageError
+from ..image.images import open_image
+from ..image.manifest import Manifest
+from ..image.refs import Refs
+from ..store.blobs import BlobStore
+from ..store.url import open_store
+from ..units import seconds
 
 
 def register(sub, common) -> None:
@@ -81,11 +81,11 @@ def register(sub, common) -> None:
 def cmd_serve(args, console) -> int:
     import asyncio
 
-    from .diskcache import DiskCache
-    from .peers import read_token
+    from ..store.diskcache import DiskCache
+    from ..store.peers import read_token
+    from ..store.tiers import node_tiers
+    from ..units import parse_listen, parse_size
     from .peerserver import PeerServer
-    from .tiers import node_tiers
-    from .units import parse_listen, parse_size
 
     host, port = parse_listen(args.listen)
     token = read_token(args.token_file, "--token-file")
@@ -123,9 +123,9 @@ def cmd_check(args, console) -> int:
 
 
 def cmd_rm(args, console) -> int:
-    from .digest import is_blob_id
-    from .errors import RefNotFound
-    from .refs import parse_ref
+    from ..errors import RefNotFound
+    from ..image.refs import parse_ref
+    from ..store.digest import is_blob_id
 
     refs = []
     for text in args.refs:
@@ -151,7 +151,7 @@ def cmd_rm(args, console) -> int:
 
 
 def cmd_tag(args, console) -> int:
-    from .refs import parse_ref
+    from ..image.refs import parse_ref
 
     dst = parse_ref(args.dst, new=True)
     objects = open_store(args.store, timeout=args.store_timeout)
@@ -165,8 +165,8 @@ def cmd_tag(args, console) -> int:
 
 
 def cmd_gc(args, console) -> int:
+    from ..units import parse_duration
     from .gc import MIN_GRACE, collect
-    from .units import parse_duration
 
     if args.cache_dir is not None:
         if args.grace is not None or args.force:
@@ -195,8 +195,8 @@ def cmd_gc(args, console) -> int:
 
 
 def _gc_cache(args, console, objects) -> int:
+    from ..store.diskcache import DiskCache
     from .cachegc import prune_cache
-    from .diskcache import DiskCache
 
     if not os.path.isdir(args.cache_dir):
         raise UsageError(f"--cache-dir {args.cache_dir}: not a directory; name the cache "

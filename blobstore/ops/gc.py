@@ -22,10 +22,11 @@ Two phases, as kopia and rustic do, never deleting in the run that marks. Each r
 
 So a blob goes only after two runs at least ``grace`` apart. A writer that relied on it in
 between, or uploaded it again while a run was between its listing and its deletes, is
-caught by the writer's fence (``fence.py``), which reads the lock and the record before it
-tags. ``clock`` is the store's "now": by default the timestamp the store gives a probe
-object it has just written (``store_clock``); tests pass a fake one and set a directory
-store's timestamps themselves. Temporaries of a
+caught by the writer's fence (``lifecycle/fence.py``), which reads the lock and the record
+(``lifecycle/gcrecord.py``, their formats) before it tags. ``clock`` is the store's "now":
+by default the timestamp the store gives a probe object it has just written
+(``store_clock``); tests pass a fake one and set a directory store's timestamps
+themselves. Temporaries of a
 directory store (``.tmp/``) are swept by the store itself (``tempfiles``). Synchronous, but
 for the thread that renews the lock.
 """
@@ -41,30 +42,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .base import ObjectInfo, ObjectStore
-from .blobs import PREFIX as BLOBS
-from .blobs import BlobStore, blob_key
-from .digest import is_blob_id
-from .errors import NotFound, StoreError, StoreUnavailable, ThawError
-from .images import load_manifest
-from .leases import PREFIX as LEASES
-from .leases import scan_leases
-from .refs import Refs
+from ..errors import StoreError, StoreUnavailable, ThawError
+from ..image.images import load_manifest
+from ..image.refs import Refs
+from ..lifecycle.gcrecord import (
+    LOCK,
+    LOCK_REFRESH,
+    LOCK_STALE,
+    GcAborted,
+    lock_info,
+    read_record,
+    write_record,
+)
+from ..lifecycle.leases import PREFIX as LEASES
+from ..lifecycle.leases import scan_leases
+from ..store.base import ObjectInfo, ObjectStore
+from ..store.blobs import PREFIX as BLOBS
+from ..store.blobs import BlobStore, blob_key
+from ..store.digest import is_blob_id
 
 log = logging.getLogger(__name__)
-LOCK = "gc/lock"
-CONDEMNED = "gc/condemned.json"
 CLOCK = "gc/clock"
-LOCK_REFRESH = 60.0  # seconds between writes of a held lock
-LOCK_STALE = 600.0  # a lock not written again for this long was left by a dead collector
 COLLECTED = (BLOBS, "hints/", "nodes/", LEASES)
 MIN_GRACE = 3600.0
-
-
-class GcAborted(ThawError):
-    """A root could not be read: nothing was deleted."""
-
-    exit_code = 1
 
 
 class GcLocked(ThawError):
@@ -183,33 +183,6 @@ class _Lock:
                         LOCK, LOCK_STALE / 60, exc)
 
 
-@dataclass(frozen=True)
-class LockInfo:
-    holder: str
-    started: float  # the run's start, by the store's clock
-    mtime: float  # its last renewal, by the store's clock
-
-
-def lock_info(objects: ObjectStore) -> LockInfo | None:
-    """The collector's lock, or None when no collector holds it. A lock that does not parse
-    counts as one that started at its timestamp."""
-    held = next((i for i in objects.list_info("gc/") if i.key == LOCK), None)
-    if held is None:
-        return None
-    try:
-        doc = json.loads(objects.get(LOCK))
-    except NotFound:
-        return None
-    except ValueError:
-        doc = {}
-    doc = doc if isinstance(doc, dict) else {}
-    try:
-        started = float(doc.get("started", held.mtime))
-    except (ValueError, TypeError):
-        started = held.mtime
-    return LockInfo(str(doc.get("holder", "?"))[:200], started, held.mtime)
-
-
 @dataclass
 class _Roots:
     manifests: set[str] = field(default_factory=set)  # named by a tag or a live lease
@@ -245,35 +218,6 @@ def _live_blobs(objects: ObjectStore, manifests: set[str]) -> set[str]:
                             "deleted") from None
         live.update(c.id for c in manifest.chunks)
     return live
-
-
-@dataclass(frozen=True)
-class Record:
-    """``gc/condemned.json``: what is condemned (key -> (marked at, its timestamp then)),
-    and what the run that wrote it was about to delete."""
-
-    objects: dict[str, tuple[float, float]]
-    deleting: frozenset[str] = frozenset()
-    raw: bytes = b""
-
-    def blob_ids(self) -> set[str]:
-        """The blobs condemned or being deleted."""
-        return {k.rsplit("/", 1)[-1] for k in (*self.objects, *self.deleting)
-                if k.startswith(BLOBS)}
-
-
-def read_record(objects: ObjectStore) -> Record:
-    """The record (empty if there is none); GcAborted if it does not parse."""
-    try:
-        raw = objects.get(CONDEMNED)
-        doc = json.loads(raw)
-        return Record({k: (float(v[0]), float(v[1])) for k, v in doc["objects"].items()},
-                      frozenset(str(k) for k in doc.get("deleting", [])), raw)
-    except NotFound:
-        return Record({})
-    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
-        raise GcAborted(f"{CONDEMNED} is unreadable; remove it (the next runs mark again)") \
-            from None
 
 
 def _is_live(key: str, live: set[str], roots: _Roots) -> bool:
@@ -335,8 +279,7 @@ def _run(objects: ObjectStore, grace: float, clock: Callable[[], float],
         result.marked_bytes += info.size
     if lock is not None:
         # Named before they go, so a writer's fence that reads the record sees them.
-        objects.put(CONDEMNED, json.dumps({"version": 1, "run": lock.holder, "objects": kept,
-                                           "deleting": doomed}, sort_keys=True).encode())
+        write_record(objects, lock.holder, kept, doomed)
         if doomed:
             lock.check()
             objects.delete_many(doomed)  # S3 takes a thousand a request

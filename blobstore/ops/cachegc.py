@@ -16,15 +16,15 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from .base import ObjectStore
-from .blobs import PREFIX as BLOBS
-from .blobs import BlobStore
-from .digest import is_blob_id
-from .diskcache import DiskCache
-from .errors import BlobNotFound, ThawError
-from .images import load_manifest
-from .leases import scan_leases
-from .tiers import ReadThrough
+from ..errors import BlobNotFound, ThawError
+from ..image.images import load_manifest
+from ..lifecycle.leases import scan_leases
+from ..store.base import ObjectStore
+from ..store.blobs import PREFIX as BLOBS
+from ..store.blobs import BlobStore
+from ..store.digest import is_blob_id
+from ..store.diskcache import DiskCache
+from ..store.tiers import ReadThrough
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,9 @@
-"""The manifest: the index of one image, itself a blob, so an image is named by its id.
+"""The manifest's data model, its checks and format 1.
 
-Pure data and pure functions, no I/O; thread-safe (everything is frozen). ``encode()`` is
-canonical: the same tree gives the same bytes and so the same id. ``decode()`` treats its
-input as hostile: it checks the format version, then every invariant in ``validate()``
-before anything uses the manifest.
-
-This module holds the data model (every entry in path order), its checks and format 1;
-``dirmanifest`` holds format 2, which ``encode()`` writes and which a mount reads a
-directory at a time. ``decode()`` reads both. Format 1 (msgpack; stored zstd-compressed
+Pure data and pure functions, no I/O; thread-safe (everything is frozen). ``validate()``
+checks every invariant; ``dirmanifest`` (format 2, a section per directory) builds on this
+module, and ``manifest`` is the one entry point that encodes and decodes either format.
+Format 1 (msgpack; stored zstd-compressed
 as any blob): ``{"version", "kind", "source", "chunker", "created", "chunks", "entries"}``
 where a chunk is ``[id (32 bytes), size, stored size]`` and an entry is ``[path, type,
 mode, uid, gid, mtime_ns, size, target, rdev, xattrs, link group, spans]`` with ``spans``
@@ -32,8 +28,7 @@ from typing import NamedTuple
 
 import msgpack
 
-from .digest import blob_id
-from .errors import ManifestInvalid
+from ..errors import EntryNotFound, ManifestInvalid
 
 FORMAT_VERSION = 2  # what encode() writes
 READS = (1, 2)
@@ -109,12 +104,18 @@ class Manifest:
             self._by_path.update(zip(map(_PATH, self.entries), itertools.count()))
 
     def index_of(self, path: str) -> int:
-        """The entry index of ``path`` ('' or '/' for the root); KeyError if absent."""
-        return self._by_path[normalize_lookup(path)]
+        """The entry index of ``path`` ('' or '/' for the root); EntryNotFound if absent."""
+        try:
+            return self._by_path[normalize_lookup(path)]
+        except KeyError:
+            raise EntryNotFound(f"no {path!r} in the image") from None
 
     def index_of_stored(self, path: str) -> int:
         """``index_of`` for a path as an entry stores it (normalised already)."""
-        return self._by_path[path]
+        try:
+            return self._by_path[path]
+        except KeyError:
+            raise EntryNotFound(f"no {path!r} in the image") from None
 
     def entry(self, path: str) -> Entry:
         return self.entries[self.index_of(path)]
@@ -166,10 +167,6 @@ class FileSpans:
         return out
 
 
-def spans_for(entry: Entry, offset: int, size: int) -> list[Span]:
-    return FileSpans(entry.spans).lookup(offset, size)
-
-
 def stream_spans(start: int, size: int, chunk_starts: list[int],
                  chunk_sizes: list[int]) -> tuple[Span, ...]:
     """The spans of ``size`` bytes at ``start`` of the data stream, given the chunk cuts."""
@@ -195,14 +192,6 @@ def _encode_entry(e: Entry) -> list:
             os.fsencode(e.target), e.rdev, xattrs, e.link_group, flat]
 
 
-def encode(m: Manifest) -> bytes:
-    """Canonical bytes of ``m`` in the format this thaw writes (2, a section per directory;
-    ``dirmanifest``), validated first, so we never write a bad one."""
-    from .dirmanifest import encode_v2  # format 2 builds on this module
-
-    return encode_v2(m)
-
-
 def encode_v1(m: Manifest) -> bytes:
     """Canonical format-1 bytes of ``m``: every entry in one array. Read still; written
     only to test that it is."""
@@ -217,13 +206,6 @@ def encode_v1(m: Manifest) -> bytes:
         "entries": [_encode_entry(e) for e in m.entries],
     }
     return msgpack.packb(doc, use_bin_type=True)
-
-
-def manifest_id(m: Manifest) -> str:
-    return blob_id(encode(m))
-
-
-# -- decoding ------------------------------------------------------------------------------
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -317,22 +299,6 @@ def _no_cyclic_gc() -> Iterator[None]:
             _paused -= 1
             if _paused == 0 and _gc_was_enabled:
                 gc.enable()
-
-
-def decode(data: bytes) -> Manifest:
-    """Parse and validate manifest bytes (already decompressed), of either format, into
-    every entry. Raises ManifestInvalid."""
-    return decode_doc(unpack(data))
-
-
-def decode_doc(doc: dict) -> Manifest:
-    """``decode`` of a top level that ``unpack`` returned."""
-    with _no_cyclic_gc():
-        if doc["version"] == 1:
-            return _decode_v1(doc)
-        from .dirmanifest import decode_v2  # format 2 builds on this module
-
-        return decode_v2(doc)
 
 
 def unpack(data: bytes) -> dict:

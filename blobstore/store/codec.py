@@ -11,8 +11,8 @@ import threading
 
 import zstandard
 
+from ..errors import BlobCorrupt
 from .digest import blob_id
-from .errors import BlobCorrupt
 
 RAW = 0x00
 ZSTD = 0x01

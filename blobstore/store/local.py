@@ -18,8 +18,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import NotFound, StoreConfigError, StoreError, StoreUnavailable
 from .base import ObjectInfo, ObjectStore, check_key, check_prefix
-from .errors import NotFound, StoreConfigError, StoreError, StoreUnavailable
 from .tempfiles import sweep, temp_path
 
 log = logging.getLogger(__name__)

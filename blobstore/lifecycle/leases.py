@@ -21,9 +21,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from .base import ObjectStore
-from .digest import is_blob_id
-from .errors import NotFound, StoreError, ThawError
+from ..errors import NotFound, StoreError, ThawError
+from ..store.base import ObjectStore
+from ..store.digest import is_blob_id
 
 log = logging.getLogger(__name__)
 PREFIX = "leases/"

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+from ..errors import BlobNotFound, NotFound
 from .base import ObjectStore
 from .codec import DEFAULT_LEVEL, encode_blob
 from .digest import blob_id, check_blob_id, is_blob_id
-from .errors import BlobNotFound, NotFound
 from .tiers import BlobTier
 
 PREFIX = "blobs/"

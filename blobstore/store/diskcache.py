@@ -21,9 +21,9 @@ import os
 import threading
 from pathlib import Path
 
+from ..errors import BlobCorrupt, BlobNotFound, StoreConfigError, StoreUnavailable
 from .codec import MAX_BLOB_SIZE, decode_and_verify, read_into
 from .digest import check_blob_id
-from .errors import BlobCorrupt, BlobNotFound, StoreConfigError, StoreUnavailable
 from .rangelocks import RangeLocks
 from .tempfiles import sweep, temp_path
 from .tiers import BlobTier, Fetched

@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
+from ..errors import StoreUnavailable
 from .base import ObjectInfo, ObjectStore
-from .errors import StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

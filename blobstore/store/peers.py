@@ -38,8 +38,8 @@ import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
+from ..errors import BlobCorrupt, BlobNotFound, StoreUnavailable, UsageError
 from .codec import MAX_BLOB_SIZE, decode_and_verify
-from .errors import BlobCorrupt, BlobNotFound, StoreUnavailable, UsageError
 from .peerclient import PeerClient, PeerFailed, Sent, readable
 from .peerhealth import HealthBook
 from .peerhedge import HedgePolicy
