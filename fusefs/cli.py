@@ -69,6 +69,11 @@ def _cache_args(p) -> None:
                         "store; the daemon reports it as its peer_url)")
     p.add_argument("--peer-token-file", metavar="FILE",
                    help="the bearer token the peers want (with --peers)")
+    p.add_argument("--passthrough", choices=("auto", "off"), default="auto",
+                   help="auto (default): files whose bytes are all on the node are made into "
+                        "plain files in the cache and opened with FUSE passthrough, so the "
+                        "kernel reads and maps them without the daemon (kernel 6.9+, root); "
+                        "off: every read goes through the daemon")
     p.add_argument("--background", action="store_true",
                    help="return once the mount answers; the daemon goes on in the background")
 
@@ -134,7 +139,8 @@ def _options(args):
         self_url = normalise_url(args.self_url)
     return MountOptions(args.cache_dir or default_cache_dir(), parse_size(args.cache_size),
                         parse_size(args.memory), args.metrics, args.hints, args.hints_window,
-                        args.store_timeout, args.prefetch, budget, args.peers, self_url, token)
+                        args.store_timeout, args.prefetch, budget, args.peers, self_url, token,
+                        args.passthrough)
 
 
 def _check_workload(workload: str | None) -> None:
@@ -350,6 +356,7 @@ def cmd_stats(args, console) -> int:
     for tier, t in s.tiers.items():
         console.line(f"  {tier:<7} {t['chunks']:>8} chunks {t['bytes']:>14} bytes")
     console.line(f"cache hits:    {s.cache_hits}; fetch latency (ms): {s.fetch_latency_ms}")
+    console.line(f"passthrough:   {s.passthrough} ({s.passthrough_opens} opens)")
     console.line(f"prefetched:    {s.prefetches} chunks, {s.prefetched_bytes} bytes "
                  f"({s.prefetched_unread_bytes} never read since); "
                  f"{s.hinted_chunks} queued from earlier starts' hints")

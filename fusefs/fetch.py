@@ -152,10 +152,16 @@ class ChunkFetcher:
 
     # -- fetching ----------------------------------------------------------------------------
 
+    def used(self, chunk: ChunkRef) -> None:
+        """A reader used the chunk without asking for it here (a passthrough open): what
+        was prefetched for it is not waste."""
+        if chunk.id in self._unread:
+            self._unread_bytes -= self._unread.pop(chunk.id)
+
     async def get(self, chunk: ChunkRef, source: Source = Source.DEMAND) -> bytes:
         """The chunk's verified bytes; raises the store's error after the last retry."""
-        if source is Source.DEMAND and chunk.id in self._unread:
-            self._unread_bytes -= self._unread.pop(chunk.id)
+        if source is Source.DEMAND:
+            self.used(chunk)
         data = self.cached(chunk.id)
         if data is not None:
             self.counters.memory_hits += 1

@@ -33,6 +33,8 @@ from blobstore.image.manifest import FILE
 from . import control
 from .errors import FsError, NoSuchHandle
 from .fetch import ChunkFetcher, Priority
+from .materialize import Materializer
+from .passthrough import Passthrough
 from .readahead import StreamReadAhead
 from .stats import MountStats
 from .tree import Attrs, FsTree
@@ -66,6 +68,8 @@ class _Handle:
     ino: int
     next_offset: int = 0
     window: int = READ_AHEAD_MIN
+    backing: bool = False  # a passthrough open: the kernel reads its backing file
+    read: bool = False  # a read went through it (its chunks may all be on the node now)
 
 
 def fuse_errors(fn):
@@ -116,14 +120,21 @@ class ImageOps(pyfuse3.Operations):
     def __init__(self, namespace: Namespace, fetcher: ChunkFetcher,
                  on_chunk_read: Callable[[FsTree, int], None] | None = None,
                  statistics: Callable[[], MountStats] | None = None,
-                 on_warm: Callable[[FsTree, str], Awaitable[dict]] | None = None) -> None:
+                 on_warm: Callable[[FsTree, str], Awaitable[dict]] | None = None,
+                 passthrough: Passthrough | None = None,
+                 files: Materializer | None = None) -> None:
         """``statistics``: the mount's record, served as the root's ``.thaw-stats``;
-        ``on_warm``: what opening ``.thaw-warm.INO.WORKLOAD`` starts (``control.py``)."""
+        ``on_warm``: what opening ``.thaw-warm.INO.WORKLOAD`` starts (``control.py``);
+        ``passthrough`` and ``files``: backing files for the files whose bytes are on the
+        node (none: every read comes here)."""
         super().__init__()
         self.ns, self.fetcher, self.statistics = namespace, fetcher, statistics
         self.on_warm = on_warm
         self.readdir_requests = 0
         self.on_chunk_read = on_chunk_read  # (image, chunk index) of each read, for hints
+        self.passthrough = passthrough or Passthrough("off")
+        self.enable_passthrough = self.passthrough.enabled  # asked of the kernel at INIT
+        self.files = files
         self._handles: dict[int, _Handle] = {}
         self._listed: OrderedDict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = \
             OrderedDict()
@@ -177,7 +188,7 @@ class ImageOps(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         """The handle is the inode; an image's directory never changes, so its handle
         carries ``CACHE_DIR``, which asks the kernel to keep its listing (with pyfuse3
-        rebuilt by ``scripts/pyfuse3-cache-readdir.sh``; a stock pyfuse3 passes the bit
+        rebuilt by ``scripts/pyfuse3.sh``; a stock pyfuse3 passes the bit
         through to ``readdir``, which drops it)."""
         return inode | CACHE_DIR if self.ns.immutable(inode) else inode
 
@@ -234,8 +245,31 @@ class ImageOps(pyfuse3.Operations):
         if tree.entry(inode).type != FILE:
             raise pyfuse3.FUSEError(errno.EINVAL)
         fh, self._next_fh = self._next_fh, self._next_fh + 1
-        self._handles[fh] = _Handle(tree, inode)
+        backing = self._backing(tree, inode)
+        self._handles[fh] = _Handle(tree, inode, backing=backing is not None)
+        if backing is not None:  # keep_cache must be off on a passthrough open
+            return pyfuse3.FileInfo(fh=fh, keep_cache=False, direct_io=False,
+                                    backing_id=backing)
+        self.passthrough.opened_normally(inode)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=False)
+
+    def _backing(self, tree: FsTree, inode: int) -> int | None:
+        """A backing id for a passthrough open of ``inode``, or None. The reads will not
+        come here, so what they would have told is learnt now: the file's chunks count
+        as read (hints, in open order), as used (what prefetch fetched for them was no
+        waste), and the file as used (the cache's recency)."""
+        if self.files is None or not self.passthrough.enabled:
+            return None
+        path = self.files.ready(tree, inode)
+        backing = None if path is None else self.passthrough.open(inode, path)
+        if backing is not None:
+            chunks = tree.manifest.chunks
+            for s in tree.entry(inode).spans:
+                self.fetcher.used(chunks[s.chunk])
+                if self.on_chunk_read is not None:
+                    self.on_chunk_read(tree, s.chunk)
+            self.files.used(tree, inode)
+        return backing
 
     async def _control_file(self, c: control.Control) -> bytes:
         if c.kind == "stats":
@@ -253,6 +287,7 @@ class ImageOps(pyfuse3.Operations):
         if data is not None:
             return data[off:off + size]
         h = self._handle(fh)
+        h.read = True
         try:
             return await self._read(h, off, size)
         except ThawError as exc:  # say which image and file the failed chunk belongs to
@@ -323,8 +358,12 @@ class ImageOps(pyfuse3.Operations):
 
     @fuse_errors
     async def release(self, fh):
-        self._handles.pop(fh, None)
+        h = self._handles.pop(fh, None)
         self._control_data.pop(fh, None)
+        if h is not None:
+            self.passthrough.released(h.ino, h.backing)
+            if h.read and self.files is not None and self.passthrough.enabled:
+                self.files.consider(h.tree, h.ino)  # its chunks may all be here now
 
     @fuse_errors
     async def releasedir(self, fh):

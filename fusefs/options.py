@@ -30,6 +30,7 @@ class MountOptions:
     peers: str | None = None  # --peers: URL,URL | @FILE | store; None: no cache peers
     self_url: str | None = None  # --self: this node's own peer URL
     peer_token: str = ""  # the bearer token peers want
+    passthrough: str = "auto"  # auto: FUSE passthrough where the kernel allows; off
 
     def image_budget(self, disk: DiskCache) -> int:
         """Bytes ``--prefetch all`` may fetch now: within the budget and the disk cache's

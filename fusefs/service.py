@@ -33,10 +33,12 @@ from blobstore.store.tiers import NodeTiers, node_tiers
 
 from .fetch import ChunkFetcher, RetryPolicy
 from .learn import Learners
+from .materialize import Materializer
 from .mount import answer_until_stopped, fuse_session
 from .namespace import SingleImage, StoreImages
 from .ops import ImageOps, Namespace
 from .options import MountOptions, NodeOptions
+from .passthrough import Passthrough
 from .prefetch import Warmer, queue_image
 from .reporter import NodeReporter
 from .stats import MountStats
@@ -94,20 +96,27 @@ class Mount:
             objects, tiers.disk.inner, node_id=self.node.node_id, gpus=self.node.gpus,
             interval=self.node.report_interval, peer_url=self.node.peer_url)
         namespace = self._namespace(tiers, fetcher, learners, reporter)
+        passthrough = Passthrough(opts.passthrough)
+        passthrough.say_why()
+        files = Materializer(tiers.disk.inner) if passthrough.enabled else None
 
         def statistics() -> MountStats:
             return MountStats.collect(namespace.images(), tiers, fetcher.statistics(),
-                                      learners.hinted() if learners else 0, namespace.kind)
+                                      learners.hinted() if learners else 0, namespace.kind,
+                                      passthrough=passthrough.state(),
+                                      passthrough_opens=passthrough.opens)
 
         ops = ImageOps(namespace, fetcher, learners.read if learners else None, statistics,
                        Warmer(objects, fetcher, workload=opts.hints,
-                              max_bytes=opts.cache_bytes // 2).warm)
+                              max_bytes=opts.cache_bytes // 2).warm, passthrough, files)
         publish = self._metrics(statistics)
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(fuse_session(ops, self.mountpoint))
             nursery = await stack.enter_async_context(trio.open_nursery())
             stack.callback(nursery.cancel_scope.cancel)  # on the way out, before the wait
             await nursery.start(fetcher.run)
+            if files:
+                await nursery.start(files.run)
             if learners:
                 await nursery.start(learners.run)
             if reporter:

@@ -9,7 +9,7 @@ exporter reads the record published once a second, never the live counters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 from blobstore.store.tiers import NodeTiers, TierSnapshot
 
@@ -72,11 +72,13 @@ class MountStats:
     readdir_requests: int
     retries: int
     errors: int
+    passthrough: str = "off"  # "on", or "off: why"
+    passthrough_opens: int = 0  # opens the kernel serves from a backing file
 
     @classmethod
     def collect(cls, images: dict[str, int], tiers: NodeTiers, f: FetcherStats,
-                hinted: int = 0, mount: str = "image", readdir_requests: int = 0
-                ) -> MountStats:
+                hinted: int = 0, mount: str = "image", readdir_requests: int = 0,
+                passthrough: str = "off", passthrough_opens: int = 0) -> MountStats:
         """From the fetcher's record and the tiers' counters, now."""
         disk = (tiers.disk.stats.snapshot() if tiers.disk else TierSnapshot("disk")).as_dict()
         store = tiers.store.stats.snapshot().as_dict()
@@ -93,7 +95,8 @@ class MountStats:
             prefetches=f.prefetches, prefetched_bytes=f.prefetched_bytes,
             prefetched_unread_bytes=f.prefetched_unread_bytes,
             prefetch_queued=f.prefetch_queued, hinted_chunks=hinted,
-            readdir_requests=readdir_requests, retries=f.retries, errors=f.errors)
+            readdir_requests=readdir_requests, retries=f.retries, errors=f.errors,
+            passthrough=passthrough, passthrough_opens=passthrough_opens)
 
     def as_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -102,6 +105,7 @@ class MountStats:
     def from_json(cls, doc: object) -> MountStats:
         """The document a mount wrote; ValueError if it is not one."""
         names = {f.name for f in fields(cls)}
-        if not isinstance(doc, dict) or set(doc) != names:
+        required = {f.name for f in fields(cls) if f.default is MISSING}
+        if not isinstance(doc, dict) or not required <= set(doc) or not set(doc) <= names:
             raise ValueError("not a thaw mount's statistics")
         return cls(**doc)

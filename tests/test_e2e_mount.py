@@ -145,3 +145,30 @@ def test_corrupt_object_in_s3_is_eio(thaw, debian_in_s3, gnu_tree, tmp_path):
             (mnt / "usr" / "bin" / "bash").read_bytes()
         assert e.value.errno == 5
         assert (mnt / "etc" / "debian_version").read_text().startswith("12")
+
+
+def test_a_chroot_and_a_container_read_files_through_passthrough(thaw, debian_in_s3,
+                                                                 gnu_tree, tmp_path):
+    """python3 and its libraries, once their bytes are on the node, are opened with FUSE
+    passthrough; a chroot and `podman --rootfs DIR:O` (an overlay stacked on the mount)
+    run from them, and the bytes they read are the image's."""
+    python = "usr/bin/python3.11"
+    with mount(thaw, debian_in_s3, tmp_path) as mnt:
+        assert (mnt / python).read_bytes() == (gnu_tree / python).read_bytes()
+        deadline = time.monotonic() + 60
+        while stats(thaw, mnt)["passthrough_opens"] == 0:  # the file made, then opened
+            assert (mnt / python).read_bytes() == (gnu_tree / python).read_bytes()
+            assert time.monotonic() < deadline
+        before = stats(thaw, mnt)["passthrough_opens"]
+        digest = subprocess.run(["sha256sum", str(gnu_tree / python)], capture_output=True,
+                                text=True, check=True).stdout.split()[0]
+        script = ("import hashlib, sys; "
+                  "print(hashlib.sha256(open(sys.executable, 'rb').read()).hexdigest())")
+        out = subprocess.run(["chroot", str(mnt), f"/{python}", "-c", script],
+                             capture_output=True, text=True, check=True).stdout
+        assert out.strip() == digest
+        run = subprocess.run([*PODMAN, "--rootfs", f"{mnt}:O", f"/{python}", "-c", script],
+                             capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == digest
+        assert stats(thaw, mnt)["passthrough_opens"] >= before + 2  # exec, then the read

@@ -369,7 +369,7 @@ def test_memory_bounds_resident_memory_within_the_documented_overhead(thaw, tmp_
 
 
 def test_a_repeated_listing_of_an_image_directory_is_answered_by_the_kernel(thaw, tmp_path):
-    """With pyfuse3 rebuilt by scripts/pyfuse3-cache-readdir.sh (make install does it), an
+    """With pyfuse3 rebuilt by scripts/pyfuse3.sh (make install does it), an
     image directory's listing is cached by the kernel: listing it again asks the daemon
     for no page of names."""
     import pyfuse3

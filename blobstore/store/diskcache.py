@@ -8,7 +8,9 @@ and is shared by every process using the directory (the daemon, the peer server,
 mounts). Eviction runs under an exclusive ``flock`` on ``DIR/.lock`` and removes the least
 recently used entries until the cache is under 90% of its bound. Every entry is verified on
 read; a corrupt one is deleted, logged, and reported as a miss so the next tier is asked.
-Thread-safe and process-safe.
+Materialized files (``filecache``, in ``DIR/.files/``) count in the same bound and are
+evicted by the same order, by unlink; ``entries`` lists blobs only. Thread-safe and
+process-safe.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from .tiers import BlobTier, Fetched
 log = logging.getLogger(__name__)
 _LOW_WATER = 0.9
 _FULL = (errno.ENOSPC, errno.EDQUOT)
+FILES = ".files"  # materialized files (``filecache``), beside the blobs
 
 
 class DiskCache(BlobTier):
@@ -47,24 +50,46 @@ class DiskCache(BlobTier):
         self._fill_locks = RangeLocks(self.root / ".fill-locks")
         if n := sweep(self.root):
             log.info("%s: removed %d temporary files that killed writers left", self, n)
-        self._size = sum(size for _, size, _ in self.entries())
+        self._size = sum(size for _, size, _ in self.all_entries())
 
     def _path(self, id: str) -> Path:
         return self.root / id[:2] / check_blob_id(id)
 
     def entries(self):
-        """``(path, size, mtime_ns)`` of every entry."""
-        for sub in os.scandir(self.root):
-            if not sub.is_dir() or sub.name.startswith("."):
-                continue
-            with os.scandir(sub.path) as files:
-                for f in files:
-                    if not f.name.startswith("."):
-                        try:
-                            st = f.stat()
-                        except FileNotFoundError:
-                            continue  # evicted by another process meanwhile
-                        yield f.path, st.st_size, st.st_mtime_ns
+        """``(path, size, mtime_ns)`` of every blob entry."""
+        yield from self._scan(self.root)
+
+    def file_entries(self):
+        """``(path, size, mtime_ns)`` of every materialized file."""
+        root = self.root / FILES
+        if root.is_dir():
+            yield from self._scan(root)
+
+    def all_entries(self):
+        """Blobs and materialized files: what the bound counts and eviction orders."""
+        yield from self.entries()
+        yield from self.file_entries()
+
+    def _scan(self, root: Path):
+        for sub in os.scandir(root):
+            if sub.is_dir(follow_symlinks=False) and not sub.name.startswith("."):
+                with os.scandir(sub.path) as files:
+                    for f in files:
+                        if not f.name.startswith("."):
+                            try:
+                                st = f.stat()
+                            except FileNotFoundError:
+                                continue  # evicted by another process meanwhile
+                            yield f.path, st.st_size, st.st_mtime_ns
+
+    def added(self, size: int) -> None:
+        """``size`` bytes were added beside the blobs (a materialized file); evicts if
+        that puts the cache over its bound."""
+        with self._lock:
+            self._size += size
+            over = self._size > self.max_bytes
+        if over:
+            self.evict()
 
     @property
     def size(self) -> int:
@@ -204,7 +229,7 @@ class DiskCache(BlobTier):
         to = int(self.max_bytes * _LOW_WATER) if to is None else to
         with open(self.root / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            entries = sorted(self.entries(), key=lambda e: e[2])
+            entries = sorted(self.all_entries(), key=lambda e: e[2])
             total = sum(size for _, size, _ in entries)
             freed = 0
             for path, size, _ in entries:

@@ -1,0 +1,131 @@
+"""Files whose bytes are all on the node made into plain files (``blobstore.store.filecache``)
+for FUSE passthrough, and files a restarted daemon finds checked before it hands them out.
+
+A regular file of at least ``MIN_SIZE`` bytes is considered when a handle that read it is
+released (its chunks may all be on the node now), when it is opened and a file for it
+exists that this daemon has not verified (one made before a restart), and when a prefetch
+of its image has brought its chunks (``consider_image``). ``ready`` names a verified file,
+for ``open`` to answer with passthrough; until then the chunk path serves the file. Smaller
+files stay on the chunk path: the kernel keeps their pages after the first read, and
+writing a file of its own for each would cost more than it saves.
+
+Never in the way of a read: each job runs in a worker thread, two at a time, one per file
+at once; a job reads the file's chunks from the disk cache (verified there) and writes and
+hashes the file, or hashes a found file again. A chunk missing from the disk cache ends the
+job (the file is considered again later). Trio thread; the jobs in worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from pathlib import Path
+
+import trio
+
+from blobstore.errors import StoreError
+from blobstore.image.manifest import FILE
+from blobstore.store.diskcache import DiskCache
+from blobstore.store.filecache import FileCache, file_key
+
+from .tree import FsTree
+
+log = logging.getLogger(__name__)
+MIN_SIZE = 64 << 10
+JOBS = 2
+
+
+class Materializer:
+    def __init__(self, disk: DiskCache, *, min_size: int = MIN_SIZE) -> None:
+        self.disk, self.files, self.min_size = disk, FileCache(disk), min_size
+        self._keys: weakref.WeakKeyDictionary[FsTree, dict[int, str]] = \
+            weakref.WeakKeyDictionary()
+        self._verified: set[str] = set()
+        self._busy: set[str] = set()
+        self._limiter = trio.CapacityLimiter(JOBS)
+        self._nursery: trio.Nursery | None = None
+        self.made = self.checked = 0
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def key(self, tree: FsTree, ino: int) -> str | None:
+        """The file's name in the file cache; None for what is not made into a file."""
+        keys = self._keys.setdefault(tree, {})
+        if ino not in keys:
+            entry = tree.entry(ino)
+            if entry.type != FILE or entry.size < self.min_size:
+                keys[ino] = ""
+            else:
+                chunks = tree.manifest.chunks
+                keys[ino] = file_key((chunks[s.chunk].id, s.offset, s.length)
+                                     for s in entry.spans)
+        return keys[ino] or None
+
+    def ready(self, tree: FsTree, ino: int) -> Path | None:
+        """The verified file of ``ino``, if there is one now; else None (and a job to make
+        or verify it is started where one may help)."""
+        key = self.key(tree, ino)
+        if key is None:
+            return None
+        if key in self._verified:
+            path = self.files.path(key)
+            if path.exists():
+                return path
+            self._verified.discard(key)  # evicted meanwhile
+        elif self.files.has(key):
+            self.consider(tree, ino)  # made before this daemon started: verify it first
+        return None
+
+    def used(self, tree: FsTree, ino: int) -> None:
+        """The file of ``ino`` was opened: a use, for the cache's eviction order."""
+        key = self.key(tree, ino)
+        if key is not None:
+            self.files.touch(key)
+
+    def consider(self, tree: FsTree, ino: int) -> None:
+        """Make ``ino`` into a file, or verify the one there, in the background."""
+        key = self.key(tree, ino)
+        if key is None or key in self._busy or key in self._verified or self._nursery is None:
+            return
+        self._busy.add(key)
+        self._nursery.start_soon(self._job, tree, ino, key)
+
+    def consider_image(self, tree: FsTree, inodes: list[int]) -> None:
+        for ino in inodes:
+            self.consider(tree, ino)
+
+    async def _job(self, tree: FsTree, ino: int, key: str) -> None:
+        try:
+            async with self._limiter:
+                if await trio.to_thread.run_sync(self._make_or_verify, tree, ino, key):
+                    self._verified.add(key)
+        except (StoreError, OSError) as exc:
+            log.info("%s /%s not made into a file: %s", tree.name, tree.entry(ino).path, exc)
+        finally:
+            self._busy.discard(key)
+
+    def _make_or_verify(self, tree: FsTree, ino: int, key: str) -> bool:
+        """In a worker thread: whether a verified file for ``ino`` is there now. A found
+        file that fails its check is made again at once: the reads that would ask for it
+        again may all come from the kernel's cache."""
+        if self.files.has(key):
+            self.checked += 1
+            if self.files.verify(key):
+                return True
+        entry, chunks = tree.entry(ino), tree.manifest.chunks
+        if not all(self.disk.has(chunks[s.chunk].id) for s in entry.spans):
+            return False  # not all on the node yet
+
+        def pieces():
+            for s in entry.spans:
+                c = chunks[s.chunk]
+                yield memoryview(self.disk.fetch(c.id, max_size=c.size).data)[
+                    s.offset:s.offset + s.length]
+
+        self.files.write(key, pieces(), entry.size)
+        self.made += 1
+        return True
