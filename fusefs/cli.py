@@ -356,7 +356,8 @@ def cmd_stats(args, console) -> int:
     for tier, t in s.tiers.items():
         console.line(f"  {tier:<7} {t['chunks']:>8} chunks {t['bytes']:>14} bytes")
     console.line(f"cache hits:    {s.cache_hits}; fetch latency (ms): {s.fetch_latency_ms}")
-    console.line(f"passthrough:   {s.passthrough} ({s.passthrough_opens} opens)")
+    console.line(f"passthrough:   {s.passthrough} ({s.passthrough_opens} opens, "
+                 f"{s.passthrough_files} files ready)")
     console.line(f"prefetched:    {s.prefetches} chunks, {s.prefetched_bytes} bytes "
                  f"({s.prefetched_unread_bytes} never read since); "
                  f"{s.hinted_chunks} queued from earlier starts' hints")

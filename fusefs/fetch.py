@@ -128,6 +128,9 @@ class ChunkFetcher:
         self._unread: dict[str, int] = {}  # prefetched, never read since: id -> bytes
         self._kept: set[str] = set()  # put in the disk cache by a disk-only prefetch
         self._unread_bytes = 0
+        self._working = 0  # prefetch workers busy with a chunk
+        self._drained = trio.Event()  # set while nothing is queued or being prefetched
+        self._drained.set()
         self.retry = retry
         self._running = False
         self.counters = FetcherCounters()
@@ -262,7 +265,14 @@ class ChunkFetcher:
             heapq.heappush(self._queue, (priority, next(self._seq), c))
             self._pending.release()
             queued += 1
+        if queued and self._drained.is_set():
+            self._drained = trio.Event()
         return queued
+
+    async def wait_drained(self) -> None:
+        """Until nothing is queued or being prefetched (a demand read may still fly)."""
+        while self._queued or self._working:
+            await self._drained.wait()
 
     async def _on_disk_now(self, id: str) -> bool:
         async with self._limiters[Source.PREFETCH]:
@@ -282,20 +292,29 @@ class ChunkFetcher:
             if self._queued.get(chunk.id) != priority:
                 continue  # moved up: this is the stale copy
             del self._queued[chunk.id]
-            if chunk.id in self._memory or chunk.id in self._inflight:
-                continue
+            self._working += 1
             try:
-                if priority < Priority.WARM:
-                    await self._fly(chunk, Source.PREFETCH)
-                # These go to the disk cache only: keeping them in memory would push out
-                # what the workload reads now.
-                elif chunk.id not in self._kept and not await self._on_disk_now(chunk.id) \
-                        and not self.requested(chunk.id) and chunk.id not in self._kept:
-                    # (asked for again while the disk was looked at: that one fetches it)
-                    await self._fly(chunk, Source.PREFETCH, remember=False)
-                    self._kept.add(chunk.id)
-            except Exception as exc:  # noqa: BLE001 - a demand read will report it
-                log.debug("prefetch of %s failed: %s", chunk.id, exc)
+                await self._prefetch_one(priority, chunk)
+            finally:
+                self._working -= 1
+                if not self._queued and not self._working:
+                    self._drained.set()
+
+    async def _prefetch_one(self, priority: int, chunk: ChunkRef) -> None:
+        if chunk.id in self._memory or chunk.id in self._inflight:
+            return
+        try:
+            if priority < Priority.WARM:
+                await self._fly(chunk, Source.PREFETCH)
+            # These go to the disk cache only: keeping them in memory would push out
+            # what the workload reads now.
+            elif chunk.id not in self._kept and not await self._on_disk_now(chunk.id) \
+                    and not self.requested(chunk.id) and chunk.id not in self._kept:
+                # (asked for again while the disk was looked at: that one fetches it)
+                await self._fly(chunk, Source.PREFETCH, remember=False)
+                self._kept.add(chunk.id)
+        except Exception as exc:  # noqa: BLE001 - a demand read will report it
+            log.debug("prefetch of %s failed: %s", chunk.id, exc)
 
     def statistics(self) -> FetcherStats:
         return FetcherStats(**asdict(self.counters), memory_cached_bytes=self._memory.size,

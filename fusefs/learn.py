@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 
 import trio
 
@@ -46,12 +47,14 @@ def hinted_chunks(manifest: AnyManifest, order: list[int], max_bytes: int) -> li
 class StartLearner:
     def __init__(self, objects: ObjectStore, manifest_id: str, manifest: AnyManifest,
                  fetcher: ChunkFetcher, *, workload: str = START, window: float = 60.0,
-                 max_bytes: int = 1 << 62) -> None:
+                 max_bytes: int = 1 << 62, on_queued: Callable[[], None] | None = None
+                 ) -> None:
         """``max_bytes``: prefetch at most this much of the hinted chunks (the first ones,
-        in order), so that a start which read a lot does not evict it all again."""
+        in order), so that a start which read a lot does not evict it all again;
+        ``on_queued``: called once the hinted chunks are queued, if any were."""
         self.objects, self.mid, self.manifest = objects, manifest_id, manifest
         self.fetcher, self.workload, self.window = fetcher, workload, window
-        self.max_bytes = max_bytes
+        self.max_bytes, self.on_queued = max_bytes, on_queued
         self.recorder: HintRecorder | None = HintRecorder()
         self.hinted = 0  # chunks queued from earlier starts
 
@@ -74,6 +77,8 @@ class StartLearner:
         if self.hinted:
             log.info("image %s: prefetching %d chunks that %r read last time", self.mid[:12],
                      self.hinted, self.workload)
+            if self.on_queued:
+                self.on_queued()
         task_status.started()
         try:
             await trio.sleep(self.window)
@@ -100,8 +105,10 @@ class Learners:
     """A ``StartLearner`` for each image of a mount, started when the image is added."""
 
     def __init__(self, objects: ObjectStore, fetcher: ChunkFetcher, *, workload: str = START,
-                 window: float = 60.0, max_bytes: int = 1 << 62) -> None:
-        self.objects, self.fetcher = objects, fetcher
+                 window: float = 60.0, max_bytes: int = 1 << 62,
+                 on_queued: Callable[[FsTree], None] | None = None) -> None:
+        """``on_queued``: called with an image's tree once its hinted chunks are queued."""
+        self.objects, self.fetcher, self.on_queued = objects, fetcher, on_queued
         self.options = {"workload": workload, "window": window, "max_bytes": max_bytes}
         self.learners: dict[str, StartLearner] = {}
         self._send, self._recv = trio.open_memory_channel[StartLearner](math.inf)
@@ -109,8 +116,10 @@ class Learners:
     def add(self, tree: FsTree) -> None:
         """Learn for this image from now on (trio thread; does not block)."""
         if tree.image_id and tree.image_id not in self.learners:
+            on_queued = self.on_queued
             learner = StartLearner(self.objects, tree.image_id, tree.manifest, self.fetcher,
-                                   **self.options)
+                                   **self.options,
+                                   on_queued=on_queued and (lambda: on_queued(tree)))
             self.learners[tree.image_id] = learner
             self._send.send_nowait(learner)
 

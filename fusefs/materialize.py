@@ -4,7 +4,8 @@ for FUSE passthrough, and files a restarted daemon finds checked before it hands
 A regular file of at least ``MIN_SIZE`` bytes is considered when a handle that read it is
 released (its chunks may all be on the node now), when it is opened and a file for it
 exists that this daemon has not verified (one made before a restart), and when a prefetch
-of its image has brought its chunks (``consider_image``). ``ready`` names a verified file,
+of its image (``--prefetch all``, hints, ``thaw warm``) has brought its chunks
+(``after_prefetch``). ``ready`` names a verified file,
 for ``open`` to answer with passthrough; until then the chunk path serves the file. Smaller
 files stay on the chunk path: the kernel keeps their pages after the first read, and
 writing a file of its own for each would cost more than it saves.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
@@ -42,6 +44,7 @@ class Materializer:
             weakref.WeakKeyDictionary()
         self._verified: set[str] = set()
         self._busy: set[str] = set()
+        self._waiting: weakref.WeakSet[FsTree] = weakref.WeakSet()
         self._limiter = trio.CapacityLimiter(JOBS)
         self._nursery: trio.Nursery | None = None
         self.made = self.checked = 0
@@ -80,6 +83,11 @@ class Materializer:
             self.consider(tree, ino)  # made before this daemon started: verify it first
         return None
 
+    @property
+    def ready_count(self) -> int:
+        """Files verified or made by this daemon (some may have been evicted since)."""
+        return len(self._verified)
+
     def used(self, tree: FsTree, ino: int) -> None:
         """The file of ``ino`` was opened: a use, for the cache's eviction order."""
         key = self.key(tree, ino)
@@ -94,9 +102,34 @@ class Materializer:
         self._busy.add(key)
         self._nursery.start_soon(self._job, tree, ino, key)
 
-    def consider_image(self, tree: FsTree, inodes: list[int]) -> None:
+    def after_prefetch(self, tree: FsTree, drained: Callable[[], Awaitable[None]]) -> None:
+        """Once the prefetch queued now is done (``drained`` returns), consider each file of
+        ``tree`` whose chunks it brought: a file prefetched whole opens with passthrough the
+        first time, not after a read through the daemon."""
+        if self._nursery is None or tree in self._waiting:
+            return  # a wait already running sees this prefetch out too
+        self._waiting.add(tree)
+        self._nursery.start_soon(self._consider_image, tree, drained)
+
+    async def _consider_image(self, tree: FsTree, drained: Callable[[], Awaitable[None]]
+                              ) -> None:
+        try:
+            await drained()
+        finally:
+            self._waiting.discard(tree)
+        inodes = await trio.to_thread.run_sync(self._on_node, tree)
         for ino in inodes:
             self.consider(tree, ino)
+        if inodes:
+            log.info("%s: making %d files whose chunks are on the node ready for "
+                     "passthrough", tree.name, len(inodes))
+
+    def _on_node(self, tree: FsTree) -> list[int]:
+        """In a worker thread: the large files of ``tree`` whose chunks are all in the
+        disk cache."""
+        chunks = tree.manifest.chunks
+        return [ino for ino in tree.file_inodes(self.min_size)
+                if all(self.disk.has(chunks[s.chunk].id) for s in tree.entry(ino).spans)]
 
     async def _job(self, tree: FsTree, ino: int, key: str) -> None:
         try:

@@ -47,6 +47,10 @@ class SnapshotCollector:
         for name in ("demand_fetches", "prefetches", "retries", "errors", "coalesced_waits"):
             yield CounterMetricFamily(f"thaw_{name}", name.replace("_", " "),
                                       value=getattr(s, name))
+        yield CounterMetricFamily("thaw_passthrough_opens", "Opens the kernel served from a "
+                                  "backing file", value=s.passthrough_opens)
+        yield GaugeMetricFamily("thaw_passthrough_files", "Files ready to be passed through",
+                                value=s.passthrough_files)
         yield CounterMetricFamily("thaw_prefetched_bytes", "Bytes of chunks prefetched",
                                   value=s.prefetched_bytes)
         yield GaugeMetricFamily("thaw_prefetched_unread_bytes", "Bytes prefetched and not "

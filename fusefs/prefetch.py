@@ -12,6 +12,7 @@ reads in another process) into the disk cache only. trio thread; store calls in 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
@@ -58,10 +59,12 @@ def queue_image(fetcher: ChunkFetcher, tree: FsTree, budget: int) -> int:
 
 class Warmer:
     def __init__(self, objects: ObjectStore, fetcher: ChunkFetcher, *,
-                 workload: str | None, max_bytes: int) -> None:
+                 workload: str | None, max_bytes: int,
+                 on_queued: Callable[[FsTree], None] | None = None) -> None:
         """``workload``: the one the mount learns (kept in memory too); ``max_bytes``:
-        queue at most this much of the hinted chunks."""
-        self.objects, self.fetcher = objects, fetcher
+        queue at most this much of the hinted chunks; ``on_queued``: called with the tree
+        when something was queued."""
+        self.objects, self.fetcher, self.on_queued = objects, fetcher, on_queued
         self.workload, self.max_bytes = workload, max_bytes
 
     async def warm(self, tree: FsTree, workload: str) -> dict:
@@ -76,6 +79,8 @@ class Warmer:
         chunks = hinted_chunks(manifest, order, self.max_bytes)
         priority = Priority.HINTS if workload == self.workload else Priority.WARM
         queued = self.fetcher.prefetch(chunks, priority)
+        if queued and self.on_queued:
+            self.on_queued(tree)
         log.info("image %s: warm %r: %d hinted chunks, %d queued", mid[:12], workload,
                  len(chunks), queued)
         return {"image": mid, "workload": workload, "hinted_chunks": len(chunks),

@@ -89,26 +89,33 @@ class Mount:
                                memory_bytes=opts.memory_bytes,
                                retry=RetryPolicy.within(opts.store_timeout),
                                enabled=opts.prefetch != "none", on_disk=tiers.disk.has)
-        learners = None if not opts.hints else Learners(
-            objects, fetcher, workload=opts.hints, window=opts.hints_window,
-            max_bytes=opts.cache_bytes // 2)
-        reporter = None if self.image else NodeReporter(
-            objects, tiers.disk.inner, node_id=self.node.node_id, gpus=self.node.gpus,
-            interval=self.node.report_interval, peer_url=self.node.peer_url)
-        namespace = self._namespace(tiers, fetcher, learners, reporter)
         passthrough = Passthrough(opts.passthrough)
         passthrough.say_why()
         files = Materializer(tiers.disk.inner) if passthrough.enabled else None
+
+        def prefetched(tree: FsTree) -> None:
+            if files:
+                files.after_prefetch(tree, fetcher.wait_drained)
+
+        learners = None if not opts.hints else Learners(
+            objects, fetcher, workload=opts.hints, window=opts.hints_window,
+            max_bytes=opts.cache_bytes // 2, on_queued=prefetched)
+        reporter = None if self.image else NodeReporter(
+            objects, tiers.disk.inner, node_id=self.node.node_id, gpus=self.node.gpus,
+            interval=self.node.report_interval, peer_url=self.node.peer_url)
+        namespace = self._namespace(tiers, fetcher, learners, reporter, prefetched)
 
         def statistics() -> MountStats:
             return MountStats.collect(namespace.images(), tiers, fetcher.statistics(),
                                       learners.hinted() if learners else 0, namespace.kind,
                                       passthrough=passthrough.state(),
-                                      passthrough_opens=passthrough.opens)
+                                      passthrough_opens=passthrough.opens,
+                                      passthrough_files=files.ready_count if files else 0)
 
         ops = ImageOps(namespace, fetcher, learners.read if learners else None, statistics,
                        Warmer(objects, fetcher, workload=opts.hints,
-                              max_bytes=opts.cache_bytes // 2).warm, passthrough, files)
+                              max_bytes=opts.cache_bytes // 2, on_queued=prefetched).warm,
+                       passthrough, files)
         publish = self._metrics(statistics)
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(fuse_session(ops, self.mountpoint))
@@ -123,13 +130,15 @@ class Mount:
                 await nursery.start(reporter.run)
                 await nursery.start(prepare_store, objects)
             await nursery.start(keep_lease, Lease(objects, "mount"), lambda: tuple(self.served))
-            if self.image and opts.prefetch == "all":
-                queue_image(fetcher, namespace.tree, opts.image_budget(tiers.disk.inner))
+            if self.image and opts.prefetch == "all" and queue_image(
+                    fetcher, namespace.tree, opts.image_budget(tiers.disk.inner)):
+                prefetched(namespace.tree)
             await answer_until_stopped(ops, self.mountpoint, nursery,
                                        on_ready=self.on_ready, publish=publish)
 
     def _namespace(self, tiers: NodeTiers, fetcher: ChunkFetcher, learners: Learners | None,
-                   reporter: NodeReporter | None) -> Namespace:
+                   reporter: NodeReporter | None,
+                   prefetched: Callable[[FsTree], None]) -> Namespace:
         """One image, or every image of the store: each one, as it is first used, is
         leased, reported, learnt from, and (``--prefetch all``) queued whole."""
         if self.image:
@@ -145,8 +154,9 @@ class Mount:
             reporter.add(tree.image_id, tree.manifest)
             if learners:
                 learners.add(tree)
-            if self.opts.prefetch == "all":
-                queue_image(fetcher, tree, self.opts.image_budget(tiers.disk.inner))
+            if self.opts.prefetch == "all" and queue_image(
+                    fetcher, tree, self.opts.image_budget(tiers.disk.inner)):
+                prefetched(tree)
 
         return StoreImages(self.objects, on_image)
 

@@ -74,11 +74,13 @@ class MountStats:
     errors: int
     passthrough: str = "off"  # "on", or "off: why"
     passthrough_opens: int = 0  # opens the kernel serves from a backing file
+    passthrough_files: int = 0  # files ready to be passed through (made or verified)
 
     @classmethod
     def collect(cls, images: dict[str, int], tiers: NodeTiers, f: FetcherStats,
                 hinted: int = 0, mount: str = "image", readdir_requests: int = 0,
-                passthrough: str = "off", passthrough_opens: int = 0) -> MountStats:
+                passthrough: str = "off", passthrough_opens: int = 0,
+                passthrough_files: int = 0) -> MountStats:
         """From the fetcher's record and the tiers' counters, now."""
         disk = (tiers.disk.stats.snapshot() if tiers.disk else TierSnapshot("disk")).as_dict()
         store = tiers.store.stats.snapshot().as_dict()
@@ -96,7 +98,8 @@ class MountStats:
             prefetched_unread_bytes=f.prefetched_unread_bytes,
             prefetch_queued=f.prefetch_queued, hinted_chunks=hinted,
             readdir_requests=readdir_requests, retries=f.retries, errors=f.errors,
-            passthrough=passthrough, passthrough_opens=passthrough_opens)
+            passthrough=passthrough, passthrough_opens=passthrough_opens,
+            passthrough_files=passthrough_files)
 
     def as_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -159,3 +159,15 @@ class FsTree:
     @property
     def inode_count(self) -> int:
         return self._count
+
+    def file_inodes(self, min_size: int) -> list[int]:
+        """The regular files of ``min_size`` bytes or more, one inode per hard-link group;
+        decodes every entry (call it in a worker thread on a large image)."""
+        out = []
+        for k in range(self._count):
+            if self.manifest.head(k) != k:
+                continue
+            entry = self.manifest.entry(k)
+            if entry.type == FILE and entry.size >= min_size:
+                out.append(self.base + k + 1)
+        return out

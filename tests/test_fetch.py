@@ -177,3 +177,26 @@ async def test_a_chunk_that_just_ran_out_the_budget_fails_again_at_once(clock):
     tier.gate.set()
     assert await f.get(ref(4)) == b"4" * 100  # the store answers again
     assert await f.get(ref(3)) == b"3" * 100  # and the failed chunk is asked for anew
+
+
+async def test_wait_drained_returns_once_every_queued_prefetch_is_done(nursery):
+    """What the materializer waits on before it looks for files prefetched whole."""
+    tier = FakeTier()
+    f = ChunkFetcher(tier, prefetch_threads=2)
+    await nursery.start(f.run)
+    await f.wait_drained()  # nothing queued: at once
+    tier.gate.clear()
+    f.prefetch([ref(n) for n in range(30, 36)])
+    drained = trio.Event()
+
+    async def wait():
+        await f.wait_drained()
+        drained.set()
+
+    nursery.start_soon(wait)
+    await trio.to_thread.run_sync(tier.entered.acquire)
+    await trio.testing.wait_all_tasks_blocked()
+    assert not drained.is_set()  # two in flight, four queued
+    tier.gate.set()
+    await drained.wait()
+    assert f.statistics().prefetches == 6 and f.statistics().prefetch_queued == 0

@@ -159,6 +159,15 @@ def materialized(thaw, mnt, path: Path, opens: int, data: bytes, read: bool = Tr
         assert time.monotonic() < deadline, s
 
 
+def ready(thaw, mnt, files: int = 1) -> dict:
+    """Wait until the mount has ``files`` files ready for passthrough; the harness's
+    bound, not an assertion on time."""
+    deadline = time.monotonic() + 60
+    while (s := stats(thaw, mnt))["passthrough_files"] < files:
+        assert time.monotonic() < deadline, s
+    return s
+
+
 @pytest.fixture
 def big(thaw, tmp_path):
     tree = tmp_path / "tree"
@@ -190,6 +199,24 @@ def test_a_file_whose_bytes_are_on_the_node_is_read_and_mapped_without_the_daemo
         assert (mnt / "lib" / "small.txt").read_bytes() == b"small\n"  # the chunk path
     files = list((tmp_path / "c" / ".files").rglob("*"))
     assert [p.stat().st_size for p in files if p.is_file()] == [len(data)]
+
+
+@pytest.mark.mount
+def test_a_file_prefetched_whole_is_passed_through_on_its_first_open(thaw, big, tmp_path):
+    """``--prefetch all`` brings every chunk, then the file is made: no read of it ever
+    reaches the daemon."""
+    tree, data = big
+    mnt = tmp_path / "mnt"
+    with Mounted(thaw, mnt, "mount", "big:1", str(mnt), "--cache-dir", str(tmp_path / "c"),
+                 "--prefetch", "all"):
+        before = ready(thaw, mnt)
+        assert before["demand_fetches"] == 0 and before["passthrough_opens"] == 0
+        with open(mnt / "lib" / "model.bin", "rb") as f:
+            assert f.read() == data
+        after = stats(thaw, mnt)
+        assert after["passthrough_opens"] == 1
+        for key in ("demand_fetches", "cache_hits", "coalesced_waits"):
+            assert after[key] == before[key], key
 
 
 @pytest.mark.mount
@@ -291,6 +318,7 @@ def test_hints_recorded_from_passthrough_opens_replay_on_another_node(thaw, big,
     other = tmp_path / "mnt2"
     with Mounted(thaw, other, "mount", "big:1", str(other), "--cache-dir",
                  str(tmp_path / "c2"), "--hints", "pt"):
-        deadline = time.monotonic() + 60
-        while stats(thaw, other)["prefetches"] < len(spans):
-            assert time.monotonic() < deadline
+        s = ready(thaw, other)  # the hinted file, made once its prefetch is done
+        assert s["prefetches"] >= len(spans) and s["demand_fetches"] == 0
+        assert (other / "lib" / "model.bin").read_bytes() == data  # its first open
+        assert stats(thaw, other)["passthrough_opens"] == 1

@@ -29,8 +29,8 @@ from pathlib import Path
 from blake3 import blake3
 
 from ..errors import StoreUnavailable
-from .diskcache import FILES, DiskCache
 from .digest import check_blob_id
+from .diskcache import FILES, DiskCache
 from .tempfiles import temp_path
 
 log = logging.getLogger(__name__)
