@@ -5,10 +5,12 @@ block and decompress) go to long-lived worker threads (``threads.WorkerThreads``
 ``CapacityLimiter`` for demand reads and another for prefetch, so prefetch never starves a
 reader. Prefetch is a priority queue drained by a fixed set of workers: hinted chunks in
 their order first, then read-ahead, then the rest of an image (``Priority``); a chunk queued
-again at a higher priority moves up. The limits are sized for a store 20 ms away, not for
-the cores: with 32 fetches in flight a remote store's latency overlaps (see
-``bench/fetch_concurrency.py`` for the ceiling). A chunk asked for while it is in flight
-is waited for, never fetched twice. A store
+again at a higher priority moves up, and a worker takes the best chunk only once there is
+room for it. The limits follow the store's measured latency (``inflight``): up to 32 in
+flight for a store 20 ms away, whose latency they overlap (``bench/fetch_concurrency.py``
+for the ceiling), and as few as 2 for one that answers at once, where each thread more
+only contends for the GIL. A chunk asked for while it is in flight is waited for, never
+fetched twice. A store
 that fails or hangs is retried with capped exponential back-off and jitter (``trio.sleep``,
 so tests run it on trio's autojump clock), each attempt bounded by ``attempt_timeout`` and
 all of them together by ``budget`` (``--store-timeout``); then the error goes up and that
@@ -42,6 +44,7 @@ from blobstore.image.manifest import ChunkRef
 from blobstore.store.lru import BytesLRU
 from blobstore.store.tiers import percentiles
 
+from .inflight import EVERY, in_flight
 from .stats import FetcherCounters, FetcherStats
 from .threads import WorkerThreads
 
@@ -50,8 +53,8 @@ FAILED_TTL = 2.0  # seconds a failure is remembered, while the store answers not
 QUICK_ATTEMPT = 1.0  # seconds: the attempt a chunk gets that just failed quickly
 
 
-DEMAND_THREADS = 32  # reads in flight against the store at once
-PREFETCH_THREADS = 32  # prefetches in flight; the store client's pool holds both
+DEMAND_THREADS = 32  # at most, reads in flight against the store at once
+PREFETCH_THREADS = 32  # at most, prefetches in flight; the store client's pool holds both
 
 
 class _OutOfBudget(StoreUnavailable):
@@ -104,10 +107,14 @@ class ChunkFetcher:
                  memory_bytes: int = 256 << 20, demand_threads: int = DEMAND_THREADS,
                  prefetch_threads: int = PREFETCH_THREADS,
                  retry: RetryPolicy = RetryPolicy(), enabled: bool = True,
-                 on_disk: Callable[[str], bool] = lambda id: False) -> None:
+                 on_disk: Callable[[str], bool] = lambda id: False,
+                 latency: Callable[[], tuple[float, float] | None] = lambda: None) -> None:
         """``enabled``: False for ``--prefetch none``: ``prefetch`` then queues nothing.
         ``on_disk(id)`` (blocking): whether the disk cache holds a chunk, so that what is
-        prefetched for the disk only is not fetched again (``thaw warm`` twice)."""
+        prefetched for the disk only is not fetched again (``thaw warm`` twice).
+        ``latency()``: the store's least recent latency and mean stored chunk size, or
+        None while unknown (``TierStats.recent``); it sets how many fetches are in flight
+        (``inflight``), at most ``demand_threads`` and ``prefetch_threads``."""
         self._on_disk = on_disk
         self._fetch_sync = fetch_sync  # (id, size) -> verified bytes; blocking
         self._memory = BytesLRU(memory_bytes)
@@ -116,6 +123,11 @@ class ChunkFetcher:
         self._failed: dict[str, tuple[float, bool]] = {}
         self._limiters = {Source.DEMAND: trio.CapacityLimiter(demand_threads),
                           Source.PREFETCH: trio.CapacityLimiter(prefetch_threads)}
+        self._gate = trio.CapacityLimiter(prefetch_threads)  # prefetches taken off the queue
+        self._highest = {Source.DEMAND: demand_threads, Source.PREFETCH: prefetch_threads}
+        self._latency = latency
+        self._fetches = 0
+        self.limit = max(demand_threads, prefetch_threads)
         self._prefetchers = prefetch_threads
         self._threads = WorkerThreads(demand_threads + prefetch_threads)
         self.enabled = enabled
@@ -228,9 +240,7 @@ class ChunkFetcher:
             for attempt in range(policy.attempts):
                 try:
                     with trio.fail_after(policy.attempt_timeout):
-                        async with self._limiters[source]:
-                            return await self._threads.run(self._fetch_sync, chunk.id,
-                                                           chunk.size)
+                        return await self._fetch_once(chunk, source)
                 except (StoreUnavailable, trio.TooSlowError) as exc:
                     last = exc
                     if attempt + 1 == policy.attempts:
@@ -246,6 +256,30 @@ class ChunkFetcher:
             raise error(f"{last} (gave up after {policy.budget:g}s)") from None
         raise error(f"chunk {chunk.id}: the store did not answer within "
                     f"{policy.budget:g}s") from None
+
+    async def _fetch_once(self, chunk: ChunkRef, source: Source) -> bytes:
+        """One attempt, in a worker thread, under its source's limit."""
+        async with self._limiters[source]:
+            data = await self._threads.run(self._fetch_sync, chunk.id, chunk.size)
+        self._fetches += 1
+        if self._fetches % EVERY == 0:
+            self._size_limits()
+        return data
+
+    def _size_limits(self) -> None:
+        """Fetches in flight, by the store's latency now (``inflight``)."""
+        sample = self._latency()
+        if sample is None:
+            return
+        limit = in_flight(*sample, low=2, high=max(self._highest.values()))
+        if limit == self.limit:
+            return
+        self.limit = limit
+        for source, limiter in self._limiters.items():
+            limiter.total_tokens = max(1, min(limit, self._highest[source]))
+        self._gate.total_tokens = self._limiters[Source.PREFETCH].total_tokens
+        log.debug("fetches in flight against the store: at most %d (its latency %.1f ms)",
+                  limit, sample[0] * 1000)
 
     # -- prefetch ----------------------------------------------------------------------------
 
@@ -288,17 +322,18 @@ class ChunkFetcher:
     async def _prefetch_worker(self) -> None:
         while True:
             await self._pending.acquire()
-            priority, _, chunk = heapq.heappop(self._queue)
-            if self._queued.get(chunk.id) != priority:
-                continue  # moved up: this is the stale copy
-            del self._queued[chunk.id]
-            self._working += 1
-            try:
-                await self._prefetch_one(priority, chunk)
-            finally:
-                self._working -= 1
-                if not self._queued and not self._working:
-                    self._drained.set()
+            async with self._gate:  # the best chunk is taken when there is room for it
+                priority, _, chunk = heapq.heappop(self._queue)
+                if self._queued.get(chunk.id) != priority:
+                    continue  # moved up: this is the stale copy
+                del self._queued[chunk.id]
+                self._working += 1
+                try:
+                    await self._prefetch_one(priority, chunk)
+                finally:
+                    self._working -= 1
+                    if not self._queued and not self._working:
+                        self._drained.set()
 
     async def _prefetch_one(self, priority: int, chunk: ChunkRef) -> None:
         if chunk.id in self._memory or chunk.id in self._inflight:
@@ -320,4 +355,5 @@ class ChunkFetcher:
         return FetcherStats(**asdict(self.counters), memory_cached_bytes=self._memory.size,
                             prefetched_unread_bytes=self._unread_bytes,
                             prefetch_queued=len(self._queued),
-                            fetch_latency_ms=percentiles(sorted(self._latencies)))
+                            fetch_latency_ms=percentiles(sorted(self._latencies)),
+                            fetch_limit=self.limit)

@@ -88,7 +88,8 @@ class Mount:
         fetcher = ChunkFetcher(lambda id, size: tiers.stack.get(id, max_size=size),
                                memory_bytes=opts.memory_bytes,
                                retry=RetryPolicy.within(opts.store_timeout),
-                               enabled=opts.prefetch != "none", on_disk=tiers.disk.has)
+                               enabled=opts.prefetch != "none", on_disk=tiers.disk.has,
+                               latency=tiers.store.stats.recent)
         passthrough = Passthrough(opts.passthrough)
         passthrough.say_why()
         files = Materializer(tiers.disk.inner) if passthrough.enabled else None

@@ -44,6 +44,7 @@ class FetcherStats:
     prefetched_unread_bytes: int = 0  # prefetched and not read since: the waste
     prefetch_queued: int = 0  # chunks waiting for a prefetch worker
     fetch_latency_ms: dict = field(default_factory=dict)
+    fetch_limit: int = 0  # fetches in flight against the store at most, by its latency
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ class MountStats:
     passthrough: str = "off"  # "on", or "off: why"
     passthrough_opens: int = 0  # opens the kernel serves from a backing file
     passthrough_files: int = 0  # files ready to be passed through (made or verified)
+    fetch_limit: int = 0  # fetches in flight against the store at most (its latency sets it)
 
     @classmethod
     def collect(cls, images: dict[str, int], tiers: NodeTiers, f: FetcherStats,
@@ -99,7 +101,7 @@ class MountStats:
             prefetch_queued=f.prefetch_queued, hinted_chunks=hinted,
             readdir_requests=readdir_requests, retries=f.retries, errors=f.errors,
             passthrough=passthrough, passthrough_opens=passthrough_opens,
-            passthrough_files=passthrough_files)
+            passthrough_files=passthrough_files, fetch_limit=f.fetch_limit)
 
     def as_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -101,3 +101,17 @@ def test_a_read_through_counts_each_tier_and_fills_the_cache(tmp_path):
         assert tiers.stack.get(id) == b"some bytes" * 100
     assert tiers.store.stats.snapshot().chunks == 1
     assert tiers.disk.stats.snapshot().chunks == 2
+
+
+def test_a_tier_says_its_least_recent_latency_and_chunk_size_once_it_has_seen_enough():
+    from blobstore.store.tiers import RECENT, TierStats
+
+    stats = TierStats("store")
+    for i in range(RECENT // 8 - 1):
+        stats.record(100, 1000, 0.020 + i / 1000)
+    assert stats.recent() is None  # too few to say
+    stats.record(100, 3000, 0.5)  # a slow one (queued behind others) does not count
+    assert stats.recent() == (0.020, (1000 * (RECENT // 8 - 1) + 3000) / (RECENT // 8))
+    for _ in range(RECENT):
+        stats.record(100, 2000, 0.001)  # the store got near: only the recent ones count
+    assert stats.recent() == (0.001, 2000)

@@ -26,6 +26,7 @@ from pathlib import Path
 from ..errors import BlobCorrupt, BlobNotFound, StoreConfigError, StoreUnavailable
 from .codec import MAX_BLOB_SIZE, decode_and_verify, read_into
 from .digest import check_blob_id
+from .fileio import read_whole, write_new
 from .rangelocks import RangeLocks
 from .tempfiles import sweep, temp_path
 from .tiers import BlobTier, Fetched
@@ -100,8 +101,7 @@ class DiskCache(BlobTier):
         use for eviction."""
         path = self._path(id)
         try:
-            with open(path, "rb") as f:
-                stored = f.read()
+            stored = read_whole(path)
             os.utime(path)  # recency for eviction
             return stored
         except FileNotFoundError:
@@ -198,11 +198,15 @@ class DiskCache(BlobTier):
         path = self._path(id)
         tmp = temp_path(self.root, id)
         try:
-            tmp.parent.mkdir(exist_ok=True)
-            path.parent.mkdir(exist_ok=True)
-            with open(tmp, "xb") as f:
-                f.write(stored)
-            os.replace(tmp, path)
+            try:
+                write_new(tmp, stored)
+                os.replace(tmp, path)
+            except FileNotFoundError:  # a directory not made yet (or removed meanwhile)
+                tmp.parent.mkdir(exist_ok=True)
+                path.parent.mkdir(exist_ok=True)
+                if not tmp.exists():
+                    write_new(tmp, stored)
+                os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..errors import NotFound, StoreConfigError, StoreError, StoreUnavailable
 from .base import ObjectInfo, ObjectStore, check_key, check_prefix
+from .fileio import read_whole, write_new
 from .tempfiles import sweep, temp_path
 
 log = logging.getLogger(__name__)
@@ -49,8 +50,7 @@ class LocalStore(ObjectStore):
     def get(self, key: str) -> bytes:
         path = self._path(key)
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            return read_whole(path)
         except (FileNotFoundError, NotADirectoryError):
             raise NotFound(f"{key} not found in {self}") from None
         except IsADirectoryError:
@@ -90,21 +90,10 @@ class LocalStore(ObjectStore):
         try:
             tmp.parent.mkdir(parents=True, exist_ok=True)
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._write_new(tmp, data)
+            write_new(tmp, data, fsync=True)
             yield path, tmp
         finally:
             tmp.unlink(missing_ok=True)
-
-    @staticmethod
-    def _write_new(tmp: Path, data: bytes) -> None:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def size(self, key: str) -> int:
         try:

@@ -135,6 +135,9 @@ class TierSnapshot:
                 "errors": self.errors, "latency_ms": dict(self.latency_ms)}
 
 
+RECENT = 64  # blobs ``TierStats.recent`` looks back over
+
+
 @dataclass
 class TierStats:
     """Counters of one tier; thread-safe through its lock."""
@@ -145,6 +148,7 @@ class TierStats:
     stored_bytes: int = 0
     errors: int = 0
     latencies: deque = field(default_factory=lambda: deque(maxlen=10_000))
+    _recent: deque = field(default_factory=lambda: deque(maxlen=RECENT), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def record(self, size: int, stored: int, seconds: float) -> None:
@@ -153,6 +157,16 @@ class TierStats:
             self.bytes += size
             self.stored_bytes += stored
             self.latencies.append(seconds)
+            self._recent.append((seconds, stored))
+
+    def recent(self) -> tuple[float, float] | None:
+        """(the least latency, the mean stored size) of the last ``RECENT`` blobs; None
+        before ``RECENT // 8`` are seen."""
+        with self._lock:
+            recent = list(self._recent)
+        if len(recent) < RECENT // 8:
+            return None
+        return min(s for s, _ in recent), sum(n for _, n in recent) / len(recent)
 
     def error(self) -> None:
         with self._lock:
