@@ -17,7 +17,9 @@ region's EC2. Each variant runs ``python3 -c 'import numpy'`` in a chroot:
 
 "store GETs" are the chunks the store served to the node; "reads that waited" are reads
 of chunks that were not in memory when asked for (a demand fetch, or a wait on a prefetch
-in flight): the GETs on the critical path. Then mount time and a daemon's first lookup
+in flight): the GETs on the critical path. "prefetched unread / read": the bytes read-ahead
+and hints fetched that nothing read, over the bytes read (``prefetched_unread_bytes``).
+Then mount time and a daemon's first lookup
 for a ~30 MB and the ~250 MB image, and (at the first delay) sequential read throughput
 of a 512 MiB file. Medians over rounds; needs root, /dev/fuse.
 Usage: python bench/coldstart.py [--rounds N] [--delays 0,20] [--no-throughput]
@@ -78,8 +80,10 @@ def fresh(path: Path) -> Path:
 
 def counts(mnt: Path) -> dict:
     s = json.loads(thaw("stats", str(mnt), "--json"))
+    unread = s["prefetched_unread_bytes"]
     return {"bytes": s["fetched_stored_bytes"], "requests": s["tiers"]["store"]["chunks"],
-            "waited": s["demand_fetches"] + s["coalesced_waits"]}
+            "waited": s["demand_fetches"] + s["coalesced_waits"],
+            "unread": unread / max(1, s["fetched_bytes"] - unread)}
 
 
 def mounted_run(work: Path, hints: str | None) -> dict:
@@ -207,7 +211,7 @@ def one_delay(work: Path, tree: Path, info: dict, mids: dict, rounds: int) -> di
         mounts["lookup small"].append(first_lookup(work, mids["small"]))
         mounts["lookup large"].append(first_lookup(work, mids["large"]))
     med = {k: {f: statistics.median(r.get(f, 0) for r in v)
-               for f in ("time", "mount", "bytes", "requests", "waited")}
+               for f in ("time", "mount", "bytes", "requests", "waited", "unread")}
            for k, v in results.items()}
     return {"med": med, "mounts": {k: statistics.median(v) for k, v in mounts.items()}}
 
@@ -217,6 +221,7 @@ def report(delay_ms: int, res: dict, info: dict, small_info: dict, rounds: int) 
     pull, loc = med["full pull"]["time"], med["local"]["time"]
     rows = [[k, f"{m['time']:.2f} s", f"{m['mount']:.2f} s" if m["mount"] else "",
              human(m["bytes"]), int(m["requests"]), int(m["waited"]),
+             f"{m['unread']:.2f}" if k not in ("full pull", "local") else "",
              f"{m['time'] / pull:.2f}", f"{m['time'] / loc:.1f}"] for k, m in med.items()]
     where = "SeaweedFS on loopback" if not delay_ms else (
         f"SeaweedFS behind a proxy adding {delay_ms} ms per request, 100 MB/s per connection")
@@ -224,7 +229,8 @@ def report(delay_ms: int, res: dict, info: dict, small_info: dict, rounds: int) 
           f"{human(info['bytes'])} ({info['files']} files), {where}, median of {rounds} "
           "rounds\n")
     print(table(["variant", "time to done", "of it, mount or pull", "fetched (stored)",
-                 "store GETs", "reads that waited", "vs full pull", "vs local"], rows))
+                 "store GETs", "reads that waited", "prefetched unread / read",
+                 "vs full pull", "vs local"], rows))
     print()
     print(table(["image", "files", "bytes", "`thaw mount` (median)",
                  "daemon's first lookup (median)"], [

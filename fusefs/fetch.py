@@ -44,7 +44,7 @@ from blobstore.image.manifest import ChunkRef
 from blobstore.store.lru import BytesLRU
 from blobstore.store.tiers import percentiles
 
-from .inflight import EVERY, in_flight
+from .inflight import EVERY, WINDOW, in_flight, stream_window
 from .stats import FetcherCounters, FetcherStats
 from .threads import WorkerThreads
 
@@ -128,6 +128,7 @@ class ChunkFetcher:
         self._latency = latency
         self._fetches = 0
         self.limit = max(demand_threads, prefetch_threads)
+        self.window = WINDOW[1]  # the stream read-ahead's first window, by the latency
         self._prefetchers = prefetch_threads
         self._threads = WorkerThreads(demand_threads + prefetch_threads)
         self.enabled = enabled
@@ -271,6 +272,7 @@ class ChunkFetcher:
         sample = self._latency()
         if sample is None:
             return
+        self.window = stream_window(sample[0])
         limit = in_flight(*sample, low=2, high=max(self._highest.values()))
         if limit == self.limit:
             return

@@ -10,17 +10,21 @@ the standard library), so, as ZFS's zfetch does, several streams are tracked at 
 last read (or inside what it queued) continues that stream: its window opens at
 ``min_bytes`` and doubles each time the reads use up half of what was queued, up to
 ``max_bytes``, the budget: nothing is queued more than that many stored bytes past the chunk
-being read. Any other read starts a new stream; if it missed at the start of a file, its
-neighbours (``around`` bytes) are queued at once, since the next file in the stream is the
-likeliest next read. A read in the middle of a file only moves a stream whose queued chunks
-it reached: random access to a big file fetches nothing extra, and a file read through is
-the kernel's and the per-file read-ahead's business. Only reads that missed, or that
-reached chunks a stream queued, move it: chunks that hints or the caches brought say
-nothing about where the reader goes next.
+being read. Any other read starts a new stream, with nothing queued yet: one miss is no
+pattern. A read in the middle of a file only moves a stream whose queued chunks it reached:
+random access to a big file fetches nothing extra, and a file read through is the kernel's
+and the per-file read-ahead's business. Only reads that missed, or that reached chunks a
+stream queued, move it: chunks that hints or the caches brought say nothing about where the
+reader goes next.
 
-Measured on the recorded reads of ``python3 -c 'import numpy'`` (164 chunks of a Debian
-image): a single stream left 79 reads to wait on the store; these defaults leave 29, for
-~170 chunks fetched that were not read (``thaw stats``: ``prefetched_unread_bytes``).
+A window buys time only where a fetch waits: the read handler sets ``min_bytes`` from the
+store's measured latency (``inflight.stream_window``: what a reader takes while one fetch
+waits), under a chunk for a directory store, so nothing, and 1 MiB for a store 20 ms away.
+What read-ahead fetched that nothing read, over what was read (``thaw stats``:
+``prefetched_unread_bytes``): ``python3 -c 'import numpy'`` from a Debian image
+(``bench/coldstart.py``) 0.15 on loopback and 0.33 at 20 ms, no slower than with 1 MiB
+windows and a first miss's neighbours queued at once (0.71 at both); ``python3`` from a
+directory store (``make demo``) 0.06, from 1.19.
 
 Pure logic, no I/O, no trio: the read handler (trio thread) feeds it the chunk index of
 each read and queues the indices it returns.
@@ -35,7 +39,6 @@ from dataclasses import dataclass
 
 STREAMS = 8
 GAP = 8
-AROUND = 256 << 10
 MIN_BYTES = 1 << 20
 MAX_BYTES = 8 << 20
 
@@ -49,10 +52,10 @@ class _Stream:
 
 class StreamReadAhead:
     def __init__(self, stored_sizes: Sequence[int], *, streams: int = STREAMS,
-                 gap: int = GAP, around: int = AROUND, min_bytes: int = MIN_BYTES,
-                 max_bytes: int = MAX_BYTES) -> None:
+                 gap: int = GAP, min_bytes: int = MIN_BYTES, max_bytes: int = MAX_BYTES
+                 ) -> None:
         self._ends = list(itertools.accumulate(stored_sizes))  # stream offset after chunk i
-        self.streams, self.gap, self.around = streams, gap, min(around, max_bytes)
+        self.streams, self.gap = streams, gap
         self.min_bytes, self.max_bytes = min(min_bytes, max_bytes), max_bytes
         self._streams: list[_Stream] = []  # most recently used first
 
@@ -75,13 +78,9 @@ class StreamReadAhead:
                 return self._continue(s, index, missed)
         if not file_start:
             return range(0)  # inside a file: the file's own read-ahead has it
-        s = _Stream(index, index + 1)
-        self._streams.insert(0, s)
+        self._streams.insert(0, _Stream(index, index + 1))
         del self._streams[self.streams:]
-        if not (missed and self.around):
-            return range(0)
-        s.queued_to = self._upto(index, index + 1, self.around)
-        return range(index + 1, s.queued_to)
+        return range(0)
 
     def _continue(self, s: _Stream, index: int, missed: bool) -> range:
         s.last = index
