@@ -355,10 +355,14 @@ def cmd_stats(args, console) -> int:
                  f"{s.fetched_stored_bytes} over the wire")
     for tier, t in s.tiers.items():
         console.line(f"  {tier:<7} {t['chunks']:>8} chunks {t['bytes']:>14} bytes")
-    console.line(f"cache hits:    {s.cache_hits}; fetch latency (ms): {s.fetch_latency_ms}")
+    console.line(f"cache hits:    {s.cache_hits}; fetch latency (ms): {s.fetch_latency_ms}; "
+                 f"reads waited {s.read_wait_seconds:.2f} s on fetches")
     console.line(f"passthrough:   {s.passthrough} ({s.passthrough_opens} opens, "
                  f"{s.passthrough_files} files ready)")
     console.line(f"prefetched:    {s.prefetches} chunks, {s.prefetched_bytes} bytes "
                  f"({s.prefetched_unread_bytes} never read since); "
                  f"{s.hinted_chunks} queued from earlier starts' hints")
+    if s.fuse_requests:
+        asked = ", ".join(f"{n} {op}" for op, n in s.fuse_requests.items())
+        console.line(f"kernel asked:  {asked}")
     return 0

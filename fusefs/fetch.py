@@ -183,14 +183,19 @@ class ChunkFetcher:
             self.counters.memory_hits += 1
             self.counters.memory_bytes += len(data)
             return data
-        flight = self._inflight.get(chunk.id)
-        if flight is not None:
-            self.counters.waited += 1
-            await flight.event.wait()
-            if flight.error is not None:
-                raise flight.error
-            return flight.data  # type: ignore[return-value]
-        return await self._fly(chunk, source)
+        started = trio.current_time()
+        try:
+            flight = self._inflight.get(chunk.id)
+            if flight is not None:
+                self.counters.waited += 1
+                await flight.event.wait()
+                if flight.error is not None:
+                    raise flight.error
+                return flight.data  # type: ignore[return-value]
+            return await self._fly(chunk, source)
+        finally:
+            if source is Source.DEMAND:
+                self.counters.wait_seconds += trio.current_time() - started
 
     async def _fly(self, chunk: ChunkRef, source: Source, remember: bool = True) -> bytes:
         flight = self._inflight[chunk.id] = _Flight()

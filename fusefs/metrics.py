@@ -51,6 +51,12 @@ class SnapshotCollector:
                                   "backing file", value=s.passthrough_opens)
         yield GaugeMetricFamily("thaw_passthrough_files", "Files ready to be passed through",
                                 value=s.passthrough_files)
+        requests = CounterMetricFamily("thaw_fuse_requests", "Requests the kernel sent, by "
+                                       "handler (lookup_missing: misses it may now answer)",
+                                       labels=["op"])
+        for op, n in s.fuse_requests.items():
+            requests.add_metric([op], n)
+        yield requests
         yield CounterMetricFamily("thaw_prefetched_bytes", "Bytes of chunks prefetched",
                                   value=s.prefetched_bytes)
         yield GaugeMetricFamily("thaw_prefetched_unread_bytes", "Bytes prefetched and not "

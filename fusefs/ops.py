@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import weakref
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Protocol
@@ -75,8 +75,11 @@ class _Handle:
 def fuse_errors(fn):
     """Map every exception of a handler to an errno; nothing else may escape."""
 
+    name = fn.__name__
+
     @functools.wraps(fn)
     async def wrapper(self, *args):
+        self.requests[name] += 1
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -131,6 +134,7 @@ class ImageOps(pyfuse3.Operations):
         self.ns, self.fetcher, self.statistics = namespace, fetcher, statistics
         self.on_warm = on_warm
         self.readdir_requests = 0
+        self.requests: Counter[str] = Counter()  # requests the kernel sent, by handler
         self.on_chunk_read = on_chunk_read  # (image, chunk index) of each read, for hints
         self.passthrough = passthrough or Passthrough("off")
         self.enable_passthrough = self.passthrough.enabled  # asked of the kernel at INIT
@@ -169,7 +173,15 @@ class ImageOps(pyfuse3.Operations):
                 return _control_attributes(self._control.add(c))
         ino = await self.ns.lookup(parent_inode, name)
         if ino is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            if not self.ns.immutable(parent_inode):
+                raise pyfuse3.FUSEError(errno.ENOENT)  # the root and refs/ change
+            # A name missing from an image stays missing: inode 0 with a timeout is a
+            # negative entry, so the kernel answers the next lookup of it (an interpreter's
+            # start looks up thousands of paths that do not exist).
+            self.requests["lookup_missing"] += 1
+            e = pyfuse3.EntryAttributes()
+            e.st_ino, e.entry_timeout = 0, TIMEOUT
+            return e
         return entry_attributes(self.ns.attrs(ino))
 
     @fuse_errors
@@ -271,9 +283,14 @@ class ImageOps(pyfuse3.Operations):
             self.files.used(tree, inode)
         return backing
 
+    def stats_now(self) -> MountStats:
+        """The mount's record with this handler's own counts."""
+        return replace(self.statistics(), readdir_requests=self.readdir_requests,
+                       fuse_requests=dict(sorted(self.requests.items())))
+
     async def _control_file(self, c: control.Control) -> bytes:
         if c.kind == "stats":
-            doc = replace(self.statistics(), readdir_requests=self.readdir_requests).as_json()
+            doc = self.stats_now().as_json()
         else:
             await self.ns.ready(c.image_ino)
             if not self.ns.immutable(c.image_ino):

@@ -117,7 +117,7 @@ class Mount:
                        Warmer(objects, fetcher, workload=opts.hints,
                               max_bytes=opts.cache_bytes // 2, on_queued=prefetched).warm,
                        passthrough, files)
-        publish = self._metrics(statistics)
+        publish = self._metrics(ops.stats_now)
         async with AsyncExitStack() as stack:
             await stack.enter_async_context(fuse_session(ops, self.mountpoint))
             nursery = await stack.enter_async_context(trio.open_nursery())

@@ -26,6 +26,7 @@ class FetcherCounters:
     prefetched_bytes: int = 0
     errors: int = 0
     retries: int = 0
+    wait_seconds: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class FetcherStats:
     prefetch_queued: int = 0  # chunks waiting for a prefetch worker
     fetch_latency_ms: dict = field(default_factory=dict)
     fetch_limit: int = 0  # fetches in flight against the store at most, by its latency
+    wait_seconds: float = 0.0  # reads waiting on a chunk's fetch, summed over the reads
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class MountStats:
     passthrough_opens: int = 0  # opens the kernel serves from a backing file
     passthrough_files: int = 0  # files ready to be passed through (made or verified)
     fetch_limit: int = 0  # fetches in flight against the store at most (its latency sets it)
+    fuse_requests: dict = field(default_factory=dict)  # by handler; lookup_missing: negative
+    read_wait_seconds: float = 0.0  # reads waiting on chunks' fetches, summed over reads
 
     @classmethod
     def collect(cls, images: dict[str, int], tiers: NodeTiers, f: FetcherStats,
@@ -101,7 +105,8 @@ class MountStats:
             prefetch_queued=f.prefetch_queued, hinted_chunks=hinted,
             readdir_requests=readdir_requests, retries=f.retries, errors=f.errors,
             passthrough=passthrough, passthrough_opens=passthrough_opens,
-            passthrough_files=passthrough_files, fetch_limit=f.fetch_limit)
+            passthrough_files=passthrough_files, fetch_limit=f.fetch_limit,
+            read_wait_seconds=round(f.wait_seconds, 3))
 
     def as_json(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -392,6 +392,40 @@ def test_a_repeated_listing_of_an_image_directory_is_answered_by_the_kernel(thaw
     assert first > 10 and again == first
 
 
+def test_the_kernel_answers_repeated_lookups_and_misses_inside_an_image(thaw, pushed,
+                                                                        tmp_path):
+    """A name missing from an image is a negative entry: looked up again, the kernel
+    answers; at the daemon's root, where images appear, every lookup reaches the daemon.
+    thaw stats counts the requests by type (its own lookups too: ``own``)."""
+    mnt = tmp_path / "mnt"
+    image = mnt / pushed
+
+    def stats() -> dict:
+        return json.loads(thaw("stats", str(mnt), "--json").stdout)
+
+    def lookups() -> dict:
+        return stats()["fuse_requests"]
+
+    with Mounted(thaw, mnt, "daemon", "--mountpoint", str(mnt), *cache_args(tmp_path)):
+        assert (image / "etc" / "hostname").read_text() == "thaw\n"
+        assert not (image / "etc" / "nope.py").exists()
+        assert stats()["read_wait_seconds"] > 0  # the first read waited on the store
+        own = lookups()["lookup"]
+        first = lookups()
+        own = first["lookup"] - own
+        for _ in range(5):
+            assert not (image / "etc" / "nope.py").exists()
+            assert (image / "etc" / "hostname").read_text() == "thaw\n"
+        inside = lookups()
+        for _ in range(5):
+            assert not (mnt / ("0" * 64)).exists()
+        root = lookups()
+    assert first["lookup_missing"] == inside["lookup_missing"] == 1
+    assert inside["lookup"] - first["lookup"] == own  # thaw stats's, nothing else
+    assert root["lookup"] - inside["lookup"] == 5 + own
+    assert inside["open"] - first["open"] >= 5  # opens still reach the daemon
+
+
 def test_an_image_without_xattrs_has_the_kernel_answer_getxattr(thaw, tmp_path):
     """The daemon answers the first getxattr ENOSYS; from then on the kernel answers each
     itself (EOPNOTSUPP, which ls and cp take as no xattrs; ENODATA, no ACL, for an ACL's
