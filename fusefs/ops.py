@@ -364,6 +364,7 @@ class ImageOps(pyfuse3.Operations):
         if stream is None:
             stream = self._streams[tree] = StreamReadAhead([c.stored_size for c in chunks])
         stream.min_bytes = min(self.fetcher.window, stream.max_bytes)
+        stream.around = stream.min_bytes
         ahead = stream.read(index, not self.fetcher.requested(chunks[index].id), file_start)
         if ahead:
             self.fetcher.prefetch([chunks[i] for i in ahead], Priority.READ_AHEAD)

@@ -55,6 +55,26 @@ def test_one_miss_is_no_pattern_and_the_next_file_continues_the_stream():
     assert ra.read(13, file_start=False)[0] == 14  # it reached what the stream queued
 
 
+def test_against_a_far_store_a_first_miss_queues_its_neighbours():
+    ra = StreamReadAhead([100_000] * 100, around=500_000)
+    assert list(ra.read(10)) == [11, 12]  # the next files at once, half of around at first
+    assert ra.read(11, missed=False)[0] == 13  # reached: the stream goes on from there
+    assert not ra.read(50, missed=False)  # a hit is no miss: nothing around it
+    assert not ra.read(70, file_start=False)
+
+
+def test_a_first_miss_queues_as_many_neighbours_as_were_read_lately():
+    scattered = StreamReadAhead([10_000] * 100_000, around=100_000)
+    for k in range(2000):  # a file here and there: what is queued around is never read
+        scattered.read(k * 40)
+    assert scattered.useful < 0.15 and len(scattered.read(99_000)) <= 1  # from 5
+    packages = StreamReadAhead([10_000] * 100_000, around=100_000)
+    for k in range(500):  # whole packages: the neighbours are read
+        for i in list(packages.read(k * 40)):
+            packages.read(i, missed=False)
+    assert packages.useful > 0.9 and len(packages.read(99_000)) >= 9
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_stream_read_ahead_never_queues_past_its_budget(seed):
     rng = random.Random(seed)
