@@ -47,6 +47,7 @@ demo: install
 	@PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
 
 bench: install
+	$(PY) bench/inference.py
 	$(PY) bench/chunking.py
 	$(PY) bench/push.py
 	$(PY) bench/coldstart.py
@@ -56,6 +57,8 @@ bench: install
 	$(PY) bench/fetch_concurrency.py
 	$(PY) bench/cache_fill.py
 	$(PY) bench/peers.py
+	$(PY) bench/bad_peers.py
+	$(PY) bench/datapath.py
 	$(PY) bench/gc.py
 
 # Every fuzz target under atheris, FUZZ_SECONDS each (default 60); a crash leaves crash-*.
