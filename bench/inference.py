@@ -21,6 +21,9 @@ before each request, 100 MB/s a connection). Rows:
   (``/filter``, ``/prioritize`` for a pod annotated with the image), ``thaw warm`` is
   called at that moment, and the run starts 1 s later (the bind and the container's start,
   modelled); the time counts from the extender's answer;
+- second node with peers (with a store away only): three nodes on loopback (``thaw serve``
+  each, as ``bench/peers.py`` runs them), node 1's daemon runs the workload on empty
+  caches, then node 2's: node 2's row, without hints and with the ones node 1 recorded;
 - local: the run from the tree on local disk.
 
 Columns: time to the first embedding; its parts (pull or mount, import, model load, first
@@ -47,6 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import peers as peer_bench
 from common import (
     REPO,
     debian_tar,
@@ -126,7 +130,7 @@ def counts(mnt: Path, pid: int, cpu_before: float) -> dict:
     s = json.loads(thaw("stats", str(mnt), "--json"))
     asked = s["fuse_requests"]
     return {"bytes": s["fetched_stored_bytes"], "gets": s["tiers"]["store"]["chunks"],
-            "peer": s["tiers"].get("peer", {}).get("bytes", 0),
+            "peer": s["tiers"].get("peer", {}).get("stored_bytes", 0),
             "lookup": asked.get("lookup", 0), "missing": asked.get("lookup_missing", 0),
             "open": asked.get("open", 0), "read": asked.get("read", 0),
             "getattr": asked.get("getattr", 0), "wait": s["read_wait_seconds"],
@@ -208,6 +212,32 @@ def scheduled_run(work: Path, port: int) -> dict:
                 **counts(mnt, pid, before)}
 
 
+def second_node(work: Path, hints: str | None) -> dict:
+    """Node 1 of three with peers starts the workload on empty caches, then node 2; node
+    2's row. ``hints``: a workload name new to the store, which node 1 records under."""
+    cluster = peer_bench.Cluster(work)
+    cluster.start()
+    try:
+        for i in (0, 1):
+            args = cluster.node_args(i, hints=False)  # --no-hints first
+            if hints:
+                args = ["--hints", hints, *args[1:]]
+            root = work / f"peer-node{i}"
+            root.mkdir(exist_ok=True)
+            pid = background("daemon", "--mountpoint", str(root), "--node-id", f"node{i}",
+                             "--gpus", "1xCPU:1G", *args)
+            try:
+                drop_caches()
+                before = cpu(pid)
+                run = run_in(root / "refs" / "infer" / "1")
+                got = {**run, "time": run["run"], **counts(root, pid, before)}
+            finally:
+                unmount_and_wait(root)  # node 1's hints saved
+        return got
+    finally:
+        cluster.stop()
+
+
 def local(tree: Path) -> dict:
     drop_caches()
     run = run_in(tree)
@@ -236,22 +266,28 @@ def extender(work: Path):
 
 VARIANTS = ["full pull", "thaw mount + run", "daemon, first use",
             "daemon, hints from another node", "scheduler's path (place, warm, run)",
-            "local"]
-FIELDS = ["time", "mount", "import", "load", "call", "bytes", "gets", "lookup", "missing",
+            "second node, peers", "second node, peers and node 1's hints", "local"]
+FIELDS = ["time", "mount", "import", "load", "call", "bytes", "peer", "gets", "lookup",
+          "missing",
           "open", "read", "getattr", "wait", "cpu", "run"]
 
 
-def one_delay(work: Path, tree: Path, info: dict, rounds: int) -> dict:
+def one_delay(work: Path, tree: Path, info: dict, rounds: int, far: bool) -> dict:
     mounted_run(work, HINTS)  # a start on another node records what it reads
-    results: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    variants = [v for v in VARIANTS if far or not v.startswith("second node")]
+    results: dict[str, list[dict]] = {v: [] for v in variants}
     reference = local(tree)["embedding"]
     with extender(work) as port:
-        for _ in range(rounds):
+        for round_ in range(rounds):
             results["full pull"].append(full_pull(work, info))
             results["thaw mount + run"].append(mounted_run(work, None))
             results["daemon, first use"].append(daemon_run(work, None))
             results["daemon, hints from another node"].append(daemon_run(work, HINTS))
             results["scheduler's path (place, warm, run)"].append(scheduled_run(work, port))
+            if far:
+                results["second node, peers"].append(second_node(work, None))
+                results["second node, peers and node 1's hints"].append(
+                    second_node(work, f"peers-{os.getpid()}-{round_}"))
             results["local"].append(local(tree))
     for name, runs in results.items():
         for r in runs:
@@ -269,7 +305,8 @@ def report(delay_ms: int, med: dict, info: dict, rounds: int) -> None:
         rows.append([
             k, f"{m['time']:.1f} s", f"{m['time'] / loc:.2f}", f"{m['time'] / pull:.2f}",
             f"{m['mount']:.1f} / {m['import']:.1f} / {m['load']:.2f} / {m['call']:.2f}",
-            human(m["bytes"]) if k != "local" else "", int(m["gets"]) if k != "local" else "",
+            (human(m["bytes"]) + (f" + {human(m['peer'])} from peers" if m["peer"] else "")
+             ) if k != "local" else "", int(m["gets"]) if k != "local" else "",
             (f"{m['lookup']:.0f} ({m['missing']:.0f}) / {m['open']:.0f} / {m['read']:.0f} / "
              f"{m['getattr']:.0f}") if thawed else "",
             f"{m['wait']:.1f} s ({m['wait'] / m['run']:.0%})" if thawed else "",
@@ -296,6 +333,7 @@ def main() -> None:
         tree = build_tree(work / "local")
         with SeaweedServer(work / "seaweed") as s3:
             ENV.update(s3.env())
+            peer_bench.ENV, peer_bench.STORE = ENV, STORE  # its cluster, our store
             thaw("push", str(tree), IMAGE)
             info = json.loads(thaw("inspect", IMAGE, "--json"))
             host, port = s3.endpoint.removeprefix("http://").split(":")
@@ -307,8 +345,8 @@ def main() -> None:
                         ENV["AWS_ENDPOINT_URL"] = proxy.endpoint
                     else:
                         ENV["AWS_ENDPOINT_URL"] = s3.endpoint
-                    report(delay_ms, one_delay(work, tree, info, args.rounds), info,
-                           args.rounds)
+                    report(delay_ms, one_delay(work, tree, info, args.rounds, delay_ms > 0),
+                           info, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
