@@ -71,7 +71,6 @@ STORE = "s3://thaw/bench"
 ENV = dict(os.environ)
 TICKS = os.sysconf("SC_CLK_TCK")
 SITE = Path("usr/local/lib/python3.11/dist-packages")
-LEFT_OUT = {"__editable__.thaw-0.1.0.pth", "__editable___thaw_0_1_0_finder.py"}
 RUN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
            "HF_HOME": "/tmp/hf", "XDG_CACHE_HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
 
@@ -100,8 +99,8 @@ def build_tree(dest: Path) -> Path:
     site.mkdir(parents=True, exist_ok=True)
     venv_site = Path(next(p for p in sys.path if p.endswith("site-packages")))
     for entry in venv_site.iterdir():
-        if entry.name in LEFT_OUT:
-            continue
+        if entry.name.startswith("__editable__"):
+            continue  # this project, installed in place: the workload does not import it
         if entry.is_dir():
             shutil.copytree(entry, site / entry.name, symlinks=True)
         else:
