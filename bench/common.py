@@ -56,6 +56,12 @@ def set_aside(path: Path) -> Path:
     return path
 
 
+def cpu(pid: int) -> float:
+    """CPU-seconds (user + system) process ``pid`` has used, from ``/proc/PID/stat``."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def drop_caches() -> None:
     """An empty page cache: a cold node."""
     subprocess.run(["sync"], check=True)

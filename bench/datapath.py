@@ -40,18 +40,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, drop_caches, run_thaw, set_aside, table, unmount_and_wait
+from common import REPO, cpu, drop_caches, run_thaw, set_aside, table, unmount_and_wait
 
 GIB = 1 << 30
 READ = 1 << 20
 PAGE = 4096
-TICKS = os.sysconf("SC_CLK_TCK")
 
-
-def cpu(pid: int) -> float:
-    """CPU-seconds (user + system) the process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def read_all(path: Path) -> float:

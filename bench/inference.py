@@ -53,6 +53,7 @@ from pathlib import Path
 import peers as peer_bench
 from common import (
     REPO,
+    cpu,
     debian_tar,
     drop_caches,
     extract,
@@ -69,7 +70,6 @@ from tests.seaweed import SeaweedServer, free_ports
 IMAGE, HINTS = "infer:1", "embed"
 STORE = "s3://thaw/bench"
 ENV = dict(os.environ)
-TICKS = os.sysconf("SC_CLK_TCK")
 SITE = Path("usr/local/lib/python3.11/dist-packages")
 RUN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
            "HF_HOME": "/tmp/hf", "XDG_CACHE_HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
@@ -87,10 +87,6 @@ def background(*args: str) -> int:
         raise SystemExit(f"thaw {' '.join(args)} failed: {proc.stderr.strip()}")
     return int(re.search(r"pid (\d+)", proc.stderr).group(1))
 
-
-def cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def build_tree(dest: Path) -> Path:

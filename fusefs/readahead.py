@@ -80,7 +80,8 @@ class StreamReadAhead:
     def read(self, index: int, missed: bool = True, file_start: bool = True) -> range:
         """A read of chunk ``index`` (``missed``: nobody had asked for it; ``file_start``:
         at offset 0 of its file): the chunks to queue ahead of it, often none."""
-        if self._probes.pop(index, False) is None:
+        if index in self._probes:  # a first miss's neighbour read: the guess was right
+            del self._probes[index]
             self.useful += (1 - self.useful) * LEARN
         for k, s in enumerate(self._streams):
             reach = max(s.last + self.gap, s.queued_to) if file_start else s.queued_to - 1

@@ -23,10 +23,11 @@ from blobstore.image.hints import HintList
 from blobstore.image.manifest import decode as decode_manifest
 from blobstore.lifecycle.leases import LeaseInvalid, parse_lease
 from blobstore.ops.peerserver import parse_range
+from blobstore.schema import NodeReport
 from blobstore.store.codec import decode_and_verify, decode_blob
 from blobstore.store.peers import normalise_url
 from placement.model import PlacementInputError
-from placement.reports import node_from_report
+from placement.reports import node_from
 
 MAX_SOURCE = 1 << 20
 
@@ -69,7 +70,7 @@ def hints(data: bytes) -> None:
 
 def node_report(data: bytes) -> None:
     try:
-        node_from_report(json.loads(data))
+        node_from(NodeReport.from_json(json.loads(data)))
     except (ValueError, PlacementInputError, RecursionError):
         pass  # JSON that does not parse (ValueError) is the reader's to skip
 
@@ -149,7 +150,7 @@ def _valid_archive(data: bytes) -> None:
 
 
 VALID = {"manifest": decode_manifest, "hints": _valid_hints,
-         "node_report": lambda data: node_from_report(json.loads(data)),
+         "node_report": lambda data: node_from(NodeReport.from_json(json.loads(data))),
          "lease": parse_lease, "blob": lambda data: decode_blob(data, max_size=1 << 20),
          "peer_request": _valid_peer_request, "archive": _valid_archive}
 

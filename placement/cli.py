@@ -8,7 +8,7 @@ import json
 
 from blobstore.errors import UsageError
 from blobstore.image.images import open_image
-from blobstore.ops.nodereport import read_reports
+from blobstore.ops.nodereport import parse_reports, read_reports
 from blobstore.store.url import open_store
 from blobstore.units import seconds
 
@@ -82,7 +82,9 @@ def cmd_place(args, console) -> int:
             reports = [(f"node report {i}", json.dumps(r).encode()) for i, r in enumerate(raw)]
         else:
             reports = read_reports(objects)
-        nodes, skipped = fresh_nodes(reports, ttl=args.ttl)
+        parsed, skipped = parse_reports(reports)
+        nodes, stale = fresh_nodes(parsed, ttl=args.ttl)
+        skipped += stale
     except PlacementInputError as exc:
         raise UsageError(str(exc)) from None
     for s in skipped:
@@ -126,7 +128,7 @@ def cmd_extender(args, console) -> int:
     objects = open_store(args.store, timeout=args.store_timeout)
 
     def reports():
-        nodes, skipped = fresh_nodes(read_reports(objects), ttl=args.ttl)
+        nodes, _ = fresh_nodes(parse_reports(read_reports(objects))[0], ttl=args.ttl)
         return {n.id: n for n in nodes}
 
     def resolve(ref: str) -> tuple[str, int]:

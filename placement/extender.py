@@ -29,9 +29,9 @@ less those the plan keeps there for other pods, are too few for this one (when i
 planned node is a candidate, so it always has somewhere to go). A pod not in the plan, or
 any pod when the plan is stale, is scored on its own. The scoring is pure
 (``filter_nodes``, ``scores``); ``Extender`` adds the store's view: node reports read at
-most every ``refresh`` seconds, refs and image sizes cached. The HTTP server is in the
-command-line layer (``thaw/extender.py``); this package stays numpy and scipy, and the
-one pure module ``blobstore.schema`` (the node report).
+most every ``refresh`` seconds, refs and image sizes cached. The HTTP server is
+``extenderhttp.py``; the store's reports and images come in from ``cli.py``, so this
+package stays numpy and scipy.
 """
 
 from __future__ import annotations

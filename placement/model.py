@@ -1,8 +1,9 @@
 """What placement reasons about: workloads, nodes, and the result. Pure data, validated.
 
 Workloads arrive as JSON (a workload file) and nodes as node reports (``reports.py``);
-``parse_workloads`` and ``blobstore.schema.NodeReport.from_json`` check every field and say
-which one is wrong. Imports nothing of thaw's packages. Immutable once built; thread-safe.
+``parse_workloads`` and ``blobstore.schema.NodeReport.from_json`` (run by the command line,
+which passes the reports in) check every field and say which one is wrong. Imports nothing
+of thaw's packages. Immutable once built; thread-safe.
 """
 
 from __future__ import annotations

@@ -313,7 +313,7 @@ def test_no_dev_fuse_is_one_line(thaw, pushed, tmp_path):
 
 
 def test_daemon_writes_a_node_report_the_placer_reads(thaw, pushed, store_url, tmp_path):
-    from blobstore.ops.nodereport import read_reports
+    from blobstore.ops.nodereport import parse_reports, read_reports
     from placement.reports import fresh_nodes
 
     mnt = tmp_path / "mnt"
@@ -322,7 +322,7 @@ def test_daemon_writes_a_node_report_the_placer_reads(thaw, pushed, store_url, t
                  "--gpus", "8xH200:141G", "--report-interval", "0.2", *cache_args(tmp_path)):
         (mnt / "refs" / "rich" / "1" / "etc" / "hostname").read_text()
         for _ in range(200):  # written every 0.2 s; the cache fill shows up in a later one
-            nodes, _ = fresh_nodes(read_reports(objects))
+            nodes, _ = fresh_nodes(parse_reports(read_reports(objects))[0])
             if nodes and nodes[0].cached.get(pushed):
                 break
             threading.Event().wait(0.05)

@@ -8,7 +8,13 @@ import time
 
 import pytest
 
-from blobstore.ops.nodereport import build_report, parse_gpus, read_reports, write_report
+from blobstore.ops.nodereport import (
+    build_report,
+    parse_gpus,
+    parse_reports,
+    read_reports,
+    write_report,
+)
 from blobstore.store.memory import MemoryStore
 from placement.baselines import greedy, image_locality, random_policy
 from placement.milp import best_known, lower_bound, solve
@@ -394,7 +400,9 @@ def test_report_written_by_blobstore_is_read_by_placement():
     write_report(objects, build_report("gpu-1", gpus, 5 * GB, 100 * GB, {"a" * 64: 3 * GB}))
     write_report(objects, build_report("gpu-2", gpus, 0, 100 * GB, {},
                                        now=time.time() - 3600))
-    nodes, skipped = fresh_nodes(read_reports(objects), ttl=30)
+    reports, malformed = parse_reports(read_reports(objects))
+    nodes, skipped = fresh_nodes(reports, ttl=30)
+    skipped = malformed + skipped
     assert [n.id for n in nodes] == ["gpu-1"] and "stale" in skipped[0]
     n = nodes[0]
     assert (n.gpu_model, n.gpus_free, n.gpu_memory) == ("H200", 3, 141 * GB)
@@ -402,8 +410,9 @@ def test_report_written_by_blobstore_is_read_by_placement():
 
 
 def test_malformed_reports_are_skipped_with_a_reason():
-    nodes, skipped = fresh_nodes([("nodes/x.json", b"{not json"),
-                                  ("nodes/y.json", json.dumps({"version": 9}).encode())])
+    reports, skipped = parse_reports([("nodes/x.json", b"{not json"),
+                                      ("nodes/y.json", json.dumps({"version": 9}).encode())])
+    nodes, _ = fresh_nodes(reports)
     assert nodes == [] and len(skipped) == 2 and "version 9" in skipped[1]
 
 

@@ -46,20 +46,26 @@ def write_report(objects: ObjectStore, report: NodeReport) -> None:
 
 
 def read_reports(objects: ObjectStore) -> list[tuple[str, bytes]]:
-    """Every report object as ``(key, bytes)``, unparsed (placement parses them)."""
+    """Every report object as ``(key, bytes)``, unparsed."""
     return [(key, objects.get(key)) for key in objects.list(PREFIX) if key.endswith(".json")]
+
+
+def parse_reports(raw: list[tuple[str, bytes]]
+                  ) -> tuple[list[tuple[str, NodeReport]], list[str]]:
+    """The ``(name, json bytes)`` reports that parse, as ``(name, report)``, and why each
+    other one does not: a report is untrusted input, skipped with a reason, never an error."""
+    reports, skipped = [], []
+    for name, data in raw:
+        try:
+            reports.append((name, NodeReport.from_json(json.loads(data), name)))
+        except (ValueError, RecursionError) as exc:  # ReportInvalid too
+            skipped.append(f"{name}: {exc}")
+    return reports, skipped
 
 
 def peer_urls(objects: ObjectStore, ttl: float = 60.0, now: float | None = None) -> list[str]:
     """The ``peer_url`` of every node whose report is fresher than ``ttl`` seconds
     (``--peers store``); malformed reports are skipped."""
     now = time.time() if now is None else now
-    urls = []
-    for key, raw in read_reports(objects):
-        try:
-            report = NodeReport.from_json(json.loads(raw), key)
-        except (ValueError, RecursionError):  # ReportInvalid too
-            continue
-        if report.peer_url and now - report.written_at <= ttl:
-            urls.append(report.peer_url)
-    return urls
+    reports, _ = parse_reports(read_reports(objects))
+    return [r.peer_url for _, r in reports if r.peer_url and now - r.written_at <= ttl]
