@@ -1,15 +1,17 @@
 """Snapshot tensors into the store, and restore them into memory, pipelined.
 
-Restore: the tensor table is read and validated, every storage is allocated up front on the
-target device, then chunks are fetched by ``jobs`` threads through the tiers (disk cache,
-store), decompressed and verified there, at most ``window`` ahead, in the order the last
-restore read them (hints). On CPU each fetching thread copies its chunk's pieces straight
-into the storages (disjoint regions; numpy releases the GIL), so copies and the first-touch
-page faults of fresh memory spread over the cores. On CUDA the calling thread moves each
-chunk through a ring of pinned staging buffers to the device on a side stream. Fetching,
-verifying and copying overlap, and host memory stays bounded. Nothing is returned until
+Restore: the tensor table is read (through the tiers: on a warmed node, from its disk
+cache) and validated, every storage is allocated up front on the target device, then chunks
+are fetched by ``jobs`` threads through the tiers (disk cache, store), decompressed and
+verified there, at most ``window`` ahead, in the order the last restore read them (hints).
+On CPU each fetching thread copies its chunk's pieces straight into the storages (disjoint
+regions; numpy releases the GIL), so copies and the first-touch page faults of fresh memory
+spread over the cores. On CUDA the calling thread moves each chunk through a ring of
+pinned staging buffers to the device on a side stream. Fetching, verifying and copying
+overlap, and host memory stays bounded. Nothing is returned until
 every byte has arrived and verified: an error leaves no half-loaded tensors behind. The
-order chunks were first read in is saved as hints for the next restore. Compiled kernels
+order chunks were taken in (the table's first) is saved as hints for the next restore, with
+no GET (the plan read them) and no PUT when it is the order they gave. Compiled kernels
 a snapshot carries (``compilecache``) go back into torch's caches after the tensors.
 ``restore`` is ``plan_restore`` (what goes where, in which order, on which device) then
 ``execute`` (the pipeline, ``blobstore.image.pipeline.in_order``, into a ``copiers`` piece).
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from blobstore.errors import ThawError
-from blobstore.image.hints import HintRecorder, load_hints, save_hints
+from blobstore.image.hints import HintList, HintRecorder, read_hints, save_hints
 from blobstore.image.images import fetch_chunk, open_image
 from blobstore.image.manifest import FileSpans, Manifest
 from blobstore.image.pipeline import in_order
@@ -110,28 +112,33 @@ def snapshot(module_or_state_dict, ref: str, *, store: str | ObjectStore | None 
 # -- restore -------------------------------------------------------------------------------
 
 
-def _file_bytes(blobs: BlobStore, manifest: Manifest, path: str, offset: int,
-                size: int) -> bytes:
+def _file_bytes(blobs: BlobTier, manifest: Manifest, path: str, offset: int,
+                size: int, read: Callable[[int], None] = lambda i: None) -> bytes:
+    """``size`` bytes of file ``path`` at ``offset``; ``read`` is told each chunk index."""
     out = bytearray()
     for s in FileSpans(manifest.entry(path).spans).lookup(offset, size):
         out += fetch_chunk(blobs, manifest, s.chunk)[s.offset:s.offset + s.length]
+        read(s.chunk)
     return bytes(out)
 
 
-def read_layout(blobs: BlobStore, manifest: Manifest) -> Layout:
+def read_layout(blobs: BlobTier, manifest: Manifest,
+                read: Callable[[int], None] = lambda i: None) -> Layout:
     """The snapshot's table, or the layout of the image's safetensors checkpoint (one
-    file, or the shards of one)."""
+    file, or the shards of one), through ``blobs`` (a node's tiers: its disk cache first);
+    ``read`` is told each chunk index read, for the hints."""
     sizes = file_sizes(manifest)
     if SNAPSHOT_TABLE in sizes:
         layout = from_table(_file_bytes(blobs, manifest, SNAPSHOT_TABLE, 0,
-                                        sizes[SNAPSHOT_TABLE]))
+                                        sizes[SNAPSHOT_TABLE], read))
     else:
         layouts = []
         for path in safetensors_files(sizes):
-            n = header_size(_file_bytes(blobs, manifest, path, 0, 8))
+            n = header_size(_file_bytes(blobs, manifest, path, 0, 8, read))
             if 8 + n > sizes[path]:
                 raise LayoutError(f"{path}: header runs past the end of the file")
-            layouts.append(from_safetensors(path, _file_bytes(blobs, manifest, path, 8, n)))
+            layouts.append(from_safetensors(path, _file_bytes(blobs, manifest, path, 8, n,
+                                                              read)))
         layout = merge(layouts)
     return validate(layout, sizes)
 
@@ -170,17 +177,23 @@ class RestorePlan:
     pieces: dict[int, list[Piece]]  # chunk index -> where its bytes go
     order: list[int]  # chunk indexes, hinted ones first
     device: torch.device
+    hints: HintList  # as stored when the plan was made
 
 
-def plan_restore(objects: ObjectStore, ref: str, device: str | None) -> RestorePlan:
-    """Resolve ``ref``, read and validate its layout, order the chunks, pick the device."""
+def plan_restore(objects: ObjectStore, ref: str, device: str | None,
+                 tiers: BlobTier | None = None,
+                 recorder: HintRecorder | None = None) -> RestorePlan:
+    """Resolve ``ref``, read (through ``tiers``; the store when None) and validate its
+    layout, order the chunks, pick the device. ``recorder`` notes the layout's chunks."""
     mid, manifest = open_image(objects, ref)
-    layout = read_layout(BlobStore(objects), manifest)
+    layout = read_layout(tiers or BlobStore(objects), manifest,
+                         recorder.read if recorder else lambda i: None)
     _check_env(layout)
     plan = pieces(manifest, layout)
-    order = fetch_order(plan, load_hints(objects, mid, HINTS_WORKLOAD, len(manifest.chunks)))
+    hints = read_hints(objects, mid, HINTS_WORKLOAD)
+    order = fetch_order(plan, hints.order(len(manifest.chunks)))
     return RestorePlan(objects, mid, manifest, layout, plan, order,
-                       pick_device(device, layout.nbytes))
+                       pick_device(device, layout.nbytes), hints)
 
 
 def execute(plan: RestorePlan, tiers: BlobTier, *, jobs: int, window: int,
@@ -198,10 +211,8 @@ def execute(plan: RestorePlan, tiers: BlobTier, *, jobs: int, window: int,
         if copier.in_place and len(where) == 1 and where[0].length == chunk.size:
             # the chunk fills one region of one storage: decode and verify it in place
             tiers.read_into(chunk.id, copier.region(where[0]))
-            recorder.read(i)
             return None
         data = tiers.get(chunk.id, max_size=chunk.size)
-        recorder.read(i)
         if not copier.in_place:
             return data  # copied by the consuming thread, which owns the staging ring
         copier.copy(data, where)
@@ -211,6 +222,7 @@ def execute(plan: RestorePlan, tiers: BlobTier, *, jobs: int, window: int,
                             thread_name="thaw-restore"):
         if data is not None:  # an error was raised at its turn: nothing half-loaded returns
             copier.copy(data, plan.pieces[i])
+        recorder.read(i)  # in the plan's order: hints it followed are left as they are
         on_bytes(manifest.chunks[i].size)
     copier.finish()
     return storages
@@ -227,21 +239,20 @@ def restore(ref: str, device: str | None = None, *, store: str | ObjectStore | N
     ``on_bytes`` is told, in the calling thread, the bytes of each chunk restored;
     ``peers``: the cache peers' tier, asked before the store."""
     objects = _objects(store)
-    plan = plan_restore(objects, ref, device)
-    blobs = BlobStore(objects)
-    tiers = node_tiers(blobs, DiskCache(cache_dir, cache_bytes) if cache_dir else None,
-                       peers).stack
+    tiers = node_tiers(BlobStore(objects),
+                       DiskCache(cache_dir, cache_bytes) if cache_dir else None, peers).stack
     recorder = HintRecorder()
+    plan = plan_restore(objects, ref, device, tiers, recorder)
     storages = execute(plan, tiers, jobs=jobs, window=window, on_bytes=on_bytes,
                        recorder=recorder)
     sizes = file_sizes(plan.manifest)
     if compile_cache and compilecache.ARTIFACTS in sizes:
-        compilecache.install(_file_bytes(blobs, plan.manifest, compilecache.ARTIFACTS, 0,
-                                         sizes[compilecache.ARTIFACTS]),
+        compilecache.install(_file_bytes(tiers, plan.manifest, compilecache.ARTIFACTS, 0,
+                                         sizes[compilecache.ARTIFACTS], recorder.read),
                              plan.layout.env.get("torch"))
     if record_hints:
         try:
-            save_hints(objects, plan.mid, HINTS_WORKLOAD, recorder.recording())
+            save_hints(objects, plan.mid, HINTS_WORKLOAD, recorder.recording(), plan.hints)
         except ThawError as exc:
             log.warning("restore hints not saved: %s", exc)
     return _tensors(plan.layout, storages)

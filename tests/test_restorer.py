@@ -14,14 +14,14 @@ import torch  # a test dependency (pyproject's test extra): failing, never skipp
 from safetensors.torch import load_file
 
 from blobstore.errors import BlobCorrupt, BlobNotFound
-from blobstore.image.hints import load_hints
+from blobstore.image.hints import hints_key, load_hints
 from blobstore.image.images import open_image
 from blobstore.image.refs import parse_ref
 from blobstore.store.blobs import blob_key
 from blobstore.store.codec import encode_blob
 from blobstore.store.local import LocalStore
 from restorer import load_into, restore, snapshot
-from restorer.layout import LayoutError
+from restorer.layout import SNAPSHOT_TABLE, LayoutError
 from restorer.writer import SnapshotWriter
 
 from .conftest import Mounted
@@ -80,6 +80,40 @@ def test_snapshot_and_restore_are_bit_identical(st_model, model_dir, objects):
     load_into(fresh, "minilm:snap", store=objects)
     assert torch.equal(embed(fresh), embed(st_model))
     assert load_hints(objects, mid, "restore")  # the order it read chunks in, for next time
+
+
+class Counting(LocalStore):
+    """A local store that notes what is asked of it."""
+
+    def __init__(self, root) -> None:
+        super().__init__(root)
+        self.gets: list[str] = []
+        self.puts: list[str] = []
+
+    def get(self, key: str) -> bytes:
+        self.gets.append(key)
+        return super().get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.puts.append(key)
+        super().put(key, data)
+
+
+def test_a_warm_node_restores_from_its_disk_cache_and_leaves_settled_hints_alone(
+        st_model, tmp_path):
+    objects = Counting(tmp_path / "store")
+    mid = snapshot(st_model, "minilm:snap", store=objects)
+    cache = str(tmp_path / "cache")
+    restore("minilm:snap", store=objects, cache_dir=cache)  # fills the cache, writes hints
+    table = open_image(objects, mid)[1].entry(SNAPSHOT_TABLE).spans[0].chunk
+    assert load_hints(objects, mid, "restore")[0] == table  # what a warm fetches first
+    objects.gets.clear(), objects.puts.clear()
+    tensors = restore("minilm:snap", store=objects, cache_dir=cache)
+    assert all(torch.equal(tensors[k], v) for k, v in st_model.state_dict().items())
+    blobs = [k for k in objects.gets if k.startswith("blobs/")]
+    assert blobs == [blob_key(mid)]  # the manifest; the table and the tensors from the cache
+    assert [k for k in objects.gets if k.startswith("hints/")] == [hints_key(mid, "restore")]
+    assert objects.puts == []  # taken in the order the hints gave: left as they are
 
 
 def test_tied_weights_stay_tied(objects):

@@ -6,7 +6,8 @@ that manifest and workload (a chunk's place is the mean of its times across runs
 order settles over several starts, and writes ``hints/<manifest id>/<workload>``.
 ``load_hints`` gives the order to prefetch in next time. The restorer records its restores
 here; the FUSE daemon can record workload starts the same way. Stored as msgpack:
-``{"version": 1, "runs": N, "chunks": [[index, mean seconds], ...]}``. The recorder is
+``{"version": 1, "runs": N, "chunks": [[index, mean seconds], ...]}``; hints a start left
+in the same order are not rewritten. The recorder is
 thread-safe (one lock); the rest is pure or one store call.
 """
 
@@ -102,7 +103,15 @@ def load_hints(objects: ObjectStore, manifest_id: str, workload: str,
 
 
 def save_hints(objects: ObjectStore, manifest_id: str, workload: str,
-               recording: dict[int, float]) -> None:
-    """Merge ``recording`` into the stored hints (a running mean per chunk) and write."""
-    key = hints_key(manifest_id, workload)
-    objects.put(key, read_hints(objects, manifest_id, workload).merged(recording).encode())
+               recording: dict[int, float], stored: HintList | None = None) -> bool:
+    """Merge ``recording`` into the stored hints (a running mean per chunk) and write them;
+    ``stored``: those hints as read before the start (a GET saved), else read now. Hints
+    whose order the recording leaves as it was are not rewritten: a start that repeats the
+    last one costs no PUT. Whether they were written."""
+    if stored is None:
+        stored = read_hints(objects, manifest_id, workload)
+    merged = stored.merged(recording)
+    if stored.runs and merged.order() == stored.order():
+        return False
+    objects.put(hints_key(manifest_id, workload), merged.encode())
+    return True

@@ -16,6 +16,7 @@ from ..errors import BlobCorrupt, BlobNotFound, ManifestInvalid
 from ..store.base import ObjectStore
 from ..store.blobs import BlobStore
 from ..store.codec import MAX_BLOB_SIZE
+from ..store.tiers import BlobTier
 from .dirmanifest import DirManifest, open_dir_manifest
 from .manifest import FILE, Entry, Manifest, decode
 from .pipeline import in_order
@@ -60,7 +61,8 @@ def open_image_dirs(objects: ObjectStore, ref: str) -> tuple[str, DirManifest]:
     return mid, load_dir_manifest(BlobStore(objects), mid)
 
 
-def fetch_chunk(blobs: BlobStore, manifest: Manifest, index: int) -> bytes:
+def fetch_chunk(blobs: BlobTier, manifest: Manifest, index: int) -> bytes:
+    """Chunk ``index`` of ``manifest`` through ``blobs`` (the store, or a node's tiers)."""
     ref = manifest.chunks[index]
     data = blobs.get(ref.id, max_size=ref.size)
     if len(data) != ref.size:
