@@ -21,6 +21,11 @@ before each request, 100 MB/s a connection). Rows:
   (``/filter``, ``/prioritize`` for a pod annotated with the image), ``thaw warm`` is
   called at that moment, and the run starts 1 s later (the bind and the container's start,
   modelled); the time counts from the extender's answer;
+- the same with the model restored from a snapshot: ``thaw snapshot`` of the loaded model
+  (``tests.data.embed:load_model``) taken once; ``thaw warm`` of it with ``--hints
+  restore`` (what a restore on another node read) beside the image's; the workload builds
+  the model from its config and ``restorer.load_into`` fills it through the node's disk
+  cache, bound into the container with thaw's source;
 - second node with peers (with a store away only): three nodes on loopback (``thaw serve``
   each, as ``bench/peers.py`` runs them), node 1's daemon runs the workload on empty
   caches, then node 2's: node 2's row, without hints and with the ones node 1 recorded;
@@ -67,7 +72,7 @@ from common import (
 from tests.proxy import RemoteLikeProxy
 from tests.seaweed import SeaweedServer, free_ports
 
-IMAGE, HINTS = "infer:1", "embed"
+IMAGE, HINTS, SNAPSHOT = "infer:1", "embed", "infer-model:1"
 STORE = "s3://thaw/bench"
 ENV = dict(os.environ)
 SITE = Path("usr/local/lib/python3.11/dist-packages")
@@ -105,14 +110,25 @@ def build_tree(dest: Path) -> Path:
     return tree
 
 
-def run_in(root: Path) -> dict:
-    """The workload in ``root`` as a container runtime starts it; its parts and total."""
+def run_in(root: Path, restore_from: Path | None = None) -> dict:
+    """The workload in ``root`` as a container runtime starts it; its parts and total.
+    ``restore_from``: the node's disk cache, which the workload's restore of the model's
+    snapshot reads (bound in with thaw's source, as a container given the node's cache
+    would have it)."""
     script = (f"mount --rbind /dev {root}/dev && mount -t proc proc {root}/proc && "
-              f"mount -t tmpfs tmpfs {root}/tmp && "
-              f"exec /usr/sbin/chroot {root} /usr/bin/python3 /opt/embed.py")
+              f"mount -t tmpfs tmpfs {root}/tmp && ")
+    command, env = "/usr/bin/python3 /opt/embed.py", RUN_ENV
+    if restore_from:
+        script += (f"mkdir {root}/tmp/thaw {root}/tmp/cache && "
+                   f"mount --bind {REPO} {root}/tmp/thaw && "
+                   f"mount --bind {restore_from} {root}/tmp/cache && ")
+        command += (f" --restore {SNAPSHOT} --store {STORE} --cache-dir /tmp/cache "
+                    f"--thaw /tmp/thaw")
+        env = {**RUN_ENV, **{k: v for k, v in ENV.items() if k.startswith("AWS_")}}
+    script += f"exec /usr/sbin/chroot {root} {command}"
     started = time.perf_counter()
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                          capture_output=True, text=True, env=RUN_ENV)
+                          capture_output=True, text=True, env=env)
     total = time.perf_counter() - started
     if proc.returncode:
         raise SystemExit(f"the workload failed in {root}:\n{proc.stderr[-3000:]}")
@@ -143,20 +159,25 @@ def full_pull(work: Path, info: dict) -> dict:
             "gets": info["unique_chunks"]}
 
 
-def mounted_run(work: Path, hints: str | None) -> dict:
+def mounted_run(work: Path, hints: str | None, restore: bool = False) -> dict:
+    """``restore``: the model from its snapshot, through the mount's cache."""
     mnt = work / "mnt"
     mnt.mkdir(exist_ok=True)
+    cache = set_aside(work / "cache")
     drop_caches()
     started = time.perf_counter()
-    pid = background("mount", IMAGE, str(mnt), "--cache-dir", str(set_aside(work / "cache")),
+    pid = background("mount", IMAGE, str(mnt), "--cache-dir", str(cache),
                      *(("--hints", hints) if hints else ("--no-hints",)))
     mount = time.perf_counter() - started
     before = cpu(pid)
     try:
-        run = run_in(mnt)
+        run = run_in(mnt, cache if restore else None)
         return {**run, "time": mount + run["run"], "mount": mount, **counts(mnt, pid, before)}
     finally:
         unmount_and_wait(mnt)
+
+
+NODE_CACHE = "node-cache"
 
 
 @contextlib.contextmanager
@@ -165,7 +186,7 @@ def daemon(work: Path, *args: str):
     mnt.mkdir(exist_ok=True)
     pid = background("daemon", "--mountpoint", str(mnt), "--node-id", "node-1",
                      "--gpus", "1xCPU:1G", "--report-interval", "1",
-                     "--cache-dir", str(set_aside(work / "node-cache")), *args)
+                     "--cache-dir", str(set_aside(work / NODE_CACHE)), *args)
     try:
         yield mnt, pid
     finally:
@@ -187,8 +208,10 @@ def ask(port: int, path: str, body: dict) -> object:
     return json.loads(conn.getresponse().read())
 
 
-def scheduled_run(work: Path, port: int) -> dict:
-    """The scheduler's path: the extender's answer, ``thaw warm`` then, the run 1 s on."""
+def scheduled_run(work: Path, port: int, restore: bool = False) -> dict:
+    """The scheduler's path: the extender's answer, ``thaw warm`` then, the run 1 s on.
+    ``restore``: the model from its snapshot, which ``thaw warm --hints restore`` queued
+    into the node's disk cache too."""
     pod = {"metadata": {"name": "infer-0", "annotations": {"thaw.dev/image": IMAGE}},
            "spec": {"containers": [{"name": "server"}]}}
     with daemon(work, "--hints", HINTS) as (mnt, pid):
@@ -200,8 +223,10 @@ def scheduled_run(work: Path, port: int) -> dict:
         node = max(scores, key=lambda s: s["Score"])["Host"]
         assert node == "node-1", scores
         thaw("warm", IMAGE, "--mountpoint", str(mnt), "--hints", HINTS)
+        if restore:
+            thaw("warm", SNAPSHOT, "--mountpoint", str(mnt), "--hints", "restore")
         time.sleep(max(0.0, placed + 1.0 - time.perf_counter()))
-        run = run_in(mnt / "refs" / "infer" / "1")
+        run = run_in(mnt / "refs" / "infer" / "1", work / NODE_CACHE if restore else None)
         done = time.perf_counter()
         return {**run, "time": done - placed, "mount": done - placed - run["run"],
                 **counts(mnt, pid, before)}
@@ -261,6 +286,7 @@ def extender(work: Path):
 
 VARIANTS = ["full pull", "thaw mount + run", "daemon, first use",
             "daemon, hints from another node", "scheduler's path (place, warm, run)",
+            "scheduler's path, model restored from a snapshot",
             "second node, peers", "second node, peers and node 1's hints", "local"]
 FIELDS = ["time", "mount", "import", "load", "call", "bytes", "peer", "gets", "lookup",
           "missing",
@@ -269,6 +295,7 @@ FIELDS = ["time", "mount", "import", "load", "call", "bytes", "peer", "gets", "l
 
 def one_delay(work: Path, tree: Path, info: dict, rounds: int, far: bool) -> dict:
     mounted_run(work, HINTS)  # a start on another node records what it reads
+    mounted_run(work, None, restore=True)  # and what the restore reads
     variants = [v for v in VARIANTS if far or not v.startswith("second node")]
     results: dict[str, list[dict]] = {v: [] for v in variants}
     reference = local(tree)["embedding"]
@@ -279,6 +306,8 @@ def one_delay(work: Path, tree: Path, info: dict, rounds: int, far: bool) -> dic
             results["daemon, first use"].append(daemon_run(work, None))
             results["daemon, hints from another node"].append(daemon_run(work, HINTS))
             results["scheduler's path (place, warm, run)"].append(scheduled_run(work, port))
+            results["scheduler's path, model restored from a snapshot"].append(
+                scheduled_run(work, port, restore=True))
             if far:
                 results["second node, peers"].append(second_node(work, None))
                 results["second node, peers and node 1's hints"].append(
@@ -315,6 +344,15 @@ def report(delay_ms: int, med: dict, info: dict, rounds: int) -> None:
                  "pull or mount / import / load / call (s)", "fetched (stored)", "store GETs",
                  "kernel asked: lookups (missing) / opens / reads / getattrs",
                  "reads waited on fetches", "daemon CPU"], rows))
+    restored = med.get("scheduler's path, model restored from a snapshot")
+    if restored:
+        mounted, loc_m = med["scheduler's path (place, warm, run)"], med["local"]
+        print("\nThe model's load (construction included; and with the first call, which "
+              "faults in the weights a safetensors load maps): from the snapshot "
+              f"{restored['load']:.2f} s ({restored['load'] + restored['call']:.2f} s), "
+              f"from the mount's safetensors {mounted['load']:.2f} s "
+              f"({mounted['load'] + mounted['call']:.2f} s), from local disk "
+              f"{loc_m['load']:.2f} s ({loc_m['load'] + loc_m['call']:.2f} s).")
 
 
 def main() -> None:
@@ -330,6 +368,9 @@ def main() -> None:
             ENV.update(s3.env())
             peer_bench.ENV, peer_bench.STORE = ENV, STORE  # its cluster, our store
             thaw("push", str(tree), IMAGE)
+            # the model as loaded, its tensors as an image (this venv's package is the
+            # image's: the same files)
+            thaw("snapshot", "tests.data.embed:load_model", SNAPSHOT)
             info = json.loads(thaw("inspect", IMAGE, "--json"))
             host, port = s3.endpoint.removeprefix("http://").split(":")
             for delay_ms in (int(d) for d in args.delays.split(",")):

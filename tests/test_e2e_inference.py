@@ -4,7 +4,8 @@ scheduler's path with the real commands (``thaw extender`` picks the node from t
 reports, ``thaw warm`` asks its ``thaw daemon``, the workload runs from the daemon's mount),
 and its embedding checked against the one computed from the local tree.
 
-Heavy: marked ``e2e`` (about a minute and a half on two cores). Needs root, /dev/fuse.
+The model restored from a snapshot of it (the benchmark's restore row) embeds the same.
+Heavy: marked ``e2e`` (a minute or two on two cores). Needs root, /dev/fuse.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ print(" ".join(sorted(tops)), file=sys.stderr)
 """
 
 
-def embed(site: Path) -> np.ndarray:
+def embed(site: Path, *args: str) -> np.ndarray:
     """The workload with only ``site`` for packages (``-I -S``: not this venv's)."""
-    proc = subprocess.run([sys.executable, "-I", "-S", str(EMBED), str(site)],
+    proc = subprocess.run([sys.executable, "-I", "-S", str(EMBED), str(site), *args],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return np.array(json.loads(proc.stdout.splitlines()[-1])["embedding"])
@@ -95,3 +96,14 @@ def test_the_schedulers_path_serves_the_same_embedding_as_local_disk(thaw, tmp_p
     assert stats["fuse_requests"]["lookup_missing"] > 100  # misses a start makes, kept
     assert 0 < stats["fetched_bytes"] < sum(
         f.stat().st_size for f in site.rglob("*") if f.is_file())  # lazily: not all of it
+
+
+def test_the_model_restored_from_its_snapshot_embeds_the_same(thaw, tmp_path, store_url):
+    """The benchmark's snapshot row in miniature: ``thaw snapshot`` of the loaded model, then
+    the workload builds the model from its config, no weights read, and thaw's restorer
+    fills it through a node's disk cache."""
+    thaw("snapshot", "tests.data.embed:load_model", "infer-model:1")
+    restore = ("--restore", "infer-model:1", "--store", store_url,
+               "--cache-dir", str(tmp_path / "cache"), "--thaw", str(REPO))
+    assert np.allclose(embed(SITE, *restore), embed(SITE), atol=1e-6)
+    assert any((tmp_path / "cache").iterdir())  # read through the cache
