@@ -93,10 +93,14 @@ class StartLearner:
         if not seen:
             return
         try:
-            await trio.to_thread.run_sync(save_hints, self.objects, self.mid, self.workload,
-                                          seen)
-            log.info("image %s: saved the order of %d chunks read as hints %r",
-                     self.mid[:12], len(seen), self.workload)
+            wrote = await trio.to_thread.run_sync(save_hints, self.objects, self.mid,
+                                                  self.workload, seen)
+            if wrote:
+                log.info("image %s: saved the order of %d chunks read as hints %r",
+                         self.mid[:12], len(seen), self.workload)
+            else:
+                log.info("image %s: %d chunks read in the order of hints %r, left as they "
+                         "were", self.mid[:12], len(seen), self.workload)
         except ThawError as exc:
             log.warning("image %s: hints not saved: %s", self.mid[:12], exc)
 

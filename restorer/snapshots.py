@@ -8,13 +8,13 @@ On CPU each fetching thread copies its chunk's pieces straight into the storages
 regions; numpy releases the GIL), so copies and the first-touch page faults of fresh memory
 spread over the cores. On CUDA the calling thread moves each chunk through a ring of
 pinned staging buffers to the device on a side stream. Fetching, verifying and copying
-overlap, and host memory stays bounded. Nothing is returned until
-every byte has arrived and verified: an error leaves no half-loaded tensors behind. The
-order chunks were taken in (the table's first) is saved as hints for the next restore, with
-no GET (the plan read them) and no PUT when it is the order they gave. Compiled kernels
-a snapshot carries (``compilecache``) go back into torch's caches after the tensors.
-``restore`` is ``plan_restore`` (what goes where, in which order, on which device) then
-``execute`` (the pipeline, ``blobstore.image.pipeline.in_order``, into a ``copiers`` piece).
+overlap, and host memory stays bounded. Nothing is returned until every byte has arrived
+and verified: an error leaves no half-loaded tensors behind. The order chunks were taken in
+(the table's first) is saved as hints for the next restore, with no GET (the plan read
+them) and no PUT when it is the order they gave. Compiled kernels a snapshot carries
+(``compilecache``) go back into torch's caches after the tensors. ``restore`` is
+``plan_restore`` (what goes where, in which order, on which device) then ``execute`` (the
+pipeline, ``blobstore.image.pipeline.in_order``, into a ``copiers`` piece).
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ order settles over several starts, and writes ``hints/<manifest id>/<workload>``
 ``load_hints`` gives the order to prefetch in next time. The restorer records its restores
 here; the FUSE daemon can record workload starts the same way. Stored as msgpack:
 ``{"version": 1, "runs": N, "chunks": [[index, mean seconds], ...]}``; hints a start left
-in the same order are not rewritten. The recorder is
-thread-safe (one lock); the rest is pure or one store call.
+in the same order are not rewritten. The recorder is thread-safe (one lock); the rest is
+pure or one store call.
 """
 
 from __future__ import annotations
