@@ -17,7 +17,9 @@ import errno
 import functools
 import json
 import logging
+import math
 import os
+import time
 import weakref
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
@@ -80,6 +82,7 @@ def fuse_errors(fn):
     @functools.wraps(fn)
     async def wrapper(self, *args):
         self.requests[name] += 1
+        self.last_request = time.monotonic()
         try:
             return await fn(self, *args)
         except pyfuse3.FUSEError:
@@ -135,10 +138,13 @@ class ImageOps(pyfuse3.Operations):
         self.on_warm = on_warm
         self.readdir_requests = 0
         self.requests: Counter[str] = Counter()  # requests the kernel sent, by handler
+        self.last_request = -math.inf  # time.monotonic(): worker threads read it too
         self.on_chunk_read = on_chunk_read  # (image, chunk index) of each read, for hints
         self.passthrough = passthrough or Passthrough("off")
         self.enable_passthrough = self.passthrough.enabled  # asked of the kernel at INIT
         self.files = files
+        if files:
+            files.wait_out(self.idle_seconds)
         self._handles: dict[int, _Handle] = {}
         self._listed: OrderedDict[int, list[tuple[bytes, pyfuse3.EntryAttributes]]] = \
             OrderedDict()
@@ -282,6 +288,10 @@ class ImageOps(pyfuse3.Operations):
                     self.on_chunk_read(tree, s.chunk)
             self.files.used(tree, inode)
         return backing
+
+    def idle_seconds(self) -> float:
+        """Seconds since the kernel's last request (any thread)."""
+        return time.monotonic() - self.last_request
 
     def stats_now(self) -> MountStats:
         """The mount's record with this handler's own counts."""

@@ -160,11 +160,13 @@ class FsTree:
     def inode_count(self) -> int:
         return self._count
 
-    def file_inodes(self, min_size: int) -> list[int]:
-        """The regular files of ``min_size`` bytes or more, one inode per hard-link group;
-        decodes every entry (call it in a worker thread on a large image)."""
+    def file_inodes(self, min_size: int, first: int = 0, stop: int | None = None
+                    ) -> list[int]:
+        """The regular files of ``min_size`` bytes or more among entries ``first`` to
+        ``stop`` (all by default), one inode per hard-link group; decodes each entry (call
+        it in a worker thread on a large image)."""
         out = []
-        for k in range(self._count):
+        for k in range(first, self._count if stop is None else min(stop, self._count)):
             if self.manifest.head(k) != k:
                 continue
             entry = self.manifest.entry(k)

@@ -6,17 +6,28 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import mmap
 import os
 import time
 from pathlib import Path
 
 import pytest
+import trio
+import trio.testing
 
+from blobstore.image.images import open_image
+from blobstore.image.refs import parse_ref
+from blobstore.store.blobs import BlobStore
 from blobstore.store.diskcache import DiskCache
 from blobstore.store.filecache import XATTR, FileCache, file_key
+from blobstore.store.memory import MemoryStore
 from fusefs import passthrough as pt
+from fusefs.materialize import QUIET, Materializer
 from fusefs.passthrough import Passthrough, support
+from fusefs.tree import FsTree
+from indexer.push import push_tree
+from indexer.sources import open_source
 
 from .conftest import Mounted, mount_pid
 from .test_mount import wait_for_exit
@@ -52,6 +63,45 @@ def test_a_short_write_leaves_nothing_under_the_files_name(tmp_path):
     with pytest.raises(StoreUnavailable, match="7 bytes, expected 8"):
         files.write(key, [b"abcdefg"], 8)
     assert not files.has(key) and list((tmp_path / "cache" / ".tmp").iterdir()) == []
+
+
+def test_a_file_is_made_only_once_the_kernel_is_quiet(tmp_path):
+    """Making files takes CPU a start needs: the job waits while the kernel keeps asking
+    (trio's clock is mocked: virtual seconds, no waiting)."""
+    data = os.urandom(300 << 10)
+    (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "big.bin").write_bytes(data)
+    objects = MemoryStore()
+    with open_source(str(tmp_path / "tree")) as src:
+        push_tree(src, objects, parse_ref("t:1"))
+    tree = FsTree(open_image(objects, "t:1")[1])
+    ino = tree.lookup(tree.root, b"big.bin")
+    disk = DiskCache(tmp_path / "cache", 1 << 30)
+    for c in tree.manifest.chunks:  # every chunk on the node
+        disk.put_stored(c.id, BlobStore(objects).get_stored(c.id))
+    files, busy, asked = Materializer(disk), [True], [0]
+
+    def idle() -> float:
+        asked[0] += 1
+        return 0.0 if busy[0] else math.inf
+
+    files.wait_out(idle)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            await nursery.start(files.run)
+            files.consider(tree, ino)
+            for _ in range(600):  # a minute of requests
+                await trio.sleep(QUIET)
+            assert asked[0] >= 500  # the job kept asking
+            assert files.made == 0 and files.ready(tree, ino) is None
+            busy[0] = False
+            while files.ready(tree, ino) is None:
+                await trio.sleep(QUIET)
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    assert files.made == 1 and files.ready(tree, ino).read_bytes() == data
 
 
 def test_files_count_in_the_bound_and_go_by_unlink_keeping_an_open_ones_bytes(tmp_path):
