@@ -101,6 +101,23 @@ def rsync_diff(src: Path, dst: Path) -> str:
     return proc.stdout.decode(errors="replace")
 
 
+class CountsRequests:
+    """Mixed into a store class (before it): notes the keys of its gets and puts."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.gets: list[str] = []
+        self.puts: list[str] = []
+
+    def get(self, key: str) -> bytes:
+        self.gets.append(key)
+        return super().get(key)
+
+    def put(self, key: str, data: bytes) -> None:
+        self.puts.append(key)
+        super().put(key, data)
+
+
 class Mounted:
     """A real ``thaw mount`` (or ``daemon``) in the background, unmounted on exit."""
 

@@ -5,24 +5,13 @@ from __future__ import annotations
 from blobstore.image.hints import HintList, hints_key, load_hints, read_hints, save_hints
 from blobstore.store.memory import MemoryStore
 
+from .conftest import CountsRequests
+
 MID = "ab" * 32
 
 
-class Counting(MemoryStore):
-    """A memory store that notes what is asked of it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.gets: list[str] = []
-        self.puts: list[str] = []
-
-    def get(self, key: str) -> bytes:
-        self.gets.append(key)
-        return super().get(key)
-
-    def put(self, key: str, data: bytes) -> None:
-        self.puts.append(key)
-        super().put(key, data)
+class Counting(CountsRequests, MemoryStore):
+    pass
 
 
 def test_a_start_in_the_order_the_hints_gave_writes_nothing():

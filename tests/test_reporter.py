@@ -14,15 +14,11 @@ from fusefs.reporter import NodeReporter
 from indexer.push import push_tree
 from indexer.sources import open_source
 
+from .conftest import CountsRequests
 
-class CountingStore(MemoryStore):
-    def __init__(self) -> None:
-        super().__init__()
-        self.gets: list[str] = []
 
-    def get(self, key: str) -> bytes:
-        self.gets.append(key)
-        return super().get(key)
+class CountingStore(CountsRequests, MemoryStore):
+    pass
 
 
 def pushed(rich_tree, n: int = 2):

@@ -24,7 +24,7 @@ from restorer import load_into, restore, snapshot
 from restorer.layout import SNAPSHOT_TABLE, LayoutError
 from restorer.writer import SnapshotWriter
 
-from .conftest import Mounted
+from .conftest import CountsRequests, Mounted
 
 SENTENCES = ["thaw makes cold starts fast", "a lazily mounted model", "bit for bit"]
 
@@ -82,21 +82,8 @@ def test_snapshot_and_restore_are_bit_identical(st_model, model_dir, objects):
     assert load_hints(objects, mid, "restore")  # the order it read chunks in, for next time
 
 
-class Counting(LocalStore):
-    """A local store that notes what is asked of it."""
-
-    def __init__(self, root) -> None:
-        super().__init__(root)
-        self.gets: list[str] = []
-        self.puts: list[str] = []
-
-    def get(self, key: str) -> bytes:
-        self.gets.append(key)
-        return super().get(key)
-
-    def put(self, key: str, data: bytes) -> None:
-        self.puts.append(key)
-        super().put(key, data)
+class Counting(CountsRequests, LocalStore):
+    pass
 
 
 def test_a_warm_node_restores_from_its_disk_cache_and_leaves_settled_hints_alone(
